@@ -1,0 +1,565 @@
+//! The command line: a thin shell over the library. Parses arguments, calls the library,
+//! prints results, and maps them to exit codes (0 ok, 1 the program's outcome was not ok,
+//! 2 usage errors and bad input).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::executor::{Executor, ExecutorConfig};
+use crate::interface::{HttpRequest, Trigger};
+use crate::message::{self, Message, MessageType};
+use crate::runtime;
+use crate::store::Store;
+use crate::volumes::archive::{self, PackFormat};
+
+/// Exit code: the program ran and its outcome was `ok` (or a command succeeded).
+pub const EXIT_OK: i32 = 0;
+/// Exit code: the program's outcome was not `ok`.
+pub const EXIT_OUTCOME: i32 = 1;
+/// Exit code: bad usage or bad input (malformed message, missing object …).
+pub const EXIT_USAGE: i32 = 2;
+
+/// The owner written into messages this command creates, unless `--owner` says otherwise.
+pub const DEFAULT_OWNER: &str = "0x0000000000000000000000000000000000000001";
+
+/// Runs Aleph.im vm-function programs inside a WebAssembly sandbox.
+#[derive(Debug, Parser)]
+#[command(name = "aleph-wasm", version, about)]
+pub struct Cli {
+    /// The store directory (default: $XDG_DATA_HOME/aleph-wasm).
+    #[arg(long, global = true, env = "ALEPH_WASM_STORE")]
+    pub store: Option<PathBuf>,
+    /// More logging (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Put files and messages into the store.
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Create programs.
+    #[command(subcommand)]
+    Program(ProgramCommand),
+    /// Run a program once.
+    Run(RunArgs),
+    /// Validate messages.
+    #[command(subcommand)]
+    Message(MessageCommand),
+    /// Manage runtimes.
+    #[command(subcommand)]
+    Runtime(RuntimeCommand),
+}
+
+/// `aleph-wasm store …`
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Store a file and a STORE message for it; the last line printed is the message's item
+    /// hash (the file's ref).
+    Add {
+        /// The file.
+        file: PathBuf,
+        /// The owner of the STORE message.
+        #[arg(long, env = "ALEPH_WASM_OWNER", default_value = DEFAULT_OWNER)]
+        owner: String,
+    },
+    /// Validate and store a message; the last line printed is its item hash.
+    AddMessage {
+        /// The message JSON file.
+        file: PathBuf,
+    },
+}
+
+/// `aleph-wasm program …`
+#[derive(Debug, Subcommand)]
+pub enum ProgramCommand {
+    /// Pack code, store everything and write a PROGRAM message; the last line printed is its
+    /// item hash.
+    Create(CreateArgs),
+}
+
+/// `aleph-wasm message …`
+#[derive(Debug, Subcommand)]
+pub enum MessageCommand {
+    /// Validate a message and print its normalised form, or the errors.
+    Check {
+        /// The message JSON file.
+        file: PathBuf,
+    },
+}
+
+/// `aleph-wasm runtime …`
+#[derive(Debug, Subcommand)]
+pub enum RuntimeCommand {
+    /// List the built-in runtimes and their refs.
+    List,
+}
+
+/// `aleph-wasm program create`
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The code: a directory (packed as zip) or a single file (a `.wasm` module is plain code).
+    pub path: PathBuf,
+    /// The entrypoint (`module:app` for ASGI; for binary code, the module's file name).
+    #[arg(long)]
+    pub entrypoint: String,
+    /// The interface (default: asgi when the entrypoint has ':', else binary).
+    #[arg(long, value_parser = ["asgi", "binary"])]
+    pub interface: Option<String>,
+    /// The runtime: a ref, or a built-in name (default: wasi for binary code).
+    #[arg(long)]
+    pub runtime: Option<String>,
+    /// How the code is encoded (default: from the path).
+    #[arg(long, value_parser = ["zip", "tar.gz", "plain"])]
+    pub encoding: Option<String>,
+    /// resources.memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    pub memory: u64,
+    /// resources.seconds.
+    #[arg(long, default_value_t = 1)]
+    pub seconds: u64,
+    /// resources.vcpus.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// environment.reproducible.
+    #[arg(long)]
+    pub reproducible: bool,
+    /// environment.internet.
+    #[arg(long)]
+    pub internet: bool,
+    /// environment.aleph_api.
+    #[arg(long)]
+    pub aleph_api: bool,
+    /// on.persistent.
+    #[arg(long)]
+    pub persistent: bool,
+    /// on.http = false.
+    #[arg(long)]
+    pub no_http: bool,
+    /// Data: a directory (packed as zip), an archive (.zip, .tar.gz) or a plain file.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Where the data is mounted.
+    #[arg(long, default_value = "/data")]
+    pub data_mount: String,
+    /// Where the export directory is mounted.
+    #[arg(long)]
+    pub export_mount: Option<String>,
+    /// How the export is packed.
+    #[arg(long, default_value = "tar.gz", value_parser = ["tar.gz", "zip"])]
+    pub export_encoding: String,
+    /// A volume: `ephemeral:MOUNT:SIZE_MIB`, `persistent:NAME:MOUNT:SIZE_MIB` or
+    /// `immutable:REF:MOUNT`.
+    #[arg(long = "volume")]
+    pub volumes: Vec<String>,
+    /// A variable, `K=V`.
+    #[arg(long = "variable")]
+    pub variables: Vec<String>,
+    /// An argument passed to the program.
+    #[arg(long = "arg", allow_hyphen_values = true)]
+    pub args: Vec<String>,
+    /// A cron expression (5 fields).
+    #[arg(long)]
+    pub cron: Option<String>,
+    /// A message subscription (JSON object).
+    #[arg(long = "on-message")]
+    pub on_message: Vec<String>,
+    /// The owner of the messages written.
+    #[arg(long, env = "ALEPH_WASM_OWNER", default_value = DEFAULT_OWNER)]
+    pub owner: String,
+}
+
+/// `aleph-wasm run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// An item hash in the store, or a message JSON file.
+    pub target: String,
+    /// An HTTP request, `METHOD /path?query` (default for HTTP programs: `GET /`).
+    #[arg(long)]
+    pub request: Option<String>,
+    /// A request header, `Name: value`.
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
+    /// The request body: a file, or `-` for stdin.
+    #[arg(long)]
+    pub body: Option<String>,
+    /// Run as a job (no request), even for an HTTP program.
+    #[arg(long, conflicts_with = "request")]
+    pub job: bool,
+    /// Print one JSON object describing the outcome.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A failure to report with exit code 2.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl<E: std::fmt::Display> From<E> for UsageError {
+    fn from(e: E) -> Self {
+        UsageError(e.to_string())
+    }
+}
+
+type CliResult = Result<i32, UsageError>;
+
+/// Parses the process arguments, runs the command and returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+        }
+    };
+    init_logging(cli.verbose);
+    match run_cli(cli) {
+        Ok(code) => code,
+        Err(UsageError(message)) => {
+            eprintln!("aleph-wasm: error: {message}");
+            EXIT_USAGE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn open_store(cli_store: &Option<PathBuf>) -> Result<Store, UsageError> {
+    let root = cli_store.clone().unwrap_or_else(Store::default_root);
+    Ok(Store::open(root)?)
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn run_cli(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Message(MessageCommand::Check { file }) => check_message(&file),
+        Command::Store(cmd) => {
+            let store = open_store(&cli.store)?;
+            match cmd {
+                StoreCommand::Add { file, owner } => {
+                    let msg = store.add_file(&file, &owner, now())?;
+                    if let Some(s) = msg.store() {
+                        println!("file {}", s.item_hash);
+                    }
+                    println!("{}", msg.item_hash);
+                    Ok(EXIT_OK)
+                }
+                StoreCommand::AddMessage { file } => {
+                    let msg = read_message(&file)?;
+                    store.put_message(&msg)?;
+                    println!("{}", msg.item_hash);
+                    Ok(EXIT_OK)
+                }
+            }
+        }
+        Command::Program(ProgramCommand::Create(args)) => {
+            let store = open_store(&cli.store)?;
+            create_program(&store, &args)
+        }
+        Command::Runtime(RuntimeCommand::List) => {
+            let store = open_store(&cli.store)?;
+            for (name, text) in runtime::BUILTINS {
+                let manifest = runtime::parse_manifest(text.as_bytes())?;
+                let reference = runtime::add_builtin(&store, name)?;
+                println!("{name}\t{reference}\t{}", manifest.description);
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Run(args) => {
+            let store = open_store(&cli.store)?;
+            run_program(store, &args)
+        }
+    }
+}
+
+fn read_message(path: &Path) -> Result<Message, UsageError> {
+    let bytes = std::fs::read(path).map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+    message::parse(&bytes).map_err(|e| UsageError(format!("{}: {e}", path.display())))
+}
+
+fn check_message(path: &Path) -> CliResult {
+    let msg = read_message(path)?;
+    println!("{}", serde_json::to_string_pretty(&msg.to_json())?);
+    if !msg.hash_verified && msg.item_type == message::ItemType::Inline {
+        eprintln!(
+            "aleph-wasm: note: item_content is absent, so item_hash {} was not checked; \
+             `store add-message` will refuse this message",
+            msg.item_hash
+        );
+    }
+    if let Some(program) = msg.program()
+        && let Err(e) = program.check_supported()
+    {
+        eprintln!("aleph-wasm: note: valid message, but this engine cannot run it: {e}");
+    }
+    Ok(EXIT_OK)
+}
+
+/// Stores a file or a directory (packed as zip) as an object with a STORE message; returns
+/// the ref and the encoding.
+fn store_code(
+    store: &Store,
+    path: &Path,
+    encoding: Option<&str>,
+    owner: &str,
+    time: f64,
+) -> Result<(String, &'static str), UsageError> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+    if meta.is_dir() {
+        if let Some(e) = encoding
+            && e != "zip"
+            && e != "tar.gz"
+        {
+            return Err(UsageError(format!(
+                "{}: a directory is packed as zip or tar.gz, not {e}",
+                path.display()
+            )));
+        }
+        let (format, name) = match encoding {
+            Some("tar.gz") => (PackFormat::TarGz, "tar.gz"),
+            _ => (PackFormat::Zip, "zip"),
+        };
+        let tmp = tempfile::NamedTempFile::new_in(store.tmp_dir())?;
+        archive::pack(path, format, tmp.path())?;
+        let msg = store.add_file(tmp.path(), owner, time)?;
+        return Ok((msg.item_hash, name));
+    }
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    let encoding = match encoding {
+        Some("zip") => "zip",
+        Some("tar.gz") => "tar.gz",
+        Some(_) => "plain",
+        None if name.ends_with(".zip") => "zip",
+        None if name.ends_with(".tar.gz") || name.ends_with(".tgz") => "tar.gz",
+        None => "plain",
+    };
+    let msg = store.add_file(path, owner, time)?;
+    Ok((msg.item_hash, encoding))
+}
+
+fn resolve_runtime(
+    store: &Store,
+    runtime: Option<&str>,
+    interface: &str,
+) -> Result<String, UsageError> {
+    match runtime {
+        Some(r) if r.len() == 64 && r.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(r.to_string()),
+        Some(name) => Ok(runtime::add_builtin(store, name)?),
+        None if interface == "binary" => Ok(runtime::add_builtin(store, "wasi")?),
+        None => Err(UsageError(
+            "--runtime is required for the asgi interface (no interpreter runtime is built in)"
+                .into(),
+        )),
+    }
+}
+
+fn create_program(store: &Store, a: &CreateArgs) -> CliResult {
+    let time = now();
+    let interface = a.interface.clone().unwrap_or_else(|| {
+        if a.entrypoint.contains(':') {
+            "asgi"
+        } else {
+            "binary"
+        }
+        .to_string()
+    });
+    let runtime_ref = resolve_runtime(store, a.runtime.as_deref(), &interface)?;
+    let (code_ref, encoding) = store_code(store, &a.path, a.encoding.as_deref(), &a.owner, time)?;
+    let mut variables = serde_json::Map::new();
+    for v in &a.variables {
+        let (k, val) = v
+            .split_once('=')
+            .ok_or_else(|| UsageError(format!("--variable {v:?}: expected K=V")))?;
+        variables.insert(k.to_string(), val.into());
+    }
+    let mut volumes = Vec::new();
+    for spec in &a.volumes {
+        volumes.push(parse_volume(spec)?);
+    }
+    let mut on = serde_json::json!({ "http": !a.no_http, "persistent": a.persistent });
+    if let Some(cron) = &a.cron {
+        on["cron"] = cron.clone().into();
+    }
+    if !a.on_message.is_empty() {
+        let subs: Result<Vec<serde_json::Value>, _> = a
+            .on_message
+            .iter()
+            .map(|s| serde_json::from_str(s))
+            .collect();
+        on["message"] = subs
+            .map_err(|e| UsageError(format!("--on-message: {e}")))?
+            .into();
+    }
+    let mut content = serde_json::json!({
+        "type": "vm-function",
+        "address": a.owner,
+        "time": time,
+        "allow_amend": false,
+        "code": {
+            "encoding": encoding,
+            "entrypoint": a.entrypoint,
+            "ref": code_ref,
+            "interface": interface,
+            "args": a.args,
+            "use_latest": false,
+        },
+        "runtime": { "ref": runtime_ref, "use_latest": false, "comment": "created by aleph-wasm" },
+        "on": on,
+        "environment": {
+            "reproducible": a.reproducible,
+            "internet": a.internet,
+            "aleph_api": a.aleph_api,
+            "shared_cache": false,
+        },
+        "resources": { "vcpus": a.vcpus, "memory": a.memory, "seconds": a.seconds },
+        "variables": variables,
+        "volumes": volumes,
+    });
+    if let Some(data) = &a.data {
+        let (data_ref, enc) = store_code(store, data, None, &a.owner, time)?;
+        content["data"] = serde_json::json!({
+            "encoding": enc, "mount": a.data_mount, "ref": data_ref, "use_latest": false,
+        });
+    }
+    if let Some(mount) = &a.export_mount {
+        content["export"] = serde_json::json!({ "encoding": a.export_encoding, "mount": mount });
+    }
+    let draft = message::build_inline(MessageType::Program, "ETH", &a.owner, time, content);
+    // Validate at the one named point: the message must parse as any other would.
+    let bytes = serde_json::to_vec(&draft.to_json())?;
+    let msg = message::parse(&bytes)?;
+    store.put_message(&msg)?;
+    println!("{}", msg.item_hash);
+    Ok(EXIT_OK)
+}
+
+fn parse_volume(spec: &str) -> Result<serde_json::Value, UsageError> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let size = |s: &str| {
+        s.parse::<u64>()
+            .map_err(|_| UsageError(format!("--volume {spec:?}: {s:?} is not a size in MiB")))
+    };
+    match parts.as_slice() {
+        ["ephemeral", mount, mib] => Ok(serde_json::json!({
+            "ephemeral": true, "mount": mount, "size_mib": size(mib)?,
+        })),
+        ["persistent", name, mount, mib] => Ok(serde_json::json!({
+            "name": name, "mount": mount, "size_mib": size(mib)?, "persistence": "host",
+        })),
+        ["immutable", reference, mount] => Ok(serde_json::json!({
+            "ref": reference, "mount": mount, "use_latest": false,
+        })),
+        _ => Err(UsageError(format!(
+            "--volume {spec:?}: expected ephemeral:MOUNT:SIZE_MIB, persistent:NAME:MOUNT:SIZE_MIB \
+             or immutable:REF:MOUNT"
+        ))),
+    }
+}
+
+fn load_target(store: &Store, target: &str) -> Result<Message, UsageError> {
+    let path = Path::new(target);
+    if path.is_file() {
+        return read_message(path);
+    }
+    Ok(store.get_message(target)?)
+}
+
+fn run_program(store: Store, a: &RunArgs) -> CliResult {
+    let msg = load_target(&store, &a.target)?;
+    let program = msg
+        .program()
+        .ok_or_else(|| UsageError(format!("{} is not a PROGRAM message", msg.item_hash)))?;
+    let trigger = if a.job {
+        Trigger::Job
+    } else if a.request.is_some() || program.on.http {
+        let mut req =
+            HttpRequest::from_line(a.request.as_deref().unwrap_or("GET /")).map_err(UsageError)?;
+        for h in &a.headers {
+            let (k, v) = h
+                .split_once(':')
+                .ok_or_else(|| UsageError(format!("--header {h:?}: expected 'Name: value'")))?;
+            req.headers
+                .push((k.trim().to_string(), v.trim().to_string()));
+        }
+        req.body = match a.body.as_deref() {
+            None => Vec::new(),
+            Some("-") => {
+                let mut b = Vec::new();
+                std::io::stdin().read_to_end(&mut b)?;
+                b
+            }
+            Some(file) => std::fs::read(file).map_err(|e| UsageError(format!("{file}: {e}")))?,
+        };
+        Trigger::Http(req)
+    } else {
+        Trigger::Job
+    };
+    let executor = Executor::new(store, ExecutorConfig::default())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let outcome = runtime.block_on(executor.execute(&msg, &trigger));
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", outcome.to_json())?;
+    } else {
+        if let Some(status) = outcome.status {
+            write!(out, "HTTP/1.1 {status}\r\n")?;
+            for (k, v) in &outcome.headers {
+                write!(out, "{k}: {v}\r\n")?;
+            }
+            write!(out, "\r\n")?;
+            out.write_all(&outcome.body)?;
+        } else {
+            out.write_all(&outcome.stdout.bytes)?;
+        }
+        std::io::stderr().write_all(&outcome.stderr.bytes)?;
+        if !outcome.is_ok() {
+            eprintln!(
+                "aleph-wasm: outcome {}: {}",
+                outcome.kind.as_str(),
+                outcome.error.as_deref().unwrap_or("")
+            );
+        }
+        if let Some(export) = &outcome.export {
+            eprintln!(
+                "aleph-wasm: export {} (ref {})",
+                export.file_hash, export.reference
+            );
+        }
+    }
+    out.flush()?;
+    Ok(if outcome.is_ok() {
+        EXIT_OK
+    } else {
+        EXIT_OUTCOME
+    })
+}

@@ -1,0 +1,329 @@
+//! The executor: the one place where the steps meet. It takes a validated message and a
+//! trigger through resolve → prepare → sandbox → interface and returns an [`Outcome`].
+//!
+//! It owns the process's [`Sandbox`] and the per-program concurrency limits: at most
+//! `resources.vcpus` executions of one program run at once; further ones wait their turn.
+
+use std::collections::HashMap;
+use std::path::{Component, Path};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
+
+use crate::interface::{Trigger, cgi};
+use crate::message::{CodeSource, Encoding, Interface, Message, ProgramContent};
+use crate::outcome::{ModuleCache, Outcome, OutcomeKind};
+use crate::runtime::{self, RuntimeKind};
+use crate::sandbox::{GuestEnd, GuestRun, GuestSpec, Sandbox, SandboxConfig};
+use crate::store::Store;
+use crate::volumes::{self, ResolvedInput, VolumeLimits};
+
+/// How the executor is tuned.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutorConfig {
+    /// The sandbox's settings.
+    pub sandbox: SandboxConfig,
+    /// Limits on volumes.
+    pub volumes: VolumeLimits,
+}
+
+/// Runs programs from one store. Create one per process and share it.
+pub struct Executor {
+    store: Store,
+    sandbox: Sandbox,
+    config: ExecutorConfig,
+    permits: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// The module a program runs, with what it was made from.
+struct Code {
+    hash: String,
+    bytes: Option<Vec<u8>>,
+    dir: Option<std::path::PathBuf>,
+    inputs: Vec<ResolvedInput>,
+}
+
+impl Executor {
+    /// An executor over `store`; compiled modules are cached in the store's cache.
+    pub fn new(store: Store, config: ExecutorConfig) -> anyhow::Result<Self> {
+        let sandbox = Sandbox::new(config.sandbox.clone(), &store.cache_dir("modules")?)?;
+        Ok(Executor {
+            store,
+            sandbox,
+            config,
+            permits: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The sandbox.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    fn semaphore(&self, program: &str, vcpus: u32) -> Arc<Semaphore> {
+        let mut permits = match self.permits.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        permits
+            .entry(program.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(vcpus.max(1) as usize)))
+            .clone()
+    }
+
+    /// Runs the program of `msg` for `trigger`. Never panics; every failure is an outcome.
+    pub async fn execute(&self, msg: &Message, trigger: &Trigger) -> Outcome {
+        let Some(program) = msg.program() else {
+            return Outcome::error(format!(
+                "message {} is a {:?} message, not a PROGRAM",
+                msg.item_hash, msg.kind
+            ));
+        };
+        if let Err(e) = program.check_supported() {
+            return Outcome::error(e.to_string());
+        }
+        let semaphore = self.semaphore(&msg.item_hash, program.resources.vcpus);
+        let Ok(_permit) = semaphore.acquire().await else {
+            return Outcome::error("the program's execution slots are closed");
+        };
+        match self.execute_program(program, trigger).await {
+            Ok(outcome) => outcome,
+            Err(message) => Outcome::error(message),
+        }
+    }
+
+    async fn execute_program(
+        &self,
+        program: &ProgramContent,
+        trigger: &Trigger,
+    ) -> Result<Outcome, String> {
+        let runtime = runtime::resolve(&self.store, &program.runtime).map_err(|e| e.to_string())?;
+        match runtime.manifest.kind {
+            RuntimeKind::Wasi => {}
+        }
+        if program.code.interface != Interface::Binary {
+            return Err(format!(
+                "content.code.interface: runtime {:?} runs WASI modules, which speak the binary \
+                 interface, not {:?}",
+                runtime.manifest.name, program.code.interface
+            ));
+        }
+        let mut inputs = vec![ResolvedInput {
+            field: "content.runtime".into(),
+            resolved: runtime.resolved.clone(),
+        }];
+        let code = self.code(program)?;
+        inputs.extend(code.inputs.iter().cloned());
+
+        let exec_dir = tempfile::tempdir_in(self.store.tmp_dir())
+            .map_err(|e| format!("cannot make the execution directory: {e}"))?;
+        let mounts = volumes::prepare(
+            &self.store,
+            program,
+            code.dir.as_deref(),
+            exec_dir.path(),
+            &self.config.volumes,
+        )
+        .map_err(|e| e.to_string())?;
+        inputs.extend(mounts.inputs.iter().cloned());
+
+        let hash = code.hash.clone();
+        let loaded = {
+            let bytes = code.bytes;
+            let dir = code.dir.clone();
+            let entry = program.code.entrypoint.clone();
+            self.sandbox
+                .module(&hash, move || match (bytes, dir) {
+                    (Some(b), _) => Ok(b),
+                    (None, Some(d)) => Ok(std::fs::read(d.join(entry))?),
+                    (None, None) => anyhow::bail!("no code"),
+                })
+                .map_err(|e| format!("content.code: {e:#}"))?
+        };
+
+        let mut env: Vec<(String, String)> = program
+            .variables
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut stdin = Vec::new();
+        if let Trigger::Http(req) = trigger {
+            env.extend(cgi::environment(req));
+            stdin = req.body.clone();
+        }
+        let mut args = vec![program.code.entrypoint.clone()];
+        args.extend(program.code.args.iter().cloned());
+        let spec = GuestSpec {
+            args,
+            env,
+            stdin,
+            preopens: mounts.preopens,
+            memory_bytes: program.resources.memory_mib.saturating_mul(1 << 20),
+            seconds: program.resources.seconds,
+        };
+        let run = self.sandbox.run(&loaded.module, spec).await;
+        let mut outcome = interpret(run, trigger);
+        outcome.module_cache = Some(if loaded.from_cache {
+            ModuleCache::Hit
+        } else {
+            ModuleCache::Miss
+        });
+        outcome.inputs = inputs;
+        if let Some(plan) = &mounts.export
+            && outcome.kind != OutcomeKind::Error
+        {
+            match volumes::collect_export(&self.store, plan, &program.address, program.time) {
+                Ok(info) => outcome.export = Some(info),
+                Err(e) => {
+                    outcome.kind = OutcomeKind::Error;
+                    outcome.error = Some(e.to_string());
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Resolves the code to module bytes (or a file in an unpacked archive).
+    fn code(&self, program: &ProgramContent) -> Result<Code, String> {
+        let code = &program.code;
+        let r = match &code.source {
+            CodeSource::Inline(text) => {
+                return Ok(Code {
+                    hash: crate::message::sha256_hex(text.as_bytes()),
+                    bytes: Some(text.as_bytes().to_vec()),
+                    dir: None,
+                    inputs: Vec::new(),
+                });
+            }
+            CodeSource::Ref(r) => r,
+        };
+        let resolved = self
+            .store
+            .resolve(r)
+            .map_err(|e| format!("content.code: {e}"))?;
+        let input = ResolvedInput {
+            field: "content.code".into(),
+            resolved: resolved.clone(),
+        };
+        if code.encoding == Encoding::Plain {
+            let bytes = self
+                .store
+                .read_object(&resolved.file_hash)
+                .map_err(|e| format!("content.code: {e}"))?;
+            return Ok(Code {
+                hash: resolved.file_hash,
+                bytes: Some(bytes),
+                dir: None,
+                inputs: vec![input],
+            });
+        }
+        let format = volumes::archive_format(code.encoding).ok_or_else(|| {
+            "content.code.encoding: unsupported encoding \"squashfs\"".to_string()
+        })?;
+        let dir = volumes::unpack_cached(
+            &self.store,
+            &resolved,
+            format,
+            "code",
+            &self.config.volumes.unpack,
+        )
+        .map_err(|e| format!("content.code: {e}"))?;
+        let entry = Path::new(&code.entrypoint);
+        if entry
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+        {
+            return Err(format!(
+                "content.code.entrypoint: {:?} must be a relative path inside the code archive",
+                code.entrypoint
+            ));
+        }
+        let path = dir.join(entry);
+        let meta = std::fs::symlink_metadata(&path).map_err(|_| {
+            format!(
+                "content.code.entrypoint: {:?} is not in the code archive",
+                code.entrypoint
+            )
+        })?;
+        if !meta.is_file() {
+            return Err(format!(
+                "content.code.entrypoint: {:?} is not a regular file in the code archive",
+                code.entrypoint
+            ));
+        }
+        let mut file = std::fs::File::open(&path).map_err(|e| format!("content.code: {e}"))?;
+        let hash =
+            crate::store::sha256_reader(&mut file).map_err(|e| format!("content.code: {e}"))?;
+        Ok(Code {
+            hash,
+            bytes: None,
+            dir: Some(dir),
+            inputs: vec![input],
+        })
+    }
+}
+
+/// Turns what the sandbox saw into an outcome, reading the CGI response for HTTP triggers.
+fn interpret(run: GuestRun, trigger: &Trigger) -> Outcome {
+    let mut outcome = Outcome::error("");
+    outcome.error = None;
+    outcome.fuel_consumed = run.fuel_consumed;
+    outcome.elapsed_ms = run.elapsed.as_millis() as u64;
+    outcome.stderr = run.stderr;
+    match run.end {
+        GuestEnd::Exited(0) => {
+            outcome.kind = OutcomeKind::Ok;
+            outcome.exit_code = Some(0);
+            if let Trigger::Http(_) = trigger {
+                match cgi::parse_response(&run.stdout.bytes) {
+                    Ok(resp) => {
+                        outcome.status = Some(resp.status);
+                        outcome.headers = resp.headers;
+                        outcome.body = resp.body;
+                        if run.stdout.dropped > 0 {
+                            outcome.kind = OutcomeKind::Error;
+                            outcome.error = Some(format!(
+                                "the CGI response is larger than the output cap ({} bytes dropped)",
+                                run.stdout.dropped
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        outcome.kind = OutcomeKind::Error;
+                        outcome.error = Some(format!("malformed CGI response: {e}"));
+                    }
+                }
+            }
+        }
+        GuestEnd::Exited(code) => {
+            outcome.kind = OutcomeKind::Exit;
+            outcome.exit_code = Some(code);
+            outcome.error = Some(format!("the program exited with code {code}"));
+        }
+        GuestEnd::Timeout(why) => {
+            outcome.kind = OutcomeKind::Timeout;
+            outcome.error = Some(why);
+        }
+        GuestEnd::OutOfMemory(why) => {
+            outcome.kind = OutcomeKind::OutOfMemory;
+            outcome.error = Some(why);
+        }
+        GuestEnd::Trap(why) => {
+            outcome.kind = OutcomeKind::Trap;
+            outcome.error = Some(why);
+        }
+        GuestEnd::Error(why) => {
+            outcome.kind = OutcomeKind::Error;
+            outcome.error = Some(why);
+        }
+    }
+    if !(outcome.kind == OutcomeKind::Ok && matches!(trigger, Trigger::Http(_))) {
+        outcome.stdout = run.stdout;
+    }
+    outcome
+}

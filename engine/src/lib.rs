@@ -1,0 +1,27 @@
+//! aleph-wasm runs Aleph.im `vm-function` (PROGRAM) messages inside a WebAssembly sandbox.
+//!
+//! Data flows one way, one module per step:
+//!
+//! message → [`store`] (resolve refs) → [`runtime`] + [`volumes`] (prepare) → [`sandbox`]
+//! (wasmtime store, WASI context, limits) → [`interface`] (CGI, job) → [`outcome`].
+//!
+//! [`message`] validates a message once, at [`message::parse`]; later steps trust the model.
+//! [`executor`] is the composition root that walks a message through the steps. [`cli`] is a
+//! thin shell over the library.
+
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod executor;
+pub mod interface;
+pub mod message;
+pub mod outcome;
+pub mod runtime;
+pub mod sandbox;
+pub mod store;
+pub mod volumes;
+
+pub use executor::{Executor, ExecutorConfig};
+pub use interface::{HttpRequest, Trigger};
+pub use outcome::{Outcome, OutcomeKind};
+pub use store::Store;

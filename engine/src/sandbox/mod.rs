@@ -1,0 +1,493 @@
+//! The sandbox: one wasmtime engine per process, its compiled-module cache, and the execution
+//! of one guest under the resource block.
+//!
+//! Each execution gets a fresh `wasmtime::Store` with a WASI context built from nothing: no
+//! inherited environment, arguments, stdio or directories, only what the [`GuestSpec`] lists.
+//! Limits:
+//! - memory: a fixed ceiling per linear memory ([`limits::MemoryLimiter`]);
+//! - time: a wall-clock deadline (epoch interruption lets the guest yield so the deadline fires
+//!   even in a tight loop) and a fuel budget of `seconds × fuel_per_second`;
+//! - output: stdout and stderr are captured up to a cap ([`output::CappedOutput`]);
+//! - disk: writable mounts with a size get a quota ([`quota`]).
+
+pub mod limits;
+pub mod output;
+pub mod quota;
+
+use std::collections::HashMap;
+use std::hash::Hasher;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::{Config, Engine, Linker, Module, Store, Trap};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+use self::limits::MemoryLimiter;
+use self::output::{CappedOutput, Captured};
+use self::quota::{Quota, QuotaState};
+
+/// The version of wasmtime this engine is built on (pinned exactly; fuel counts depend on it).
+pub const WASMTIME_VERSION: &str = "48.0.0";
+
+/// How the sandbox is tuned. The defaults are the published values.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Fuel granted per second of `resources.seconds`. By default 1,000,000,000: roughly one
+    /// second of Wasm execution on a current x86-64 core.
+    pub fuel_per_second: u64,
+    /// How often the epoch advances; the guest yields at each tick. By default 10 ms.
+    pub epoch_tick: Duration,
+    /// How many bytes of stdout and of stderr are kept per execution. By default 1 MiB each.
+    pub output_cap: usize,
+    /// The largest Wasm stack, in bytes. By default 1 MiB.
+    pub max_wasm_stack: usize,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            fuel_per_second: 1_000_000_000,
+            epoch_tick: Duration::from_millis(10),
+            output_cap: 1 << 20,
+            max_wasm_stack: 1 << 20,
+        }
+    }
+}
+
+/// A directory the guest sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preopen {
+    /// The host directory.
+    pub host: PathBuf,
+    /// Where the guest sees it (an absolute path).
+    pub guest: String,
+    /// Whether the guest may write to it.
+    pub writable: bool,
+    /// The most bytes the directory may hold, when it has a size (writable mounts only).
+    pub quota_bytes: Option<u64>,
+}
+
+/// Everything one execution of a guest needs besides its module.
+#[derive(Debug, Clone, Default)]
+pub struct GuestSpec {
+    /// `argv`, including `argv[0]`.
+    pub args: Vec<String>,
+    /// The environment, exactly.
+    pub env: Vec<(String, String)>,
+    /// What the guest reads on stdin.
+    pub stdin: Vec<u8>,
+    /// The directories the guest sees.
+    pub preopens: Vec<Preopen>,
+    /// The memory ceiling in bytes.
+    pub memory_bytes: u64,
+    /// The CPU-time budget in seconds (`resources.seconds`).
+    pub seconds: u64,
+}
+
+/// How a guest's execution ended, as the sandbox sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GuestEnd {
+    /// `_start` returned or `proc_exit` was called with this code.
+    Exited(i32),
+    /// The wall-clock deadline or the fuel budget ran out.
+    Timeout(String),
+    /// A memory growth was refused by the limit and the guest then failed.
+    OutOfMemory(String),
+    /// The guest trapped.
+    Trap(String),
+    /// The guest could not be started (bad module, missing import, host error).
+    Error(String),
+}
+
+/// What one execution produced.
+#[derive(Debug, Clone)]
+pub struct GuestRun {
+    /// How it ended.
+    pub end: GuestEnd,
+    /// Captured stdout.
+    pub stdout: Captured,
+    /// Captured stderr.
+    pub stderr: Captured,
+    /// Fuel consumed by the guest.
+    pub fuel_consumed: u64,
+    /// Wall-clock time from instantiation to the end.
+    pub elapsed: Duration,
+    /// The largest linear memory reached, in bytes.
+    pub peak_memory_bytes: u64,
+}
+
+/// A compiled module and whether it came from the on-disk cache.
+#[derive(Clone)]
+pub struct LoadedModule {
+    /// The module.
+    pub module: Module,
+    /// True when it was loaded from the cache, false when it was compiled now.
+    pub from_cache: bool,
+}
+
+/// The per-execution state that host functions see.
+pub struct GuestState {
+    wasi: WasiP1Ctx,
+    limiter: MemoryLimiter,
+    quota: QuotaState,
+}
+
+/// One wasmtime engine, its linker and its module cache. Create one per process and share it.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    quota_linker: Linker<GuestState>,
+    config: SandboxConfig,
+    cache_dir: PathBuf,
+    loaded: Mutex<HashMap<String, Module>>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The engine configuration. It is the same for every execution, reproducible or not, so that
+/// a compiled module, a fuel count and a NaN bit pattern mean the same thing on every node.
+/// wasmtime is built without its `threads` feature, so shared memories are never available.
+pub fn engine_config(config: &SandboxConfig) -> Config {
+    let mut c = Config::new();
+    c.consume_fuel(true)
+        .epoch_interruption(true)
+        .cranelift_nan_canonicalization(true)
+        .relaxed_simd_deterministic(true)
+        .max_wasm_stack(config.max_wasm_stack);
+    c
+}
+
+impl Sandbox {
+    /// Builds the engine, links WASI preview 1 and starts the epoch ticker. Compiled modules
+    /// are cached under `cache_dir/<engine compatibility hash>/`.
+    pub fn new(config: SandboxConfig, cache_dir: &Path) -> anyhow::Result<Self> {
+        let engine = Engine::new(&engine_config(&config))
+            .map_err(|e| anyhow::anyhow!("cannot build the wasm engine: {e}"))?;
+        let mut linker: Linker<GuestState> = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut GuestState| &mut s.wasi)
+            .map_err(|e| anyhow::anyhow!("cannot link WASI: {e}"))?;
+        let mut quota_linker = linker.clone();
+        quota::add_to_linker(&mut quota_linker)?;
+        let cache_dir = cache_dir.join(compatibility_key(&engine));
+        std::fs::create_dir_all(&cache_dir)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", cache_dir.display()))?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = ticker_stop.clone();
+            let tick = config.epoch_tick;
+            std::thread::Builder::new()
+                .name("aleph-wasm-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker: {e}"))?;
+        }
+        Ok(Sandbox {
+            engine,
+            linker,
+            quota_linker,
+            config,
+            cache_dir,
+            loaded: Mutex::new(HashMap::new()),
+            ticker_stop,
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The sandbox's configuration.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// The directory compiled modules are cached in.
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache_dir
+    }
+
+    /// Returns the compiled module for the bytes whose sha256 is `hash`: from memory, from the
+    /// on-disk cache, or compiled now from `bytes()` (and then cached).
+    pub fn module(
+        &self,
+        hash: &str,
+        bytes: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+    ) -> anyhow::Result<LoadedModule> {
+        if let Some(module) = self.loaded_modules().get(hash) {
+            return Ok(LoadedModule {
+                module: module.clone(),
+                from_cache: true,
+            });
+        }
+        let path = self.cache_dir.join(format!("{hash}.cwasm"));
+        if path.is_file() {
+            // SAFETY: the file was written by `Module::serialize` of an engine with the same
+            // compatibility hash (it is in the path), through an atomic rename.
+            match unsafe { Module::deserialize_file(&self.engine, &path) } {
+                Ok(module) => {
+                    tracing::debug!(module = hash, "compiled module loaded from the cache");
+                    self.remember(hash, &module);
+                    return Ok(LoadedModule {
+                        module,
+                        from_cache: true,
+                    });
+                }
+                Err(e) => tracing::warn!(
+                    module = hash,
+                    "cached module unusable, compiling again: {e}"
+                ),
+            }
+        }
+        let bytes = bytes()?;
+        let started = Instant::now();
+        let module = Module::new(&self.engine, &bytes)
+            .map_err(|e| anyhow::anyhow!("module {hash} is not valid WebAssembly: {e}"))?;
+        tracing::info!(
+            module = hash,
+            ms = started.elapsed().as_millis() as u64,
+            "compiled module"
+        );
+        match module.serialize() {
+            Ok(serialized) => {
+                if let Err(e) = write_atomic(&path, &serialized) {
+                    tracing::warn!(module = hash, "cannot cache the compiled module: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(module = hash, "cannot serialise the compiled module: {e}"),
+        }
+        self.remember(hash, &module);
+        Ok(LoadedModule {
+            module,
+            from_cache: false,
+        })
+    }
+
+    fn loaded_modules(&self) -> std::sync::MutexGuard<'_, HashMap<String, Module>> {
+        match self.loaded.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn remember(&self, hash: &str, module: &Module) {
+        self.loaded_modules()
+            .insert(hash.to_string(), module.clone());
+    }
+
+    /// Runs a WASI command module's `_start` under the spec's limits. Never panics and never
+    /// returns an error: every failure is a [`GuestEnd`].
+    pub async fn run(&self, module: &Module, spec: GuestSpec) -> GuestRun {
+        let stdout = CappedOutput::new(self.config.output_cap);
+        let stderr = CappedOutput::new(self.config.output_cap);
+        let started = Instant::now();
+        let fuel_budget = spec.seconds.saturating_mul(self.config.fuel_per_second);
+        let mut run = GuestRun {
+            end: GuestEnd::Error(String::new()),
+            stdout: Captured::default(),
+            stderr: Captured::default(),
+            fuel_consumed: 0,
+            elapsed: Duration::ZERO,
+            peak_memory_bytes: 0,
+        };
+        let mut store = match self.new_store(&spec, &stdout, &stderr, fuel_budget) {
+            Ok(store) => store,
+            Err(e) => {
+                run.end = GuestEnd::Error(e);
+                return run;
+            }
+        };
+        let deadline = Duration::from_secs(spec.seconds.max(1));
+        let result = tokio::time::timeout(deadline, self.start(module, &mut store)).await;
+        run.elapsed = started.elapsed();
+        let limiter = &store.data().limiter;
+        run.peak_memory_bytes = limiter.peak_bytes() as u64;
+        run.end = match result {
+            Err(_) => GuestEnd::Timeout(format!(
+                "wall-clock deadline of {} s reached",
+                deadline.as_secs()
+            )),
+            Ok(Ok(())) => exit_end(0, limiter),
+            Ok(Err((stage, e))) => classify(stage, e, limiter, fuel_budget),
+        };
+        run.fuel_consumed = fuel_budget.saturating_sub(store.get_fuel().unwrap_or(0));
+        run.stdout = stdout.captured();
+        run.stderr = stderr.captured();
+        run
+    }
+
+    fn new_store(
+        &self,
+        spec: &GuestSpec,
+        stdout: &CappedOutput,
+        stderr: &CappedOutput,
+        fuel_budget: u64,
+    ) -> Result<Store<GuestState>, String> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.args(&spec.args)
+            .envs(&spec.env)
+            .stdin(MemoryInputPipe::new(spec.stdin.clone()))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let mut quotas = Vec::new();
+        for p in &spec.preopens {
+            let perms = if p.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            wasi.preopened_dir(&p.host, &p.guest, perms)
+                .map_err(|e| format!("cannot mount {} at {}: {e}", p.host.display(), p.guest))?;
+            let quota = match (p.writable, p.quota_bytes) {
+                (true, Some(limit)) => {
+                    Some(Quota::new(&p.host, &p.guest, limit).map_err(|e| e.to_string())?)
+                }
+                _ => None,
+            };
+            quotas.push(quota);
+        }
+        let state = GuestState {
+            wasi: wasi.build_p1(),
+            limiter: MemoryLimiter::new(spec.memory_bytes),
+            quota: QuotaState::new(quotas),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store
+            .set_fuel(fuel_budget)
+            .map_err(|e| format!("cannot set fuel: {e}"))?;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        Ok(store)
+    }
+
+    /// Instantiates the module and calls `_start`. Errors before `_start` runs are the
+    /// host's or the module's ([`Stage::Start`]); errors from inside it are the guest's.
+    async fn start(
+        &self,
+        module: &Module,
+        store: &mut Store<GuestState>,
+    ) -> Result<(), (Stage, wasmtime::Error)> {
+        let linker = if store.data().quota.any() {
+            &self.quota_linker
+        } else {
+            &self.linker
+        };
+        let instance = linker
+            .instantiate_async(&mut *store, module)
+            .await
+            .map_err(|e| (Stage::Start, e))?;
+        let start = instance
+            .get_typed_func::<(), ()>(&mut *store, "_start")
+            .map_err(|e| (Stage::Start, e))?;
+        start
+            .call_async(&mut *store, ())
+            .await
+            .map_err(|e| (Stage::Run, e))
+    }
+}
+
+fn exit_end(code: i32, limiter: &MemoryLimiter) -> GuestEnd {
+    match (code, limiter.refused()) {
+        (0, _) => GuestEnd::Exited(0),
+        (code, Some(r)) => GuestEnd::OutOfMemory(format!(
+            "memory growth from {} to {} bytes refused by the limit; the guest then exited with code {code}",
+            r.current, r.desired
+        )),
+        (code, None) => GuestEnd::Exited(code),
+    }
+}
+
+/// Where an execution failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Instantiating the module or finding `_start`.
+    Start,
+    /// Inside `_start`.
+    Run,
+}
+
+fn classify(
+    stage: Stage,
+    err: wasmtime::Error,
+    limiter: &MemoryLimiter,
+    fuel_budget: u64,
+) -> GuestEnd {
+    if let Some(exit) = err.downcast_ref::<I32Exit>() {
+        return exit_end(exit.0, limiter);
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => {
+            return GuestEnd::Timeout(format!("fuel budget of {fuel_budget} exhausted"));
+        }
+        Some(Trap::Interrupt) => {
+            return GuestEnd::Timeout("interrupted at the deadline".to_string());
+        }
+        _ => {}
+    }
+    if let Some(r) = limiter.refused() {
+        return GuestEnd::OutOfMemory(format!(
+            "memory growth from {} to {} bytes refused by the limit; then: {}",
+            r.current,
+            r.desired,
+            first_line(&err)
+        ));
+    }
+    match stage {
+        Stage::Start => GuestEnd::Error(format!("cannot start the module: {err:#}")),
+        Stage::Run => GuestEnd::Trap(format!("{err:#}")),
+    }
+}
+
+fn first_line(err: &wasmtime::Error) -> String {
+    err.to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A short, stable key for the engine's compilation settings (wasmtime's own compatibility
+/// hash, digested with sha256).
+fn compatibility_key(engine: &Engine) -> String {
+    struct ShaHasher(Sha256);
+    impl Hasher for ShaHasher {
+        fn finish(&self) -> u64 {
+            0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+    let mut h = ShaHasher(Sha256::new());
+    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
+    hex::encode(&h.0.finalize()[..12])
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}

@@ -1,0 +1,585 @@
+//! The embedded content store: objects by sha256, messages by item hash, and ref resolution.
+//!
+//! A store is one directory:
+//!
+//! ```text
+//! objects/sha256/<2 hex>/<sha256>   object bytes, re-hashed whenever they are read
+//! messages/<item hash>.json         a validated message, in the final envelope form
+//! amends/<ref>/<item hash>          marker: this STORE message amends <ref>
+//! cache/                            derived data (compiled modules, unpacked archives); safe to delete
+//! volumes/<owner>/<name>/           persistent volumes with `persistence: host`
+//! tmp/                              scratch space; files are renamed from here into place
+//! ```
+//!
+//! Every write lands in `tmp/` first and is renamed into its final name, so a crash mid-write
+//! never leaves a half object under a real name. Nothing here deletes stored data.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::message::{self, Content, ItemType, Message, MessageError, MessageType, ObjectRef};
+
+/// The environment variable that selects the store directory (`--store` wins over it).
+pub const STORE_ENV: &str = "ALEPH_WASM_STORE";
+
+/// What can go wrong while reading or writing the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An object or message that the caller asked for is not in the store.
+    #[error("{what} {hash} is not in the store")]
+    NotFound {
+        /// What was looked up ("object", "message").
+        what: &'static str,
+        /// The hash that was looked up.
+        hash: String,
+    },
+    /// An object's bytes no longer match the hash they are stored under.
+    #[error("object {hash} is corrupt: its bytes hash to {actual}")]
+    Corrupt {
+        /// The hash the object is stored under.
+        hash: String,
+        /// The hash of the bytes found.
+        actual: String,
+    },
+    /// A hash given by the caller is not a sha256 hex string.
+    #[error("{0:?} is not a sha256 hash (64 lowercase hex characters)")]
+    BadHash(String),
+    /// A `ref` names a message that is not a STORE message.
+    #[error("ref {reference} names a {kind} message, not a STORE message")]
+    NotAStoreMessage {
+        /// The ref.
+        reference: String,
+        /// The type of the message it names.
+        kind: String,
+    },
+    /// A STORE message points at IPFS content, which the embedded store cannot hold.
+    #[error(
+        "ref {0} points at IPFS content, which this store does not hold (only `storage` objects)"
+    )]
+    Ipfs(String),
+    /// A stored message failed validation when read back.
+    #[error("stored message {hash} is invalid: {source}")]
+    BadMessage {
+        /// The message's item hash.
+        hash: String,
+        /// What is wrong with it.
+        source: MessageError,
+    },
+    /// A message whose inline hash could not be checked was offered for storage.
+    #[error(
+        "message {0}: item_content is missing, so the inline item_hash cannot be checked; refusing to store it"
+    )]
+    Unverified(String),
+    /// An I/O error, with the path it happened on.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+/// Attaches a path to an I/O error.
+pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A STORE message resolved to the object it names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    /// The ref as written in the message.
+    pub reference: String,
+    /// The item hash of the STORE message actually used (differs from `reference` after an amend).
+    pub message_hash: String,
+    /// The sha256 of the file.
+    pub file_hash: String,
+    /// Where the (verified) file is.
+    pub path: PathBuf,
+}
+
+/// The embedded content store, rooted at one directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// The default store directory: `$ALEPH_WASM_STORE`, else `<XDG data dir>/aleph-wasm`,
+    /// else `./.aleph-wasm` when the platform has no data directory.
+    pub fn default_root() -> PathBuf {
+        if let Some(dir) = std::env::var_os(STORE_ENV).filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir);
+        }
+        dirs::data_dir()
+            .map(|d| d.join("aleph-wasm"))
+            .unwrap_or_else(|| PathBuf::from(".aleph-wasm"))
+    }
+
+    /// Opens (creating when needed) the store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        for sub in [
+            "objects/sha256",
+            "messages",
+            "amends",
+            "cache",
+            "volumes",
+            "tmp",
+        ] {
+            let dir = root.join(sub);
+            fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        }
+        Ok(Store { root })
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A directory for derived, re-creatable data (`cache/<name>`), created on demand.
+    pub fn cache_dir(&self, name: &str) -> Result<PathBuf, StoreError> {
+        let dir = self.root.join("cache").join(name);
+        fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        Ok(dir)
+    }
+
+    /// The scratch directory; files made there can be renamed into the store atomically.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// The host directory of a persistent volume (`persistence: host`), created on demand.
+    pub fn volume_dir(&self, owner: &str, name: &str) -> Result<PathBuf, StoreError> {
+        let dir = self
+            .root
+            .join("volumes")
+            .join(safe_component(owner))
+            .join(safe_component(name));
+        fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        Ok(dir)
+    }
+
+    fn object_file(&self, hash: &str) -> Result<PathBuf, StoreError> {
+        check_sha256(hash)?;
+        Ok(self.root.join("objects/sha256").join(&hash[..2]).join(hash))
+    }
+
+    /// Stores `bytes`, returning their sha256.
+    pub fn put_object(&self, bytes: &[u8]) -> Result<String, StoreError> {
+        self.put_object_from(&mut io::Cursor::new(bytes))
+            .map(|(h, _)| h)
+    }
+
+    /// Stores the file at `path` (streamed, never whole in memory); returns its sha256 and size.
+    pub fn put_object_file(&self, path: &Path) -> Result<(String, u64), StoreError> {
+        let mut file = fs::File::open(path).map_err(io_at(path))?;
+        self.put_object_from(&mut file)
+    }
+
+    /// Stores what `reader` yields; returns its sha256 and size.
+    pub fn put_object_from(&self, reader: &mut dyn Read) -> Result<(String, u64), StoreError> {
+        let tmp_dir = self.tmp_dir();
+        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(io_at(&tmp_dir))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = reader.read(&mut buf).map_err(io_at(tmp.path()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            tmp.write_all(&buf[..n]).map_err(io_at(tmp.path()))?;
+            size += n as u64;
+        }
+        let hash = hex::encode(hasher.finalize());
+        let dest = self.object_file(&hash)?;
+        if dest.exists() && self.verify_object(&hash).is_ok() {
+            return Ok((hash, size));
+        }
+        persist(tmp, &dest)?;
+        Ok((hash, size))
+    }
+
+    /// Whether an object is present (not verified).
+    pub fn has_object(&self, hash: &str) -> bool {
+        self.object_file(hash).map(|p| p.is_file()).unwrap_or(false)
+    }
+
+    /// Re-hashes a stored object and returns its path when the bytes still match.
+    pub fn verify_object(&self, hash: &str) -> Result<PathBuf, StoreError> {
+        let path = self.object_file(hash)?;
+        let mut file = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound {
+                    what: "object",
+                    hash: hash.to_string(),
+                });
+            }
+            Err(e) => return Err(io_at(&path)(e)),
+        };
+        let actual = sha256_reader(&mut file).map_err(io_at(&path))?;
+        if actual != hash {
+            return Err(StoreError::Corrupt {
+                hash: hash.to_string(),
+                actual,
+            });
+        }
+        Ok(path)
+    }
+
+    /// Reads a stored object, verifying its hash.
+    pub fn read_object(&self, hash: &str) -> Result<Vec<u8>, StoreError> {
+        let path = self.object_file(hash)?;
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound {
+                    what: "object",
+                    hash: hash.to_string(),
+                });
+            }
+            Err(e) => return Err(io_at(&path)(e)),
+        };
+        let actual = message::sha256_hex(&bytes);
+        if actual != hash {
+            return Err(StoreError::Corrupt {
+                hash: hash.to_string(),
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+
+    fn message_file(&self, item_hash: &str) -> Result<PathBuf, StoreError> {
+        if item_hash.is_empty()
+            || !item_hash.bytes().all(|b| b.is_ascii_alphanumeric())
+            || item_hash.len() > 128
+        {
+            return Err(StoreError::BadHash(item_hash.to_string()));
+        }
+        Ok(self.root.join("messages").join(format!("{item_hash}.json")))
+    }
+
+    /// Stores a validated message (and indexes it when it amends a STORE message).
+    ///
+    /// Inline messages whose hash could not be checked are refused.
+    pub fn put_message(&self, msg: &Message) -> Result<(), StoreError> {
+        if msg.item_type == ItemType::Inline && !msg.hash_verified {
+            return Err(StoreError::Unverified(msg.item_hash.clone()));
+        }
+        let dest = self.message_file(&msg.item_hash)?;
+        let text = serde_json::to_vec_pretty(&msg.to_json()).map_err(|e| StoreError::Io {
+            path: dest.clone(),
+            source: io::Error::other(e),
+        })?;
+        self.write_atomic(&dest, &text)?;
+        if let Content::Store(store) = &msg.content
+            && let Some(original) = &store.reference
+        {
+            let dir = self.root.join("amends").join(safe_component(original));
+            fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+            self.write_atomic(&dir.join(safe_component(&msg.item_hash)), b"")?;
+        }
+        Ok(())
+    }
+
+    /// Reads a stored message back, validating it again.
+    pub fn get_message(&self, item_hash: &str) -> Result<Message, StoreError> {
+        let path = self.message_file(item_hash)?;
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound {
+                    what: "message",
+                    hash: item_hash.to_string(),
+                });
+            }
+            Err(e) => return Err(io_at(&path)(e)),
+        };
+        let msg = message::parse(&bytes).map_err(|source| StoreError::BadMessage {
+            hash: item_hash.to_string(),
+            source,
+        })?;
+        if msg.item_hash != item_hash {
+            return Err(StoreError::Corrupt {
+                hash: item_hash.to_string(),
+                actual: msg.item_hash,
+            });
+        }
+        Ok(msg)
+    }
+
+    /// Every stored message's item hash, sorted.
+    pub fn message_hashes(&self) -> Result<Vec<String>, StoreError> {
+        let dir = self.root.join("messages");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
+            let entry = entry.map_err(io_at(&dir))?;
+            if let Some(hash) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+            {
+                out.push(hash.to_string());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The STORE messages that amend `original`, from any owner, unsorted.
+    fn amends_of(&self, original: &str) -> Result<Vec<Message>, StoreError> {
+        let dir = self.root.join("amends").join(safe_component(original));
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_at(&dir)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_at(&dir))?;
+            if let Some(hash) = entry.file_name().to_str() {
+                out.push(self.get_message(hash)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolves a `ref` to the STORE message to use, following `use_latest` to the newest amend
+    /// from the original's owner (amends from anyone else are ignored).
+    pub fn resolve_message(&self, r: &ObjectRef) -> Result<Message, StoreError> {
+        let original = self.get_message(&r.reference)?;
+        let Some(content) = original.store() else {
+            return Err(StoreError::NotAStoreMessage {
+                reference: r.reference.clone(),
+                kind: format!("{:?}", original.kind).to_uppercase(),
+            });
+        };
+        if !r.use_latest {
+            return Ok(original);
+        }
+        let owner = content.address.clone();
+        let newest = self
+            .amends_of(&r.reference)?
+            .into_iter()
+            .filter(|m| m.store().is_some_and(|s| s.address == owner))
+            .max_by(|a, b| {
+                a.time
+                    .total_cmp(&b.time)
+                    .then_with(|| a.item_hash.cmp(&b.item_hash))
+            });
+        Ok(newest.unwrap_or(original))
+    }
+
+    /// Resolves a `ref` all the way to a verified file.
+    pub fn resolve(&self, r: &ObjectRef) -> Result<Resolved, StoreError> {
+        let msg = self.resolve_message(r)?;
+        let store = msg.store().ok_or_else(|| StoreError::NotAStoreMessage {
+            reference: r.reference.clone(),
+            kind: format!("{:?}", msg.kind).to_uppercase(),
+        })?;
+        if store.item_type == ItemType::Ipfs {
+            return Err(StoreError::Ipfs(r.reference.clone()));
+        }
+        let path = self.verify_object(&store.item_hash)?;
+        Ok(Resolved {
+            reference: r.reference.clone(),
+            message_hash: msg.item_hash.clone(),
+            file_hash: store.item_hash.clone(),
+            path,
+        })
+    }
+
+    /// Stores a file and a STORE message for it, signed by nobody and owned by `owner`.
+    /// Returns the STORE message (its item hash is the file's `ref`).
+    pub fn add_file(&self, path: &Path, owner: &str, time: f64) -> Result<Message, StoreError> {
+        let (hash, size) = self.put_object_file(path)?;
+        self.add_store_message(&hash, size, owner, time)
+    }
+
+    /// Writes a STORE message for an object already in the store.
+    pub fn add_store_message(
+        &self,
+        file_hash: &str,
+        size: u64,
+        owner: &str,
+        time: f64,
+    ) -> Result<Message, StoreError> {
+        let content = serde_json::json!({
+            "address": owner,
+            "time": time,
+            "item_type": "storage",
+            "item_hash": file_hash,
+            "size": size,
+        });
+        let msg = message::build_inline(MessageType::Store, "ETH", owner, time, content);
+        self.put_message(&msg)?;
+        Ok(msg)
+    }
+
+    /// Writes `bytes` to `dest` through a temporary file and a rename.
+    pub(crate) fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        let tmp_dir = self.tmp_dir();
+        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(io_at(&tmp_dir))?;
+        tmp.write_all(bytes).map_err(io_at(tmp.path()))?;
+        persist(tmp, dest)
+    }
+}
+
+/// Flushes a temporary file to disk and renames it to `dest`.
+fn persist(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<(), StoreError> {
+    tmp.as_file().sync_all().map_err(io_at(tmp.path()))?;
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).map_err(io_at(parent))?;
+    }
+    tmp.persist(dest).map_err(|e| StoreError::Io {
+        path: dest.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+/// The sha256 hex digest of everything `reader` yields.
+pub fn sha256_reader(reader: &mut dyn Read) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn check_sha256(hash: &str) -> Result<(), StoreError> {
+    if hash.len() == 64
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(StoreError::BadHash(hash.to_string()))
+    }
+}
+
+/// Makes a name safe as one path component: anything but `[A-Za-z0-9._-]` is hex-escaped,
+/// and names made only of dots are escaped too.
+fn safe_component(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02x}"));
+        }
+    }
+    if out.is_empty() || out.bytes().all(|b| b == b'.') {
+        out = out.replace('.', "%2e");
+        out.insert_str(0, "%");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn object_round_trip_and_corruption_detected() {
+        let (_d, s) = store();
+        let hash = s.put_object(b"hello").unwrap();
+        assert_eq!(s.read_object(&hash).unwrap(), b"hello");
+        let path = s.verify_object(&hash).unwrap();
+        fs::write(&path, b"HELLO").unwrap();
+        let err = s.read_object(&hash).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("corrupt"));
+        // Storing the right bytes again repairs the object.
+        s.put_object(b"hello").unwrap();
+        assert_eq!(s.read_object(&hash).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn no_temporary_files_left_behind() {
+        let (_d, s) = store();
+        s.put_object(b"abc").unwrap();
+        s.put_object(b"abc").unwrap();
+        assert_eq!(fs::read_dir(s.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn missing_object_and_bad_hash() {
+        let (_d, s) = store();
+        let err = s.read_object(&"0".repeat(64)).unwrap_err();
+        assert!(matches!(err, StoreError::NotFound { .. }));
+        assert!(matches!(
+            s.read_object("../../etc/passwd").unwrap_err(),
+            StoreError::BadHash(_)
+        ));
+        assert!(matches!(
+            s.get_message("../x").unwrap_err(),
+            StoreError::BadHash(_)
+        ));
+    }
+
+    #[test]
+    fn use_latest_follows_only_the_owners_amends() {
+        let (d, s) = store();
+        let f = d.path().join("f");
+        fs::write(&f, b"v1").unwrap();
+        let original = s.add_file(&f, "0xowner", 10.0).unwrap();
+        let v2 = s.put_object(b"v2").unwrap();
+        let v3 = s.put_object(b"v3").unwrap();
+        let amend = |hash: &str, owner: &str, time: f64| {
+            let content = serde_json::json!({
+                "address": owner, "time": time, "item_type": "storage",
+                "item_hash": hash, "ref": original.item_hash,
+            });
+            let m = message::build_inline(MessageType::Store, "ETH", owner, time, content);
+            s.put_message(&m).unwrap();
+            m
+        };
+        amend(&v2, "0xowner", 20.0);
+        amend(&v3, "0xmallory", 30.0);
+        let exact = ObjectRef {
+            reference: original.item_hash.clone(),
+            use_latest: false,
+        };
+        let latest = ObjectRef {
+            reference: original.item_hash.clone(),
+            use_latest: true,
+        };
+        assert_eq!(fs::read(s.resolve(&exact).unwrap().path).unwrap(), b"v1");
+        assert_eq!(fs::read(s.resolve(&latest).unwrap().path).unwrap(), b"v2");
+    }
+
+    #[test]
+    fn safe_component_never_escapes() {
+        for name in ["..", ".", "", "a/b", "../x", "é"] {
+            let c = safe_component(name);
+            assert!(
+                !c.contains('/') && c != ".." && c != "." && !c.is_empty(),
+                "{c}"
+            );
+        }
+    }
+}
