@@ -83,7 +83,7 @@ pub enum StoreCommand {
 pub enum ProgramCommand {
     /// Pack code, store everything and write a PROGRAM message; the last line printed is its
     /// item hash.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
 }
 
 /// `aleph-wasm message …`

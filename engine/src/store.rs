@@ -488,7 +488,7 @@ fn safe_component(name: &str) -> String {
     }
     if out.is_empty() || out.bytes().all(|b| b == b'.') {
         out = out.replace('.', "%2e");
-        out.insert_str(0, "%");
+        out.insert(0, '%');
     }
     out
 }
