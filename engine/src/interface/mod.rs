@@ -3,6 +3,7 @@
 //! - [`cgi`]: a binary program with an HTTP request, run CGI-style (RFC 3875);
 //! - a job: a binary program without a request, `_start` with `code.args`.
 
+pub mod asgi;
 pub mod cgi;
 
 /// An HTTP request addressed to a program.

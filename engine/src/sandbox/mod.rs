@@ -10,7 +10,13 @@
 //! - output: stdout and stderr are captured up to a cap ([`output::CappedOutput`]);
 //! - disk: writable mounts with a size get a quota ([`quota`]).
 
+#[macro_use]
+mod wasi_call;
+
+pub mod channel;
+pub mod instance;
 pub mod limits;
+pub mod meter;
 pub mod output;
 pub mod quota;
 
@@ -28,6 +34,7 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use self::limits::MemoryLimiter;
+use self::meter::Meter;
 use self::output::{CappedOutput, Captured};
 use self::quota::{Quota, QuotaState};
 
@@ -135,13 +142,14 @@ pub struct GuestState {
     wasi: WasiP1Ctx,
     limiter: MemoryLimiter,
     quota: QuotaState,
+    meter: Option<Arc<Meter>>,
 }
 
 /// One wasmtime engine, its linker and its module cache. Create one per process and share it.
 pub struct Sandbox {
     engine: Engine,
-    linker: Linker<GuestState>,
-    quota_linker: Linker<GuestState>,
+    linker: Arc<Linker<GuestState>>,
+    full_linker: Arc<Linker<GuestState>>,
     config: SandboxConfig,
     cache_dir: PathBuf,
     loaded: Mutex<HashMap<String, Module>>,
@@ -176,8 +184,9 @@ impl Sandbox {
         let mut linker: Linker<GuestState> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut GuestState| &mut s.wasi)
             .map_err(|e| anyhow::anyhow!("cannot link WASI: {e}"))?;
-        let mut quota_linker = linker.clone();
-        quota::add_to_linker(&mut quota_linker)?;
+        let mut full_linker = linker.clone();
+        quota::add_to_linker(&mut full_linker)?;
+        meter::add_to_linker(&mut full_linker)?;
         let cache_dir = cache_dir.join(compatibility_key(&engine));
         std::fs::create_dir_all(&cache_dir)
             .map_err(|e| anyhow::anyhow!("{}: {e}", cache_dir.display()))?;
@@ -198,8 +207,8 @@ impl Sandbox {
         }
         Ok(Sandbox {
             engine,
-            linker,
-            quota_linker,
+            linker: Arc::new(linker),
+            full_linker: Arc::new(full_linker),
             config,
             cache_dir,
             loaded: Mutex::new(HashMap::new()),
@@ -305,7 +314,12 @@ impl Sandbox {
             elapsed: Duration::ZERO,
             peak_memory_bytes: 0,
         };
-        let mut store = match self.new_store(&spec, &stdout, &stderr, fuel_budget) {
+        let stdio = Stdio {
+            stdin: Box::new(MemoryInputPipe::new(spec.stdin.clone())),
+            stdout: Box::new(stdout.clone()),
+            stderr: Box::new(stderr.clone()),
+        };
+        let mut store = match self.new_store(&spec, stdio, fuel_budget, None) {
             Ok(store) => store,
             Err(e) => {
                 run.end = GuestEnd::Error(e);
@@ -313,7 +327,8 @@ impl Sandbox {
             }
         };
         let deadline = Duration::from_secs(spec.seconds.max(1));
-        let result = tokio::time::timeout(deadline, self.start(module, &mut store)).await;
+        let linker = self.linker_for(&store);
+        let result = tokio::time::timeout(deadline, start(&linker, module, &mut store)).await;
         run.elapsed = started.elapsed();
         let limiter = &store.data().limiter;
         run.peak_memory_bytes = limiter.peak_bytes() as u64;
@@ -334,16 +349,16 @@ impl Sandbox {
     fn new_store(
         &self,
         spec: &GuestSpec,
-        stdout: &CappedOutput,
-        stderr: &CappedOutput,
+        stdio: Stdio,
         fuel_budget: u64,
+        meter: Option<Arc<Meter>>,
     ) -> Result<Store<GuestState>, String> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(&spec.args)
             .envs(&spec.env)
-            .stdin(MemoryInputPipe::new(spec.stdin.clone()))
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
+            .stdin(stdio.stdin)
+            .stdout(stdio.stdout)
+            .stderr(stdio.stderr)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
@@ -368,6 +383,7 @@ impl Sandbox {
             wasi: wasi.build_p1(),
             limiter: MemoryLimiter::new(spec.memory_bytes),
             quota: QuotaState::new(quotas),
+            meter,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -379,30 +395,42 @@ impl Sandbox {
         Ok(store)
     }
 
-    /// Instantiates the module and calls `_start`. Errors before `_start` runs are the
-    /// host's or the module's ([`Stage::Start`]); errors from inside it are the guest's.
-    async fn start(
-        &self,
-        module: &Module,
-        store: &mut Store<GuestState>,
-    ) -> Result<(), (Stage, wasmtime::Error)> {
-        let linker = if store.data().quota.any() {
-            &self.quota_linker
+    /// The linker a store needs: the plain WASI one, or the one with the quota and meter
+    /// interposers when the store uses either.
+    fn linker_for(&self, store: &Store<GuestState>) -> Arc<Linker<GuestState>> {
+        if store.data().quota.any() || store.data().meter.is_some() {
+            self.full_linker.clone()
         } else {
-            &self.linker
-        };
-        let instance = linker
-            .instantiate_async(&mut *store, module)
-            .await
-            .map_err(|e| (Stage::Start, e))?;
-        let start = instance
-            .get_typed_func::<(), ()>(&mut *store, "_start")
-            .map_err(|e| (Stage::Start, e))?;
-        start
-            .call_async(&mut *store, ())
-            .await
-            .map_err(|e| (Stage::Run, e))
+            self.linker.clone()
+        }
     }
+}
+
+/// The three standard streams of a guest.
+pub(crate) struct Stdio {
+    pub(crate) stdin: Box<dyn wasmtime_wasi::cli::StdinStream + Sync>,
+    pub(crate) stdout: Box<dyn wasmtime_wasi::cli::StdoutStream + Sync>,
+    pub(crate) stderr: Box<dyn wasmtime_wasi::cli::StdoutStream + Sync>,
+}
+
+/// Instantiates the module and calls `_start`. Errors before `_start` runs are the host's or
+/// the module's ([`Stage::Start`]); errors from inside it are the guest's.
+async fn start(
+    linker: &Linker<GuestState>,
+    module: &Module,
+    store: &mut Store<GuestState>,
+) -> Result<(), (Stage, wasmtime::Error)> {
+    let instance = linker
+        .instantiate_async(&mut *store, module)
+        .await
+        .map_err(|e| (Stage::Start, e))?;
+    let start = instance
+        .get_typed_func::<(), ()>(&mut *store, "_start")
+        .map_err(|e| (Stage::Start, e))?;
+    start
+        .call_async(&mut *store, ())
+        .await
+        .map_err(|e| (Stage::Run, e))
 }
 
 fn exit_end(code: i32, limiter: &MemoryLimiter) -> GuestEnd {

@@ -22,9 +22,7 @@ use std::path::{Path, PathBuf};
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
-use wasmtime::{AsContextMut, Caller, Extern, Linker};
-use wasmtime_wasi::p1::wasi_snapshot_preview1::{self as abi, WasiSnapshotPreview1 as _};
-use wiggle::GuestMemory;
+use wasmtime::{Caller, Linker};
 
 use super::GuestState;
 
@@ -142,24 +140,6 @@ impl QuotaState {
     fn mount_of(&self, fd: u32) -> Option<usize> {
         self.fds.get(&fd).map(|t| t.mount)
     }
-}
-
-/// Calls the WASI preview 1 implementation of `$func` with the caller's memory, exactly as the
-/// linked import would, and evaluates to its errno.
-macro_rules! call_wasi {
-    ($caller:expr, $func:ident ( $($arg:expr),* )) => {{
-        let caller: &mut Caller<'_, GuestState> = $caller;
-        let fuel = caller.as_context_mut().hostcall_fuel();
-        match caller.get_export("memory") {
-            Some(Extern::Memory(memory)) => {
-                let (bytes, state) = memory.data_and_store_mut(&mut *caller);
-                state.wasi.set_hostcall_fuel(fuel);
-                let mut guest = GuestMemory::Unshared(bytes);
-                abi::$func(&mut state.wasi, &mut guest, $($arg),*).await
-            }
-            _ => Err(wasmtime::format_err!("missing required memory export")),
-        }
-    }};
 }
 
 /// A write admitted against a quota, settled once the real size change is known.

@@ -1,0 +1,188 @@
+//! Long-lived guests: an instance whose `_start` keeps running and serves requests the host
+//! sends on its stdin, answering with frames on its stdout (see [`super::channel`]).
+//!
+//! The instance runs on its own tokio task. The host sends lines, reads lines, waits for the
+//! guest to block on stdin again, and kills the instance (dropping its store) when a request
+//! overruns its deadline or the instance is retired.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+use wasmtime::Module;
+
+use super::channel::{ChannelInput, FrameOutput, Line};
+use super::meter::Meter;
+use super::{GuestEnd, GuestSpec, Sandbox, Stdio, exit_end, start};
+
+/// A running long-lived guest.
+pub struct Instance {
+    input: ChannelInput,
+    output: FrameOutput,
+    stderr: FrameOutput,
+    meter: Arc<Meter>,
+    end: Arc<Mutex<Option<GuestEnd>>>,
+    task: JoinHandle<()>,
+    started: Instant,
+    peak_memory: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Instance {
+    /// Queues bytes on the guest's stdin.
+    pub fn send(&self, bytes: &[u8]) {
+        self.input.send(bytes);
+    }
+
+    /// Closes the guest's stdin; it reads end-of-file once the queue is drained.
+    pub fn close_stdin(&self) {
+        self.input.close();
+    }
+
+    /// The next line from the guest's stdout; `None` when the guest has ended and every line
+    /// was read.
+    pub async fn next_line(&self) -> Option<Line> {
+        let end = self.end.clone();
+        self.output.next(move || lock(&end).is_some()).await
+    }
+
+    /// Every line the guest wrote on stderr so far (its raw stderr, outside any protocol).
+    pub async fn drain_stderr(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(line) = self.stderr.next(|| true).await {
+            match line {
+                Line::Frame(b) | Line::Log(b) => out.push(b),
+            }
+        }
+        out
+    }
+
+    /// Waits until the guest blocks reading stdin with nothing left to read.
+    pub async fn wait_idle(&self) {
+        self.input.wait_blocked().await
+    }
+
+    /// How the guest ended, once it has.
+    pub fn ended(&self) -> Option<GuestEnd> {
+        lock(&self.end).clone()
+    }
+
+    /// Waits for the guest to end, at most `limit`; returns how it ended.
+    pub async fn wait_end(&self, limit: Duration) -> Option<GuestEnd> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(end) = self.ended() {
+                return Some(end);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops the guest now (its store is dropped).
+    pub fn kill(&self) {
+        self.task.abort();
+        let mut end = lock(&self.end);
+        if end.is_none() {
+            *end = Some(GuestEnd::Error(
+                "the instance was stopped by the host".into(),
+            ));
+        }
+        drop(end);
+        self.output.wake();
+    }
+
+    /// Fuel the guest consumed up to its latest read of stdin.
+    pub fn fuel_consumed(&self) -> u64 {
+        self.meter.consumed()
+    }
+
+    /// Bytes of stdout log output dropped so far, and whether a frame was lost.
+    pub fn output_losses(&self) -> (u64, bool) {
+        self.output.losses()
+    }
+
+    /// When the instance was started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The largest linear memory the guest reached, as of its end (0 while it runs).
+    pub fn peak_memory_bytes(&self) -> u64 {
+        self.peak_memory.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl Sandbox {
+    /// Starts a long-lived guest. `spec.stdin` is ignored (stdin is the request channel);
+    /// `boot_fuel` is the fuel for everything up to the first read of stdin, after which each
+    /// read refills it to `seconds × fuel_per_second`. Must be called within a tokio runtime.
+    pub fn spawn(
+        &self,
+        module: &Module,
+        spec: GuestSpec,
+        boot_fuel: u64,
+    ) -> Result<Instance, String> {
+        let input = ChannelInput::new();
+        let output = FrameOutput::new(self.config.output_cap.max(1 << 20) * 16);
+        let stderr = FrameOutput::new(self.config.output_cap);
+        let budget = spec.seconds.saturating_mul(self.config.fuel_per_second);
+        let meter = Arc::new(Meter::new(budget));
+        meter.filled(boot_fuel);
+        let stdio = Stdio {
+            stdin: Box::new(input.clone()),
+            stdout: Box::new(output.clone()),
+            stderr: Box::new(stderr.clone()),
+        };
+        let mut store = self.new_store(&spec, stdio, boot_fuel, Some(meter.clone()))?;
+        let linker = self.linker_for(&store);
+        let module = module.clone();
+        let end: Arc<Mutex<Option<GuestEnd>>> = Arc::new(Mutex::new(None));
+        let peak_memory = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let task = {
+            let end = end.clone();
+            let output = output.clone();
+            let stderr = stderr.clone();
+            let peak_memory = peak_memory.clone();
+            tokio::spawn(async move {
+                let result = start(&linker, &module, &mut store).await;
+                let limiter = &store.data().limiter;
+                let guest_end = match result {
+                    Ok(()) => exit_end(0, limiter),
+                    Err((stage, e)) => super::classify(stage, e, limiter, budget),
+                };
+                peak_memory.store(
+                    limiter.peak_bytes() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                *lock(&end) = Some(guest_end);
+                output.wake();
+                stderr.wake();
+            })
+        };
+        Ok(Instance {
+            input,
+            output,
+            stderr,
+            meter,
+            end,
+            task,
+            started: Instant::now(),
+            peak_memory,
+        })
+    }
+}
