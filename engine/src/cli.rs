@@ -32,6 +32,9 @@ pub struct Cli {
     /// The store directory (default: $XDG_DATA_HOME/aleph-wasm).
     #[arg(long, global = true, env = "ALEPH_WASM_STORE")]
     pub store: Option<PathBuf>,
+    /// Where compiled modules are cached (default: the store's cache); stores can share one.
+    #[arg(long, global = true, env = "ALEPH_WASM_MODULE_CACHE")]
+    pub module_cache: Option<PathBuf>,
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -327,7 +330,11 @@ fn run_cli(cli: Cli) -> CliResult {
         }
         Command::Run(args) => {
             let store = open_store(&cli.store)?;
-            run_program(store, &args)
+            let config = ExecutorConfig {
+                module_cache: cli.module_cache.clone(),
+                ..ExecutorConfig::default()
+            };
+            run_program(store, config, &args)
         }
     }
 }
@@ -524,7 +531,7 @@ fn load_target(store: &Store, target: &str) -> Result<Message, UsageError> {
     Ok(store.get_message(target)?)
 }
 
-fn run_program(store: Store, a: &RunArgs) -> CliResult {
+fn run_program(store: Store, config: ExecutorConfig, a: &RunArgs) -> CliResult {
     let msg = load_target(&store, &a.target)?;
     let program = msg
         .program()
@@ -554,7 +561,7 @@ fn run_program(store: Store, a: &RunArgs) -> CliResult {
     } else {
         Trigger::Job
     };
-    let executor = Executor::new(store, ExecutorConfig::default())?;
+    let executor = Executor::new(store, config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -73,8 +73,14 @@ impl Executor {
             None => self.boot(program, &runtime).await?,
         };
         let (mut outcome, fate) = self.serve(&mut warm, program, &event).await;
-        outcome.stdout.bytes.splice(0..0, std::mem::take(&mut warm.pending_stdout));
-        outcome.stderr.bytes.splice(0..0, std::mem::take(&mut warm.pending_stderr));
+        outcome
+            .stdout
+            .bytes
+            .splice(0..0, std::mem::take(&mut warm.pending_stdout));
+        outcome
+            .stderr
+            .bytes
+            .splice(0..0, std::mem::take(&mut warm.pending_stderr));
         outcome.inputs = warm.inputs.clone();
         outcome.module_cache = Some(warm.module_cache);
         warm.module_cache = ModuleCache::Hit;
@@ -145,7 +151,11 @@ impl Executor {
     }
 
     /// Boots an instance: interpreter, app import, lifespan startup.
-    async fn boot(&self, program: &ProgramContent, runtime: &ResolvedRuntime) -> Result<Warm, String> {
+    async fn boot(
+        &self,
+        program: &ProgramContent,
+        runtime: &ResolvedRuntime,
+    ) -> Result<Warm, String> {
         let interp = runtime
             .interpreter()
             .ok_or_else(|| "content.runtime: not an interpreter runtime".to_string())?;
@@ -185,7 +195,12 @@ impl Executor {
         let entry = &program.code.entrypoint;
         let (module_part, attr) = entry.split_once(':').unwrap_or(("", entry.as_str()));
         let mut env: Vec<(String, String)> = interp.env.clone().into_iter().collect();
-        env.extend(program.variables.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(
+            program
+                .variables
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
         env.push(("ALEPH_WASM_CODE".into(), volumes::CODE_MOUNT.into()));
         if plain {
             env.push(("ALEPH_WASM_PLAIN".into(), PLAIN_CODE_FILE.into()));
@@ -230,24 +245,40 @@ impl Executor {
             last_used: Instant::now(),
         };
         // The import of the app, then lifespan startup, each within the boot budget.
-        let boot = collect(&warm.instance, self.config.boot_timeout, |x| x.ready || x.boot_error.is_some()).await;
+        let boot = collect(&warm.instance, self.config.boot_timeout, |x| {
+            x.ready || x.boot_error.is_some()
+        })
+        .await;
         warm.pending_stdout.extend_from_slice(&boot.exchange.stdout);
         warm.pending_stderr.extend_from_slice(&boot.exchange.stderr);
         if let Some((message, traceback)) = &boot.exchange.boot_error {
             warm.instance.kill();
-            return Err(format!("the app could not be loaded: {message}\n{traceback}"));
+            return Err(format!(
+                "the app could not be loaded: {message}\n{traceback}"
+            ));
         }
         if !boot.exchange.ready {
             warm.instance.kill();
-            return Err(boot.failure("booting the interpreter", self.config.boot_timeout, &warm.instance));
+            return Err(boot.failure(
+                "booting the interpreter",
+                self.config.boot_timeout,
+                &warm.instance,
+            ));
         }
-        warm.instance.send(&asgi::event_line(&asgi::lifespan_event("startup")));
+        warm.instance
+            .send(&asgi::event_line(&asgi::lifespan_event("startup")));
         let startup = collect(&warm.instance, self.config.boot_timeout, |x| x.done).await;
-        warm.pending_stdout.extend_from_slice(&startup.exchange.stdout);
-        warm.pending_stderr.extend_from_slice(&startup.exchange.stderr);
+        warm.pending_stdout
+            .extend_from_slice(&startup.exchange.stdout);
+        warm.pending_stderr
+            .extend_from_slice(&startup.exchange.stderr);
         if !startup.exchange.done {
             warm.instance.kill();
-            return Err(startup.failure("lifespan startup", self.config.boot_timeout, &warm.instance));
+            return Err(startup.failure(
+                "lifespan startup",
+                self.config.boot_timeout,
+                &warm.instance,
+            ));
         }
         if let Some((result, message)) = &startup.exchange.lifespan
             && result == "failed"
@@ -262,7 +293,12 @@ impl Executor {
     }
 
     /// Serves one event on a booted instance.
-    async fn serve(&self, warm: &mut Warm, program: &ProgramContent, event: &serde_json::Value) -> (Outcome, Fate) {
+    async fn serve(
+        &self,
+        warm: &mut Warm,
+        program: &ProgramContent,
+        event: &serde_json::Value,
+    ) -> (Outcome, Fate) {
         let deadline = Duration::from_secs(program.resources.seconds.max(1));
         let fuel_before = warm.instance.fuel_consumed();
         let started = Instant::now();
@@ -291,14 +327,20 @@ impl Executor {
                 Some(GuestEnd::Trap(why)) => (OutcomeKind::Trap, why),
                 Some(GuestEnd::Exited(code)) => {
                     outcome.exit_code = Some(code);
-                    (OutcomeKind::Exit, format!("the interpreter exited with code {code} during the request"))
+                    (
+                        OutcomeKind::Exit,
+                        format!("the interpreter exited with code {code} during the request"),
+                    )
                 }
                 Some(GuestEnd::Error(why)) => (OutcomeKind::Error, why),
                 None if got.timed_out => (
                     OutcomeKind::Timeout,
                     format!("wall-clock deadline of {} s reached", deadline.as_secs()),
                 ),
-                None => (OutcomeKind::Error, "the instance stopped answering".to_string()),
+                None => (
+                    OutcomeKind::Error,
+                    "the instance stopped answering".to_string(),
+                ),
             };
             outcome.kind = kind;
             outcome.error = Some(error);
@@ -337,7 +379,9 @@ impl Executor {
             }
             (_, Some(message)) => {
                 outcome.kind = OutcomeKind::Error;
-                outcome.error = Some(format!("the app raised {message} after starting its response"));
+                outcome.error = Some(format!(
+                    "the app raised {message} after starting its response"
+                ));
             }
             (None, None) => {
                 outcome.kind = OutcomeKind::Error;
@@ -345,7 +389,8 @@ impl Executor {
             }
             (Some(_), None) => {
                 outcome.kind = OutcomeKind::Error;
-                outcome.error = Some("the app returned before the last part of its response body".into());
+                outcome.error =
+                    Some("the app returned before the last part of its response body".into());
             }
         }
         (outcome, Fate::Keep)
@@ -356,7 +401,8 @@ impl Executor {
     async fn retire(&self, warm: Warm) -> (Result<Option<ExportInfo>, String>, Vec<u8>) {
         let mut logs = Vec::new();
         if warm.instance.ended().is_none() {
-            warm.instance.send(&asgi::event_line(&asgi::lifespan_event("shutdown")));
+            warm.instance
+                .send(&asgi::event_line(&asgi::lifespan_event("shutdown")));
             let got = collect(&warm.instance, self.config.shutdown_timeout, |x| x.done).await;
             logs.extend_from_slice(&got.exchange.stderr);
             warm.instance.close_stdin();
@@ -373,12 +419,21 @@ impl Executor {
     }
 
     /// The code directory (read-only, cached) and whether the code is a single plain file.
-    fn python_code(&self, program: &ProgramContent) -> Result<(PathBuf, bool, Option<ResolvedInput>), String> {
+    fn python_code(
+        &self,
+        program: &ProgramContent,
+    ) -> Result<(PathBuf, bool, Option<ResolvedInput>), String> {
         let code = &program.code;
         let resolved = match &code.source {
             CodeSource::Inline(text) => {
-                let hash = self.store.put_object(text.as_bytes()).map_err(|e| format!("content.code: {e}"))?;
-                let path = self.store.verify_object(&hash).map_err(|e| format!("content.code: {e}"))?;
+                let hash = self
+                    .store
+                    .put_object(text.as_bytes())
+                    .map_err(|e| format!("content.code: {e}"))?;
+                let path = self
+                    .store
+                    .verify_object(&hash)
+                    .map_err(|e| format!("content.code: {e}"))?;
                 Resolved {
                     reference: hash.clone(),
                     message_hash: String::new(),
@@ -386,7 +441,10 @@ impl Executor {
                     path,
                 }
             }
-            CodeSource::Ref(r) => self.store.resolve(r).map_err(|e| format!("content.code: {e}"))?,
+            CodeSource::Ref(r) => self
+                .store
+                .resolve(r)
+                .map_err(|e| format!("content.code: {e}"))?,
         };
         let input = match &code.source {
             CodeSource::Ref(_) => Some(ResolvedInput {
@@ -395,8 +453,9 @@ impl Executor {
             }),
             CodeSource::Inline(_) => None,
         };
-        let format = volumes::archive_format(code.encoding)
-            .ok_or_else(|| "content.code.encoding: unsupported encoding \"squashfs\"".to_string())?;
+        let format = volumes::archive_format(code.encoding).ok_or_else(|| {
+            "content.code.encoding: unsupported encoding \"squashfs\"".to_string()
+        })?;
         let dir = volumes::unpack_cached(
             &self.store,
             &resolved,
@@ -426,7 +485,9 @@ impl Executor {
         std::fs::create_dir(&root).map_err(|e| e.to_string())?;
         for (name, path) in &interp.bootstrap {
             if Path::new(name).components().count() != 1 || name.starts_with('.') {
-                return Err(format!("runtime bootstrap file name {name:?} is not a plain file name"));
+                return Err(format!(
+                    "runtime bootstrap file name {name:?} is not a plain file name"
+                ));
             }
             std::fs::copy(path, root.join(name)).map_err(|e| format!("{name}: {e}"))?;
         }
@@ -471,7 +532,11 @@ impl Collected {
 }
 
 /// Reads lines from the instance until `until` holds, the instance ends, or `limit` passes.
-async fn collect(instance: &Instance, limit: Duration, until: impl Fn(&Exchange) -> bool) -> Collected {
+async fn collect(
+    instance: &Instance,
+    limit: Duration,
+    until: impl Fn(&Exchange) -> bool,
+) -> Collected {
     let mut exchange = Exchange::default();
     let read = async {
         while let Some(line) = instance.next_line().await {
@@ -489,6 +554,8 @@ async fn collect(instance: &Instance, limit: Duration, until: impl Fn(&Exchange)
         false
     };
     let timed_out = tokio::time::timeout(limit, read).await.is_err();
-    Collected { exchange, timed_out }
+    Collected {
+        exchange,
+        timed_out,
+    }
 }
-

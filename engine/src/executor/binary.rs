@@ -190,7 +190,6 @@ impl Executor {
     }
 }
 
-
 /// Turns what the sandbox saw into an outcome, reading the CGI response for HTTP triggers.
 fn interpret(run: GuestRun, trigger: &Trigger) -> Outcome {
     let mut outcome = Outcome::error("");

@@ -29,6 +29,9 @@ pub struct ExecutorConfig {
     pub sandbox: SandboxConfig,
     /// Limits on volumes.
     pub volumes: VolumeLimits,
+    /// Where compiled modules are cached. By default `cache/modules` in the store; several
+    /// stores (a test suite's) can share one directory.
+    pub module_cache: Option<std::path::PathBuf>,
     /// Whether interpreter instances stay alive between requests. By default false (one
     /// instance per execution, retired right after it: what a one-shot `run` wants); a node
     /// service sets it.
@@ -47,6 +50,7 @@ impl Default for ExecutorConfig {
         ExecutorConfig {
             sandbox: SandboxConfig::default(),
             volumes: VolumeLimits::default(),
+            module_cache: None,
             keep_warm: false,
             idle_timeout: Duration::from_secs(300),
             boot_timeout: Duration::from_secs(30),
@@ -74,7 +78,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Executor {
     /// An executor over `store`; compiled modules are cached in the store's cache.
     pub fn new(store: Store, config: ExecutorConfig) -> anyhow::Result<Self> {
-        let sandbox = Sandbox::new(config.sandbox.clone(), &store.cache_dir("modules")?)?;
+        let cache = match &config.module_cache {
+            Some(dir) => dir.clone(),
+            None => store.cache_dir("modules")?,
+        };
+        let sandbox = Sandbox::new(config.sandbox.clone(), &cache)?;
         Ok(Executor {
             store,
             sandbox,
@@ -134,4 +142,3 @@ impl Executor {
         result.unwrap_or_else(Outcome::error)
     }
 }
-

@@ -296,6 +296,9 @@ fn from_file(
     verifier.finish(&spec.sha256)
 }
 
+const BAR_TEMPLATE: &str = "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}";
+const SPINNER_TEMPLATE: &str = "{spinner} {msg} {elapsed}";
+
 /// A progress bar on stderr when asked for and stderr is a terminal, else a hidden one.
 fn progress_bar(progress: bool, len: Option<u64>, message: String) -> ProgressBar {
     if !progress || !io::stderr().is_terminal() {
@@ -303,9 +306,9 @@ fn progress_bar(progress: bool, len: Option<u64>, message: String) -> ProgressBa
     }
     let bar = ProgressBar::with_draw_target(len, ProgressDrawTarget::stderr());
     let template = if len.is_some() {
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}"
+        BAR_TEMPLATE
     } else {
-        "{spinner} {msg} {elapsed}"
+        SPINNER_TEMPLATE
     };
     if let Ok(style) = ProgressStyle::with_template(template) {
         bar.set_style(style.progress_chars("=> "));
@@ -641,7 +644,11 @@ mod tests {
         let s = spec(vec![Source::Url {
             url: format!("http://127.0.0.1:{port}/python.wasm"),
         }]);
-        let path = ensure_interpreter_with(&store, &s, None, true, &quick()).unwrap();
+        // Called from inside a tokio runtime, as the CLI does: the download has its own.
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let path = runtime
+            .block_on(async { ensure_interpreter_with(&store, &s, None, true, &quick()) })
+            .unwrap();
         assert_eq!(fs::read(path).unwrap(), BYTES);
 
         // Wrong bytes of the right size, then an HTTP error, then a server that never answers.
@@ -754,6 +761,13 @@ mod tests {
         let path = ensure_interpreter_with(&store, &good, None, false, &config).unwrap();
         assert_eq!(fs::read(path).unwrap(), BYTES);
         assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn progress_templates_are_valid() {
+        for template in [BAR_TEMPLATE, SPINNER_TEMPLATE] {
+            assert!(ProgressStyle::with_template(template).is_ok(), "{template}");
+        }
     }
 
     #[test]

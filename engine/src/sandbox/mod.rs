@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::{Config, Engine, Linker, Module, Store, Trap};
+use wasmtime::{Config, Engine, Linker, Module, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -143,6 +143,9 @@ pub struct GuestState {
     limiter: MemoryLimiter,
     quota: QuotaState,
     meter: Option<Arc<Meter>>,
+    /// Fuel left at the latest epoch tick: what is known after the store's call was dropped
+    /// at the deadline.
+    fuel_at_tick: u64,
 }
 
 /// One wasmtime engine, its linker and its module cache. Create one per process and share it.
@@ -340,7 +343,8 @@ impl Sandbox {
             Ok(Ok(())) => exit_end(0, limiter),
             Ok(Err((stage, e))) => classify(stage, e, limiter, fuel_budget),
         };
-        run.fuel_consumed = fuel_budget.saturating_sub(store.get_fuel().unwrap_or(0));
+        let fuel_left = store.get_fuel().unwrap_or(0).min(store.data().fuel_at_tick);
+        run.fuel_consumed = fuel_budget.saturating_sub(fuel_left);
         run.stdout = stdout.captured();
         run.stderr = stderr.captured();
         run
@@ -384,14 +388,25 @@ impl Sandbox {
             limiter: MemoryLimiter::new(spec.memory_bytes),
             quota: QuotaState::new(quotas),
             meter,
+            fuel_at_tick: fuel_budget,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store
             .set_fuel(fuel_budget)
             .map_err(|e| format!("cannot set fuel: {e}"))?;
+        // Yield to the executor every ~10 ms of compute: the fuel count is saved at each yield,
+        // so it is known even when the call is dropped at the deadline.
+        store
+            .fuel_async_yield_interval(Some((self.config.fuel_per_second / 100).max(1)))
+            .map_err(|e| format!("cannot set the fuel yield interval: {e}"))?;
         store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
+        // At every tick: note the fuel left, then yield so deadlines and other tasks can run.
+        store.epoch_deadline_callback(|mut ctx| {
+            let left = ctx.get_fuel()?;
+            ctx.data_mut().fuel_at_tick = left;
+            Ok(UpdateDeadline::Yield(1))
+        });
         Ok(store)
     }
 
@@ -476,7 +491,7 @@ fn classify(
             "memory growth from {} to {} bytes refused by the limit; then: {}",
             r.current,
             r.desired,
-            first_line(&err)
+            describe(&err)
         ));
     }
     match stage {
@@ -485,12 +500,16 @@ fn classify(
     }
 }
 
-fn first_line(err: &wasmtime::Error) -> String {
-    err.to_string()
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string()
+/// The cause of a failure in a few words: the trap when there is one, else the innermost error.
+fn describe(err: &wasmtime::Error) -> String {
+    match err.downcast_ref::<Trap>() {
+        Some(trap) => format!("wasm trap: {trap}"),
+        None => err
+            .chain()
+            .last()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| err.to_string()),
+    }
 }
 
 /// A short, stable key for the engine's compilation settings (wasmtime's own compatibility

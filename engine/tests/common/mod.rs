@@ -279,7 +279,7 @@ impl Cmd {
         elapsed: Duration,
         peak_rss_kib: Option<u64>,
     ) -> Output {
-        Output {
+        let out = Output {
             line: self.line.join(" "),
             code: out.status.code().unwrap_or(-1),
             stdout_bytes: out.stdout.clone(),
@@ -287,7 +287,11 @@ impl Cmd {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             elapsed,
             peak_rss_kib,
+        };
+        if std::env::var_os("ALEPH_WASM_TEST_VERBOSE").is_some() {
+            eprintln!("{out}");
         }
+        out
     }
 
     /// Runs the command and checks its exit code.
@@ -364,6 +368,9 @@ impl std::fmt::Display for Output {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "command: {}", self.line)?;
         writeln!(f, "exit code: {} (after {:?})", self.code, self.elapsed)?;
+        if let Some(kib) = self.peak_rss_kib {
+            writeln!(f, "peak RSS: {} KiB", kib)?;
+        }
         writeln!(f, "--- stdout ---")?;
         writeln!(f, "{}", shorten(&self.stdout))?;
         writeln!(f, "--- stderr ---")?;
@@ -430,7 +437,10 @@ impl RunOutcome {
     /// Panics unless `outcome` is `want`.
     pub fn assert_outcome(&self, want: &str) -> &Self {
         if self.outcome() != want {
-            panic!("expected outcome {want:?}, got {:?}\n{self}", self.outcome());
+            panic!(
+                "expected outcome {want:?}, got {:?}\n{self}",
+                self.outcome()
+            );
         }
         self
     }
@@ -456,7 +466,8 @@ impl RunOutcome {
 
     /// The value the guest printed as `key=<value>` on its stdout.
     pub fn printed(&self, key: &str) -> String {
-        printed(&self.stdout(), key).unwrap_or_else(|| panic!("the guest did not print {key}=…\n{self}"))
+        printed(&self.stdout(), key)
+            .unwrap_or_else(|| panic!("the guest did not print {key}=…\n{self}"))
     }
 
     /// The integer the guest printed as `key=<n>` on its stdout.
@@ -534,6 +545,8 @@ const PRELUDE: &str = r#"
   (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
   (import "wasi_snapshot_preview1" "environ_sizes_get" (func $environ_sizes_get (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "environ_get" (func $environ_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
   (memory (export "memory") 4)
   (data (i32.const 60) "\n ")
 
@@ -714,7 +727,7 @@ pub fn tar_gz(entries: &[TarEntry<'_>]) -> Vec<u8> {
             old.linkname[..target.len()].copy_from_slice(target);
         }
         header.set_cksum();
-        builder.append(&header, *data).unwrap();
+        builder.append(&header, data).unwrap();
     }
     builder.into_inner().unwrap().finish().unwrap()
 }
