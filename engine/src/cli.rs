@@ -406,7 +406,8 @@ fn store_code(
 }
 
 /// The runtime ref for `--runtime` (a ref or a shipped runtime's name); by default `wasi` for
-/// binary programs and `python-3.12` for ASGI ones.
+/// binary programs and `python-3.12` for ASGI ones. A shipped runtime named here is fetched
+/// (its interpreter obtained by hash) unless the store has it already.
 fn resolve_runtime(
     store: &Store,
     runtime: Option<&str>,
@@ -417,7 +418,11 @@ fn resolve_runtime(
         None if interface == "binary" => "wasi",
         None => "python-3.12",
     };
-    Ok(runtime::by_name_or_ref(store, name)?)
+    if message::is_item_hash(name) {
+        return Ok(runtime::by_name_or_ref(store, name)?);
+    }
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    Ok(runtime::fetch(store, name, None, progress)?)
 }
 
 fn create_program(store: &Store, a: &CreateArgs) -> CliResult {

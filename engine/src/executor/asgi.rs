@@ -172,6 +172,7 @@ impl Executor {
             &self.store,
             program,
             Some(&code_dir),
+            &[volumes::CODE_MOUNT, interp.bootstrap_mount.as_str()],
             exec_dir.path(),
             &self.config.volumes,
         )

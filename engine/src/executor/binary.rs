@@ -48,6 +48,7 @@ impl Executor {
             &self.store,
             program,
             code.dir.as_deref(),
+            &[volumes::CODE_MOUNT],
             exec_dir.path(),
             &self.config.volumes,
         )

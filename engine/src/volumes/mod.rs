@@ -17,7 +17,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::message::{Encoding, ObjectRef, ProgramContent, Volume};
+use crate::message::{Encoding, MountPath, ObjectRef, ProgramContent, Volume};
 use crate::sandbox::Preopen;
 use crate::store::{Resolved, Store};
 
@@ -165,12 +165,14 @@ fn sniff_format(path: &Path) -> Result<ArchiveFormat, String> {
 
 /// Resolves and makes ready every mount of `program` (data, export, volumes) under the private
 /// per-execution directory `exec_dir`. `code_dir` is the unpacked code, when the code is an
-/// archive. The order of the preopens is fixed: code, data, export, then volumes in message
+/// archive; `reserved` lists the engine's own mount points, which no program mount may
+/// overlap. The order of the preopens is fixed: code, data, export, then volumes in message
 /// order.
 pub fn prepare(
     store: &Store,
     program: &ProgramContent,
     code_dir: Option<&Path>,
+    reserved: &[&str],
     exec_dir: &Path,
     limits: &VolumeLimits,
 ) -> Result<Mounts, VolumeError> {
@@ -179,7 +181,7 @@ pub fn prepare(
         export: None,
         inputs: Vec::new(),
     };
-    check_reserved(program)?;
+    check_reserved(program, reserved)?;
     if let Some(dir) = code_dir {
         mounts.preopens.push(Preopen {
             host: dir.to_path_buf(),
@@ -244,34 +246,15 @@ pub fn prepare(
     Ok(mounts)
 }
 
-fn check_reserved(program: &ProgramContent) -> Result<(), VolumeError> {
-    let reserved = |path: &str| {
-        path == CODE_MOUNT
-            || path.starts_with(&format!("{CODE_MOUNT}/"))
-            || CODE_MOUNT.starts_with(&format!("{path}/"))
-    };
-    let mut named: Vec<(String, &str)> = Vec::new();
-    if let Some(d) = &program.data {
-        named.push(("content.data.mount".into(), d.mount.as_str()));
-    }
-    if let Some(e) = &program.export {
-        named.push(("content.export.mount".into(), e.mount.as_str()));
-    }
-    for (i, v) in program.volumes.iter().enumerate() {
-        let mount = match v {
-            Volume::Immutable { mount, .. }
-            | Volume::Ephemeral { mount, .. }
-            | Volume::Persistent { mount, .. } => mount,
-        };
-        if let Some(m) = mount {
-            named.push((format!("content.volumes[{i}].mount"), m.as_str()));
-        }
-    }
-    for (field, path) in named {
-        if reserved(path) {
+/// Refuses program mounts that overlap the engine's own (`reserved`: the code mount, a
+/// runtime's bootstrap mount).
+fn check_reserved(program: &ProgramContent, reserved: &[&str]) -> Result<(), VolumeError> {
+    for own in reserved {
+        let own_path = MountPath::new(own).map_err(|e| err("runtime", e))?;
+        if let Some(m) = program.mounts().into_iter().find(|m| m.overlaps(&own_path)) {
             return Err(err(
-                field,
-                format!("{path:?} overlaps {CODE_MOUNT}, where the engine mounts the code"),
+                format!("mount {m}"),
+                format!("overlaps {own}, where the engine mounts its own files"),
             ));
         }
     }
