@@ -12,8 +12,9 @@ What this file owns, inside the guest:
   * the event loop. WASI has no socketpair(), so asyncio's default loop cannot start: _Loop is a
     BaseEventLoop whose "selector" only sleeps until the next timer (waiting with no timer is a
     deadlock and raises), and a policy makes get_event_loop()/new_event_loop()/asyncio.run() use
-    it. No threads either: run_in_executor() and anyio's worker threads run the call inline, and
-    anyio's asyncio backend (which imports ssl) can import on a build without ssl;
+    it. No threads either: run_in_executor() and anyio's worker threads run the call inline
+    (ThreadPoolExecutor, left out of the build, is an inline stand-in), and anyio's asyncio
+    backend (which imports ssl) can import on a build without ssl;
   * fd 1, for frames only: sys.stdout/sys.stderr become streams that turn writes into log frames;
     fd 0 is the channel: the app's sys.stdin is empty (input() raises EOFError);
   * the ASGI side: http and the aleph triggers, lifespan (one long-lived task per instance).
@@ -196,8 +197,13 @@ class _TimerSelector:
 
 
 class _InlineExecutor(concurrent.futures.Executor):
-    """The loop's default executor: WASI has no threads (nor concurrent.futures.thread), so
-    run_in_executor(None, ...) and asyncio.to_thread() run the call at once, blocking the loop."""
+    """The loop's default executor: WASI has no threads, so run_in_executor(None, ...) and
+    asyncio.to_thread() run the call at once, blocking the loop. Where the build lacks
+    concurrent.futures.thread, it also stands in as ThreadPoolExecutor (see _fill_gaps)."""
+
+    def __init__(self, max_workers=None, thread_name_prefix="", initializer=None, initargs=()):
+        if initializer is not None:
+            initializer(*initargs)
 
     def submit(self, fn, /, *args, **kwargs):
         future = concurrent.futures.Future()
@@ -319,6 +325,21 @@ class _SSLPlaceholderLoader:
         finally:
             if sys.modules.get("ssl") is placeholder:
                 del sys.modules["ssl"]
+
+
+def _fill_gaps():
+    """Stand-ins for what the WASI build leaves out but common packages import."""
+    try:
+        importlib.import_module("ssl")
+    except ImportError:
+        sys.meta_path.insert(0, _AnyioSSLFinder())
+    try:
+        importlib.import_module("concurrent.futures.thread")
+    except ImportError:  # anyio 3 and others import ThreadPoolExecutor at import time
+        stand_in = types.ModuleType("concurrent.futures.thread", "inline stand-in: no threads")
+        stand_in.ThreadPoolExecutor = _InlineExecutor
+        stand_in.BrokenThreadPool = type("BrokenThreadPool", (concurrent.futures.BrokenExecutor,), {})
+        sys.modules[stand_in.__name__] = concurrent.futures.thread = stand_in
 
 
 # --- The app: import, ASGI version, invocation -----------------------------------------------
@@ -663,10 +684,7 @@ def _boot():
     sys.stderr = sys.__stderr__ = _STDERR
     sys.stdin = sys.__stdin__ = io.StringIO()  # fd 0 is the channel: the app reads EOF
     try:
-        try:
-            import ssl  # noqa: F401
-        except ImportError:
-            sys.meta_path.insert(0, _AnyioSSLFinder())
+        _fill_gaps()
         asyncio.set_event_loop_policy(_Policy())
         _loop = asyncio.new_event_loop()
         asyncio.set_event_loop(_loop)

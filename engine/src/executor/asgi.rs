@@ -55,7 +55,7 @@ enum Fate {
 }
 
 impl Executor {
-    /// Serves one trigger of an ASGI program.
+    /// Serves one trigger of an ASGI program on a new instance.
     pub(super) async fn execute_asgi(
         &self,
         key: &str,
@@ -63,14 +63,21 @@ impl Executor {
         runtime: ResolvedRuntime,
         trigger: &Trigger,
     ) -> Result<Outcome, String> {
-        self.retire_idle(self.config.idle_timeout).await;
+        let warm = self.boot(program, &runtime).await?;
+        self.serve_warm(key, program, warm, trigger).await
+    }
+
+    /// Serves one trigger on a booted instance, then keeps, retires or discards it.
+    pub(super) async fn serve_warm(
+        &self,
+        key: &str,
+        program: &ProgramContent,
+        mut warm: Warm,
+        trigger: &Trigger,
+    ) -> Result<Outcome, String> {
         let event = match trigger {
             Trigger::Http(req) => asgi::http_event(req),
             Trigger::Job => asgi::http_event(&HttpRequest::from_line("GET /")?),
-        };
-        let mut warm = match self.take_idle(key) {
-            Some(w) => w,
-            None => self.boot(program, &runtime).await?,
         };
         let (mut outcome, fate) = self.serve(&mut warm, program, &event).await;
         outcome
@@ -112,7 +119,8 @@ impl Executor {
         Ok(outcome)
     }
 
-    fn take_idle(&self, key: &str) -> Option<Warm> {
+    /// An idle warm instance of the program `key`, if there is one.
+    pub(super) fn take_idle(&self, key: &str) -> Option<Warm> {
         let mut pool = super::lock(&self.pool);
         let idle = pool.get_mut(key)?;
         idle.pop()

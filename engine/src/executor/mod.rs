@@ -124,6 +124,14 @@ impl Executor {
         let Ok(_permit) = semaphore.acquire().await else {
             return Outcome::error("the program's execution slots are closed");
         };
+        self.retire_idle(self.config.idle_timeout).await;
+        if let Some(warm) = self.take_idle(&msg.item_hash) {
+            // A warm instance was resolved and verified when it booted.
+            return self
+                .serve_warm(&msg.item_hash, program, warm, trigger)
+                .await
+                .unwrap_or_else(Outcome::error);
+        }
         let runtime = match runtime::resolve(&self.store, &program.runtime) {
             Ok(r) => r,
             Err(e) => return Outcome::error(e.to_string()),
