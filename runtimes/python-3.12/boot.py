@@ -551,11 +551,14 @@ class _Lifespan:
         return await self.queue.get()
 
     async def _send(self, message):
-        self.sent = True
         kind = message.get("type") if isinstance(message, dict) else None
         if self.expect and kind in (f"lifespan.{self.expect}.complete", f"lifespan.{self.expect}.failed"):
+            self.sent = True
             self._resolve(kind.rpartition(".")[2], message.get("message", ""))
         else:
+            # Not a lifespan message: an app that ignores the scope type (like the seed's
+            # example) does not speak lifespan. Like ASGI servers in "auto" mode, treat it as
+            # unsupported; its protocol error then surfaces on the first real request.
             raise RuntimeError(f"unexpected lifespan message {message!r:.200}")
 
     async def _main(self):
@@ -629,7 +632,9 @@ def _handle(event):
     if kind == "http":
         chunks = [base64.b64decode(c) for c in event.get("body_chunks") or ()]
         if event.get("body_stdin"):
-            chunks.append(_read_stdin_body(int(event["body_stdin"])))
+            raw = _read_stdin_body(int(event["body_stdin"]))
+            step = int(event.get("chunk_size") or 65536)
+            chunks.extend(raw[i:i + step] for i in range(0, len(raw), step))
         _run(_call(_http_scope(event["scope"]), chunks))
     elif kind in ("aleph.message", "aleph.cron"):
         scope = {"type": kind, "asgi": _asgi_info("2.3"), "state": dict(_lifespan.state)}

@@ -79,7 +79,11 @@ impl Executor {
             Trigger::Http(req) => asgi::http_event(req),
             Trigger::Job => asgi::http_event(&HttpRequest::from_line("GET /")?),
         };
-        let (mut outcome, fate) = self.serve(&mut warm, program, &event).await;
+        let body = match trigger {
+            Trigger::Http(req) if req.body.len() > asgi::INLINE_BODY_MAX => Some(&req.body[..]),
+            _ => None,
+        };
+        let (mut outcome, fate) = self.serve(&mut warm, program, &event, body).await;
         outcome
             .stdout
             .bytes
@@ -254,7 +258,7 @@ impl Executor {
             last_used: Instant::now(),
         };
         // The import of the app, then lifespan startup, each within the boot budget.
-        let boot = collect(&warm.instance, self.config.boot_timeout, |x| {
+        let boot = collect(&warm.instance, self.config.boot_timeout, None, |x| {
             x.ready || x.boot_error.is_some()
         })
         .await;
@@ -276,7 +280,7 @@ impl Executor {
         }
         warm.instance
             .send(&asgi::event_line(&asgi::lifespan_event("startup")));
-        let startup = collect(&warm.instance, self.config.boot_timeout, |x| x.done).await;
+        let startup = collect(&warm.instance, self.config.boot_timeout, None, |x| x.done).await;
         warm.pending_stdout
             .extend_from_slice(&startup.exchange.stdout);
         warm.pending_stderr
@@ -307,12 +311,14 @@ impl Executor {
         warm: &mut Warm,
         program: &ProgramContent,
         event: &serde_json::Value,
+        body: Option<&[u8]>,
     ) -> (Outcome, Fate) {
         let deadline = Duration::from_secs(program.resources.seconds.max(1));
         let fuel_before = warm.instance.fuel_consumed();
+        let refusals_before = warm.instance.memory_refusals();
         let started = Instant::now();
         warm.instance.send(&asgi::event_line(event));
-        let got = collect(&warm.instance, deadline, |x| x.done).await;
+        let got = collect(&warm.instance, deadline, body, |x| x.done).await;
         let mut outcome = Outcome::error("");
         outcome.error = None;
         outcome.elapsed_ms = started.elapsed().as_millis() as u64;
@@ -329,7 +335,10 @@ impl Executor {
         if !x.done {
             let end = warm.instance.ended();
             warm.instance.kill();
-            outcome.fuel_consumed = warm.instance.fuel_consumed().saturating_sub(fuel_before);
+            outcome.fuel_consumed = warm
+                .instance
+                .fuel_consumed_now()
+                .saturating_sub(fuel_before);
             let (kind, error) = match end {
                 Some(GuestEnd::Timeout(why)) => (OutcomeKind::Timeout, why),
                 Some(GuestEnd::OutOfMemory(why)) => (OutcomeKind::OutOfMemory, why),
@@ -372,35 +381,51 @@ impl Executor {
             outcome.error = Some(format!("the app broke the ASGI protocol: {message}"));
             return (outcome, Fate::Keep);
         }
-        match (x.status, &x.app_error) {
-            (Some(status), None) if x.body_complete => {
-                outcome.kind = OutcomeKind::Ok;
-                outcome.status = Some(status);
-                outcome.headers = x.headers.clone();
-                outcome.body = x.body.clone();
+        let complete = x.status.is_some() && x.body_complete;
+        if complete {
+            outcome.status = x.status;
+            outcome.headers = x.headers.clone();
+            outcome.body = x.body.clone();
+        }
+        match (complete, &x.app_error) {
+            (true, None) => outcome.kind = OutcomeKind::Ok,
+            (true, Some(message)) => {
+                // The response was complete (a framework's own 500 page, say): it stands.
+                outcome.kind = OutcomeKind::Error;
+                outcome.error = Some(format!("the app raised {message} after its response"));
             }
-            (_, Some(message)) if x.status.is_none() => {
+            (false, Some(message)) if x.status.is_none() => {
                 outcome.kind = OutcomeKind::Error;
                 outcome.status = Some(500);
                 outcome.headers = vec![("content-type".into(), "text/plain; charset=utf-8".into())];
                 outcome.body = b"Internal Server Error".to_vec();
                 outcome.error = Some(format!("the app raised {message}"));
             }
-            (_, Some(message)) => {
+            (false, Some(message)) => {
                 outcome.kind = OutcomeKind::Error;
                 outcome.error = Some(format!(
                     "the app raised {message} after starting its response"
                 ));
             }
-            (None, None) => {
+            (false, None) => {
                 outcome.kind = OutcomeKind::Error;
-                outcome.error = Some("the app returned without sending a response".into());
+                outcome.error = Some(if x.status.is_none() {
+                    "the app returned without sending a response".into()
+                } else {
+                    "the app returned before the last part of its response body".into()
+                });
             }
-            (Some(_), None) => {
-                outcome.kind = OutcomeKind::Error;
-                outcome.error =
-                    Some("the app returned before the last part of its response body".into());
-            }
+        }
+        if outcome.kind != OutcomeKind::Ok && warm.instance.memory_refusals() > refusals_before {
+            // The limit refused memory and the request then failed: out of memory, whatever
+            // the app made of its MemoryError. The instance may be left in a bad state.
+            outcome.kind = OutcomeKind::OutOfMemory;
+            outcome.error = Some(format!(
+                "memory growth refused by the limit of {} MiB; then: {}",
+                program.resources.memory_mib,
+                outcome.error.as_deref().unwrap_or("the request failed")
+            ));
+            return (outcome, Fate::Discard);
         }
         (outcome, Fate::Keep)
     }
@@ -412,7 +437,10 @@ impl Executor {
         if warm.instance.ended().is_none() {
             warm.instance
                 .send(&asgi::event_line(&asgi::lifespan_event("shutdown")));
-            let got = collect(&warm.instance, self.config.shutdown_timeout, |x| x.done).await;
+            let got = collect(&warm.instance, self.config.shutdown_timeout, None, |x| {
+                x.done
+            })
+            .await;
             logs.extend_from_slice(&got.exchange.stderr);
             warm.instance.close_stdin();
             let _ = warm.instance.wait_end(Duration::from_secs(2)).await;
@@ -541,16 +569,25 @@ impl Collected {
 }
 
 /// Reads lines from the instance until `until` holds, the instance ends, or `limit` passes.
+/// When the guest asks for the request body on stdin (a `read` frame), `body` is sent.
 async fn collect(
     instance: &Instance,
     limit: Duration,
+    body: Option<&[u8]>,
     until: impl Fn(&Exchange) -> bool,
 ) -> Collected {
     let mut exchange = Exchange::default();
     let read = async {
         while let Some(line) = instance.next_line().await {
             match line {
-                Line::Frame(frame) => exchange.take_frame(&frame),
+                Line::Frame(frame) => {
+                    exchange.take_frame(&frame);
+                    if let Some(wanted) = exchange.read_request.take()
+                        && let Some(body) = body.filter(|b| b.len() == wanted)
+                    {
+                        instance.send(body);
+                    }
+                }
                 Line::Log(text) => {
                     exchange.stdout.extend_from_slice(&text);
                     exchange.stdout.push(b'\n');

@@ -28,8 +28,13 @@ pub fn lifespan_event(phase: &str) -> Value {
     json!({"type": "lifespan", "event": phase})
 }
 
+/// Bodies larger than this go to the guest as raw bytes on stdin after its `read` frame rather
+/// than base64 inside the event line (the REPL reads long lines slowly).
+pub const INLINE_BODY_MAX: usize = 4 * BODY_CHUNK;
+
 /// The event for an HTTP request: a complete ASGI 3 HTTP scope (byte fields in base64) and the
-/// body in chunks.
+/// body in chunks — inline, or announced as `body_stdin` when larger than [`INLINE_BODY_MAX`]
+/// (the host then writes it raw when the guest asks with a `read` frame).
 pub fn http_event(req: &HttpRequest) -> Value {
     let headers: Vec<Value> = req
         .headers
@@ -60,6 +65,12 @@ pub fn http_event(req: &HttpRequest) -> Value {
         "client": client,
         "server": [req.server_name, req.server_port],
     });
+    if req.body.len() > INLINE_BODY_MAX {
+        return json!({
+            "type": "http", "scope": scope, "body_chunks": [],
+            "body_stdin": req.body.len(), "chunk_size": BODY_CHUNK,
+        });
+    }
     let chunks: Vec<String> = req.body.chunks(BODY_CHUNK).map(|c| B64.encode(c)).collect();
     json!({"type": "http", "scope": scope, "body_chunks": chunks})
 }
@@ -114,6 +125,8 @@ pub struct Exchange {
     pub stdout: Vec<u8>,
     /// What the program printed on stderr.
     pub stderr: Vec<u8>,
+    /// The guest asked for this many raw body bytes on stdin (`read` frame).
+    pub read_request: Option<usize>,
     /// `done` was received.
     pub done: bool,
     /// Frames that could not be understood.
@@ -171,6 +184,9 @@ impl Exchange {
                     s("message").unwrap_or_default(),
                     s("traceback").unwrap_or_default(),
                 ))
+            }
+            "read" => {
+                self.read_request = v.get("bytes").and_then(Value::as_u64).map(|n| n as usize)
             }
             "done" => self.done = true,
             other => self

@@ -25,6 +25,7 @@ pub struct Instance {
     task: JoinHandle<()>,
     started: Instant,
     peak_memory: Arc<std::sync::atomic::AtomicU64>,
+    memory_refusals: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Drop for Instance {
@@ -104,6 +105,17 @@ impl Instance {
         self.meter.consumed()
     }
 
+    /// Fuel the guest consumed up to now (as of the latest epoch tick while it runs).
+    pub fn fuel_consumed_now(&self) -> u64 {
+        self.meter.consumed_now()
+    }
+
+    /// How many memory growths the limit has refused so far.
+    pub fn memory_refusals(&self) -> u64 {
+        self.memory_refusals
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Bytes of stdout log output dropped so far, and whether a frame was lost.
     pub fn output_losses(&self) -> (u64, bool) {
         self.output.losses()
@@ -149,6 +161,7 @@ impl Sandbox {
             stderr: Box::new(stderr.clone()),
         };
         let mut store = self.new_store(&spec, stdio, boot_fuel, Some(meter.clone()))?;
+        let memory_refusals = store.data().limiter.refusals();
         let linker = self.linker_for(&store);
         let module = module.clone();
         let end: Arc<Mutex<Option<GuestEnd>>> = Arc::new(Mutex::new(None));
@@ -158,6 +171,7 @@ impl Sandbox {
             let output = output.clone();
             let stderr = stderr.clone();
             let peak_memory = peak_memory.clone();
+            let meter = meter.clone();
             tokio::spawn(async move {
                 let result = start(&linker, &module, &mut store).await;
                 let limiter = &store.data().limiter;
@@ -165,6 +179,7 @@ impl Sandbox {
                     Ok(()) => exit_end(0, limiter),
                     Err((stage, e)) => super::classify(stage, e, limiter, budget),
                 };
+                meter.tick(store.get_fuel().unwrap_or(0));
                 peak_memory.store(
                     limiter.peak_bytes() as u64,
                     std::sync::atomic::Ordering::Relaxed,
@@ -183,6 +198,7 @@ impl Sandbox {
             task,
             started: Instant::now(),
             peak_memory,
+            memory_refusals,
         })
     }
 }

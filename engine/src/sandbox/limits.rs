@@ -1,5 +1,8 @@
 //! The per-execution resource limiter: a fixed memory ceiling that records refused growth.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use wasmtime::ResourceLimiter;
 
 /// The most table elements a guest may hold (function tables of large interpreters are ~10k).
@@ -16,6 +19,7 @@ pub struct MemoryLimiter {
     max_bytes: usize,
     peak_bytes: usize,
     refused: Option<Refusal>,
+    refusals: Arc<AtomicU64>,
 }
 
 /// A memory growth the limiter refused.
@@ -34,7 +38,14 @@ impl MemoryLimiter {
             max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
             peak_bytes: 0,
             refused: None,
+            refusals: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// A counter of refused growths that the host can read while the guest runs (a
+    /// long-lived guest may survive a refusal: CPython turns it into `MemoryError`).
+    pub fn refusals(&self) -> Arc<AtomicU64> {
+        self.refusals.clone()
     }
 
     /// The first growth that was refused, if any.
@@ -57,6 +68,7 @@ impl ResourceLimiter for MemoryLimiter {
     ) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.refused.get_or_insert(Refusal { current, desired });
+            self.refusals.fetch_add(1, Ordering::SeqCst);
             return Ok(false);
         }
         self.peak_bytes = self.peak_bytes.max(desired);

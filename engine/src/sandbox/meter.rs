@@ -18,6 +18,7 @@ pub struct Meter {
     budget: u64,
     filled_to: AtomicU64,
     consumed: AtomicU64,
+    left_at_tick: AtomicU64,
 }
 
 impl Meter {
@@ -27,6 +28,7 @@ impl Meter {
             budget,
             filled_to: AtomicU64::new(0),
             consumed: AtomicU64::new(0),
+            left_at_tick: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -35,9 +37,23 @@ impl Meter {
         self.consumed.load(Ordering::SeqCst)
     }
 
+    /// Fuel consumed up to now: up to the latest read of stdin, plus what was used since, as
+    /// of the latest epoch tick (or the end of the guest).
+    pub fn consumed_now(&self) -> u64 {
+        let filled = self.filled_to.load(Ordering::SeqCst);
+        let left = self.left_at_tick.load(Ordering::SeqCst).min(filled);
+        self.consumed() + filled.saturating_sub(left)
+    }
+
+    /// Records the fuel left at an epoch tick, or when the guest ended (0 when it ran out).
+    pub fn tick(&self, fuel_left: u64) {
+        self.left_at_tick.store(fuel_left, Ordering::SeqCst);
+    }
+
     /// Records that the store was given `fuel` (at instantiation).
     pub fn filled(&self, fuel: u64) {
         self.filled_to.store(fuel, Ordering::SeqCst);
+        self.left_at_tick.store(fuel, Ordering::SeqCst);
     }
 
     fn on_stdin_read(&self, fuel_left: u64) -> u64 {
@@ -47,6 +63,7 @@ impl Meter {
             .saturating_sub(fuel_left);
         self.consumed.fetch_add(used, Ordering::SeqCst);
         self.filled_to.store(self.budget, Ordering::SeqCst);
+        self.left_at_tick.store(self.budget, Ordering::SeqCst);
         self.budget
     }
 }

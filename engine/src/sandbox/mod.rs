@@ -405,6 +405,9 @@ impl Sandbox {
         store.epoch_deadline_callback(|mut ctx| {
             let left = ctx.get_fuel()?;
             ctx.data_mut().fuel_at_tick = left;
+            if let Some(meter) = &ctx.data().meter {
+                meter.tick(left);
+            }
             Ok(UpdateDeadline::Yield(1))
         });
         Ok(store)
