@@ -464,11 +464,7 @@ pub fn sha256_reader(reader: &mut dyn Read) -> io::Result<String> {
 }
 
 fn check_sha256(hash: &str) -> Result<(), StoreError> {
-    if hash.len() == 64
-        && hash
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if message::is_sha256(hash) {
         Ok(())
     } else {
         Err(StoreError::BadHash(hash.to_string()))

@@ -490,13 +490,10 @@ impl Executor {
             }),
             CodeSource::Inline(_) => None,
         };
-        let format = volumes::archive_format(code.encoding).ok_or_else(|| {
-            "content.code.encoding: unsupported encoding \"squashfs\"".to_string()
-        })?;
-        let dir = volumes::unpack_cached(
+        let dir = volumes::unpack_encoded(
             &self.store,
             &resolved,
-            format,
+            code.encoding,
             PLAIN_CODE_FILE,
             &self.config.volumes.unpack,
         )

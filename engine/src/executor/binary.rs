@@ -145,13 +145,10 @@ impl Executor {
                 inputs: vec![input],
             });
         }
-        let format = volumes::archive_format(code.encoding).ok_or_else(|| {
-            "content.code.encoding: unsupported encoding \"squashfs\"".to_string()
-        })?;
-        let dir = volumes::unpack_cached(
+        let dir = volumes::unpack_encoded(
             &self.store,
             &resolved,
-            format,
+            code.encoding,
             "code",
             &self.config.volumes.unpack,
         )

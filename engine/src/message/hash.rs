@@ -18,6 +18,11 @@ pub enum HashKind {
 
 const BASE58: &str = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
 
+/// Whether `s` is a sha256 in hex (64 lower-case hex characters), as objects are named.
+pub fn is_sha256(s: &str) -> bool {
+    item_hash_kind(s) == Some(HashKind::Sha256)
+}
+
 /// Classifies `s` as an item hash, or `None` when it is neither a sha256 hex digest nor a CID.
 pub fn item_hash_kind(s: &str) -> Option<HashKind> {
     if s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {

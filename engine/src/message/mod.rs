@@ -29,7 +29,7 @@ mod tests;
 
 pub use cron::validate_cron;
 pub use error::{FieldError, MessageError};
-pub use hash::{HashKind, is_item_hash, item_hash_kind, sha256_hex};
+pub use hash::{HashKind, is_item_hash, is_sha256, item_hash_kind, sha256_hex};
 pub use model::{
     CodeContent, CodeSource, Content, DataContent, Encoding, Environment, ExportContent, Interface,
     ItemType, Message, MessageType, ObjectRef, Persistence, ProgramContent, Resources, RuntimeRef,

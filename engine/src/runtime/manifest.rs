@@ -345,11 +345,7 @@ fn check_file_name(name: &str) -> Result<(), String> {
 }
 
 fn check_sha256(hash: &str) -> Result<(), String> {
-    if hash.len() == 64
-        && hash
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if crate::message::is_sha256(hash) {
         Ok(())
     } else {
         Err(format!(

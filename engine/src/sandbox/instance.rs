@@ -13,6 +13,7 @@ use wasmtime::Module;
 
 use super::channel::{ChannelInput, FrameOutput, Line};
 use super::meter::Meter;
+use super::output::SinkStream;
 use super::{GuestEnd, GuestSpec, Sandbox, Stdio, exit_end, start};
 
 /// A running long-lived guest.
@@ -157,8 +158,8 @@ impl Sandbox {
         meter.filled(boot_fuel);
         let stdio = Stdio {
             stdin: Box::new(input.clone()),
-            stdout: Box::new(output.clone()),
-            stderr: Box::new(stderr.clone()),
+            stdout: Box::new(SinkStream(output.clone())),
+            stderr: Box::new(SinkStream(stderr.clone())),
         };
         let mut store = self.new_store(&spec, stdio, boot_fuel, Some(meter.clone()))?;
         let memory_refusals = store.data().limiter.refusals();

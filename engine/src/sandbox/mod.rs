@@ -35,7 +35,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use self::limits::MemoryLimiter;
 use self::meter::Meter;
-use self::output::{CappedOutput, Captured};
+use self::output::{CappedOutput, Captured, SinkStream};
 use self::quota::{Quota, QuotaState};
 
 /// The version of wasmtime this engine is built on (pinned exactly; fuel counts depend on it).
@@ -319,8 +319,8 @@ impl Sandbox {
         };
         let stdio = Stdio {
             stdin: Box::new(MemoryInputPipe::new(spec.stdin.clone())),
-            stdout: Box::new(stdout.clone()),
-            stderr: Box::new(stderr.clone()),
+            stdout: Box::new(SinkStream(stdout.clone())),
+            stderr: Box::new(SinkStream(stderr.clone())),
         };
         let mut store = match self.new_store(&spec, stdio, fuel_budget, None) {
             Ok(store) => store,

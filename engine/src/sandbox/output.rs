@@ -67,13 +67,29 @@ impl CappedOutput {
     }
 }
 
-impl IsTerminal for CappedOutput {
+impl Sink for CappedOutput {
+    fn push(&self, data: &[u8]) {
+        CappedOutput::push(self, data)
+    }
+}
+
+/// Anything a guest's output can be written into.
+pub trait Sink: Clone + Send + Sync + Unpin + 'static {
+    /// Takes bytes the guest wrote. Never fails: a sink that is full drops and counts.
+    fn push(&self, data: &[u8]);
+}
+
+/// A [`Sink`] as a WASI stdout/stderr: every write succeeds and goes to the sink.
+#[derive(Debug, Clone)]
+pub struct SinkStream<S>(pub S);
+
+impl<S: Sink> IsTerminal for SinkStream<S> {
     fn is_terminal(&self) -> bool {
         false
     }
 }
 
-impl StdoutStream for CappedOutput {
+impl<S: Sink> StdoutStream for SinkStream<S> {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
         Box::new(self.clone())
     }
@@ -84,9 +100,9 @@ impl StdoutStream for CappedOutput {
 }
 
 #[wasmtime_wasi::async_trait]
-impl OutputStream for CappedOutput {
+impl<S: Sink> OutputStream for SinkStream<S> {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        self.push(&bytes);
+        self.0.push(&bytes);
         Ok(())
     }
 
@@ -100,17 +116,17 @@ impl OutputStream for CappedOutput {
 }
 
 #[wasmtime_wasi::async_trait]
-impl Pollable for CappedOutput {
+impl<S: Sink> Pollable for SinkStream<S> {
     async fn ready(&mut self) {}
 }
 
-impl AsyncWrite for CappedOutput {
+impl<S: Sink> AsyncWrite for SinkStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.push(buf);
+        self.0.push(buf);
         Poll::Ready(Ok(buf.len()))
     }
 

@@ -150,6 +150,23 @@ pub fn unpack_cached(
     Ok(final_dir.join("root"))
 }
 
+/// [`unpack_cached`] for an object stored with a message `encoding` (squashfs is refused).
+pub fn unpack_encoded(
+    store: &Store,
+    resolved: &Resolved,
+    encoding: Encoding,
+    plain_name: &str,
+    limits: &UnpackLimits,
+) -> Result<PathBuf, VolumeError> {
+    let format = archive_format(encoding).ok_or_else(|| {
+        err(
+            "encoding",
+            "unsupported encoding \"squashfs\" (supported: plain, zip, tar.gz)",
+        )
+    })?;
+    unpack_cached(store, resolved, format, plain_name, limits)
+}
+
 /// Guesses the format of a stored immutable volume from its first bytes.
 fn sniff_format(path: &Path) -> Result<ArchiveFormat, String> {
     let mut head = [0u8; 4];
