@@ -68,7 +68,7 @@ fn program(store: &Store, code: &str, vcpus: u32, seconds: u64) -> message::Mess
 async fn run_pair(vcpus: u32) -> (aleph_wasm::Outcome, aleph_wasm::Outcome) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let msg = program(&store, &exclusive_sleeper(300), vcpus, 5);
+    let msg = program(&store, &exclusive_sleeper(1000), vcpus, 5);
     let executor = Executor::new(store, ExecutorConfig::default()).unwrap();
     tokio::join!(
         executor.execute(&msg, &Trigger::Job),
