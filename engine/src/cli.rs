@@ -60,6 +60,8 @@ pub enum Command {
     /// Manage runtimes.
     #[command(subcommand)]
     Runtime(RuntimeCommand),
+    /// Run the node service: serve programs over HTTP until SIGINT or SIGTERM.
+    Serve(ServeArgs),
 }
 
 /// `aleph-wasm store …`
@@ -217,6 +219,26 @@ pub struct RunArgs {
     pub json: bool,
 }
 
+/// `aleph-wasm serve`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to listen on (port 0: any free port; the address is printed).
+    #[arg(long, env = "ALEPH_WASM_LISTEN", default_value = crate::server::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// Host-based routing: `<item hash in base32>.<DOMAIN>` reaches that program.
+    #[arg(long, env = "ALEPH_WASM_DOMAIN")]
+    pub domain: Option<String>,
+    /// A file holding the control routes' bearer token (without it they are disabled).
+    #[arg(long, env = "ALEPH_WASM_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Seconds an idle warm instance is kept.
+    #[arg(long, env = "ALEPH_WASM_IDLE_TIMEOUT", default_value_t = 300)]
+    pub idle_timeout: u64,
+    /// How many executions may run at once on the node; more are answered 503.
+    #[arg(long, env = "ALEPH_WASM_MAX_CONCURRENT", default_value_t = crate::server::DEFAULT_MAX_CONCURRENT)]
+    pub max_concurrent: usize,
+}
+
 /// A failure to report with exit code 2.
 #[derive(Debug)]
 struct UsageError(String);
@@ -336,7 +358,30 @@ fn run_cli(cli: Cli) -> CliResult {
             };
             run_program(store, config, &args)
         }
+        Command::Serve(args) => {
+            let store = open_store(&cli.store)?;
+            serve_node(store, cli.module_cache.clone(), &args)
+        }
     }
+}
+
+fn serve_node(store: Store, module_cache: Option<PathBuf>, a: &ServeArgs) -> CliResult {
+    let config = crate::server::ServerConfig {
+        listen: a.listen,
+        domain: a.domain.clone(),
+        token_file: a.token_file.clone(),
+        idle_timeout: std::time::Duration::from_secs(a.idle_timeout),
+        max_concurrent: a.max_concurrent,
+        module_cache,
+        ..crate::server::ServerConfig::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime
+        .block_on(crate::server::serve(config, store))
+        .map_err(|e| UsageError(format!("{e:#}")))?;
+    Ok(EXIT_OK)
 }
 
 fn read_message(path: &Path) -> Result<Message, UsageError> {

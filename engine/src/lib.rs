@@ -18,6 +18,7 @@ pub mod message;
 pub mod outcome;
 pub mod runtime;
 pub mod sandbox;
+pub mod server;
 pub mod store;
 pub mod volumes;
 

@@ -77,5 +77,8 @@ fn data_job_reports_on_its_data_and_exports_the_report() {
 
     // The same data gives the same export, byte for byte.
     let again = t.run_json(&program, &[], 0);
-    assert_eq!(again.json["export"]["file_hash"].as_str(), Some(file_hash.as_str()));
+    assert_eq!(
+        again.json["export"]["file_hash"].as_str(),
+        Some(file_hash.as_str())
+    );
 }

@@ -207,6 +207,9 @@ fn interpret(run: GuestRun, trigger: &Trigger) -> Outcome {
                         outcome.body = resp.body;
                         if run.stdout.dropped > 0 {
                             outcome.kind = OutcomeKind::Error;
+                            outcome.status = None;
+                            outcome.headers.clear();
+                            outcome.body.clear();
                             outcome.error = Some(format!(
                                 "the CGI response is larger than the output cap ({} bytes dropped)",
                                 run.stdout.dropped

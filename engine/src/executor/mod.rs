@@ -7,6 +7,7 @@
 
 mod asgi;
 mod binary;
+mod status;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

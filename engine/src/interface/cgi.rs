@@ -31,7 +31,12 @@ pub fn environment(req: &HttpRequest) -> Vec<(String, String)> {
         ),
     ];
     if let Some(addr) = &req.remote_addr {
-        env.push(("REMOTE_ADDR".into(), addr.clone()));
+        // `remote_addr` is `host:port` (ASGI's `client` wants both); CGI wants the host alone.
+        let host = match addr.parse::<std::net::SocketAddr>() {
+            Ok(sock) => sock.ip().to_string(),
+            Err(_) => addr.clone(),
+        };
+        env.push(("REMOTE_ADDR".into(), host));
     }
     for (name, value) in &req.headers {
         let lower = name.to_ascii_lowercase();
@@ -148,6 +153,7 @@ mod tests {
             ("x-thing".into(), "2".into()),
         ];
         req.body = b"hello".to_vec();
+        req.remote_addr = Some("127.0.0.1:5555".into());
         let env = environment(&req);
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("REQUEST_METHOD"), Some("POST"));
@@ -156,6 +162,7 @@ mod tests {
         assert_eq!(get("CONTENT_TYPE"), Some("text/plain"));
         assert_eq!(get("CONTENT_LENGTH"), Some("5"));
         assert_eq!(get("HTTP_X_THING"), Some("1, 2"));
+        assert_eq!(get("REMOTE_ADDR"), Some("127.0.0.1"));
     }
 
     #[test]

@@ -1,0 +1,128 @@
+//! What the node tells about itself: `/healthz`, `/about/config` (listen address, domain,
+//! limits), `/about/usage/system` (cores, load, memory from `/proc`, uptime) and
+//! `/about/executions/list` (each program the node knows to be active: executions started and
+//! running, idle warm instances). Read-only; no host paths.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::{AppState, unix_now};
+
+/// `GET /healthz`, `/about/config`, `/about/usage/system`, `/about/executions/list`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/about/config", get(config))
+        .route("/about/usage/system", get(usage))
+        .route("/about/executions/list", get(executions))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn config(State(state): State<AppState>) -> Json<Value> {
+    let c = state.config();
+    let executor = c.executor_config();
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "listen": c.listen.to_string(),
+        "bound": state.local_addr().map(|a| a.to_string()),
+        "domain": state.domain(),
+        "control_routes": state.token().is_some(),
+        "keep_warm": executor.keep_warm,
+        "limits": {
+            "max_concurrent_executions": c.max_concurrent,
+            "max_request_body_bytes": c.max_body_bytes,
+            "idle_timeout_seconds": c.idle_timeout.as_secs_f64(),
+            "boot_timeout_seconds": executor.boot_timeout.as_secs_f64(),
+            "shutdown_timeout_seconds": executor.shutdown_timeout.as_secs_f64(),
+            "drain_timeout_seconds": c.drain_timeout.as_secs_f64(),
+        },
+    }))
+}
+
+/// The `kB` fields of `/proc/meminfo` that are asked for, when readable.
+fn meminfo(fields: &[&str]) -> BTreeMap<String, u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(':')?;
+            fields.contains(&name).then_some(())?;
+            let kib = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+            Some((name.to_string(), kib))
+        })
+        .collect()
+}
+
+/// The three load averages from `/proc/loadavg`, when readable.
+fn load_average() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut it = text.split_whitespace().map(|f| f.parse::<f64>().ok());
+    Some([it.next()??, it.next()??, it.next()??])
+}
+
+/// The machine's uptime in seconds from `/proc/uptime`, when readable.
+fn system_uptime() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+async fn usage(State(state): State<AppState>) -> Json<Value> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mem = meminfo(&["MemTotal", "MemFree", "MemAvailable"]);
+    let load = load_average();
+    Json(json!({
+        "cpu": {
+            "count": cores,
+            "load_average": load.map(|[l1, l5, l15]| json!({
+                "load1": l1, "load5": l5, "load15": l15,
+            })),
+        },
+        "mem": {
+            "total_kB": mem.get("MemTotal"),
+            "free_kB": mem.get("MemFree"),
+            "available_kB": mem.get("MemAvailable"),
+        },
+        "uptime_seconds": state.uptime().as_secs_f64(),
+        "system_uptime_seconds": system_uptime(),
+        "started": state.started_unix(),
+        "now": unix_now(),
+        "executions": {
+            "running": state.in_flight(),
+            "max_concurrent": state.config().max_concurrent,
+        },
+    }))
+}
+
+/// Every program that has run since the node started or has idle warm instances, by item
+/// hash: executions started and running, idle instances, first and last request (seconds
+/// since the epoch), the last outcome.
+async fn executions(State(state): State<AppState>) -> Json<Value> {
+    let idle = state.executor().idle_instances();
+    let programs = state.programs();
+    let mut hashes: Vec<&String> = programs.keys().chain(idle.keys()).collect();
+    hashes.sort();
+    hashes.dedup();
+    let list: serde_json::Map<String, Value> = hashes
+        .into_iter()
+        .map(|hash| {
+            let p = programs.get(hash).cloned().unwrap_or_default();
+            let value = json!({
+                "requests": p.requests,
+                "running": p.running,
+                "idle_instances": idle.get(hash).copied().unwrap_or(0),
+                "first_request": (p.requests > 0).then_some(p.first_request),
+                "last_request": (p.requests > 0).then_some(p.last_request),
+                "last_outcome": p.last_outcome,
+            });
+            (hash.clone(), value)
+        })
+        .collect();
+    Json(Value::Object(list))
+}

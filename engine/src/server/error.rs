@@ -1,0 +1,103 @@
+//! The service's one error type: every way a request can fail, each variant with its HTTP
+//! status. Answers are short plain text; internal errors are logged and answered generically,
+//! so no host path or internal detail reaches a client.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// Why a request was not answered by a program (or by a node route).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// 404 Not Found: the ref names no message in the store, or a message that is not a
+    /// PROGRAM.
+    #[error("no program {0} on this node")]
+    UnknownProgram(String),
+    /// 404 Not Found: the program's `on.http` is false.
+    #[error("program {0} does not accept HTTP requests (on.http is false)")]
+    HttpDisabled(String),
+    /// 404 Not Found: host-based routing is on, but the first label of `Host` is not a
+    /// program's item hash in lowercase unpadded base32.
+    #[error("host {0:?} does not name a program")]
+    UnknownHost(String),
+    /// 404 Not Found: no route matches the path.
+    #[error("no route for {0}")]
+    NoRoute(String),
+    /// 400 Bad Request: the request itself is malformed (the reason says how).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// 413 Content Too Large: the request body is longer than the node accepts.
+    #[error("the request body is larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// 401 Unauthorized (with `WWW-Authenticate: Bearer`): a control route without the right
+    /// bearer token.
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    /// 403 Forbidden: the node was started without a token, so control routes are disabled.
+    #[error("control routes disabled (the node has no token configured)")]
+    ControlDisabled,
+    /// 503 Service Unavailable (with `Retry-After: 1`): the node-wide limit on concurrent
+    /// executions is reached.
+    #[error("the node is running as many executions as it allows; retry shortly")]
+    NodeFull,
+    /// 504 Gateway Timeout: the program did not answer within `resources.seconds`.
+    #[error("the program did not answer within its time limit ({seconds} s)")]
+    Timeout {
+        /// `resources.seconds`.
+        seconds: u64,
+    },
+    /// 502 Bad Gateway: the program failed without producing a response (exit, trap, out of
+    /// memory, malformed response …). The reason is short and never names host paths.
+    #[error("{0}")]
+    ProgramFailed(String),
+    /// 500 Internal Server Error: a failure of the node itself. Logged in full; the client gets
+    /// a generic message.
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ServiceError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ServiceError::UnknownProgram(_)
+            | ServiceError::HttpDisabled(_)
+            | ServiceError::UnknownHost(_)
+            | ServiceError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ServiceError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ServiceError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ServiceError::ControlDisabled => StatusCode::FORBIDDEN,
+            ServiceError::NodeFull => StatusCode::SERVICE_UNAVAILABLE,
+            ServiceError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ServiceError::ProgramFailed(_) => StatusCode::BAD_GATEWAY,
+            ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ServiceError {
+    fn into_response(self) -> Response {
+        if let ServiceError::Internal(e) = &self {
+            tracing::error!("internal error: {e:#}");
+        }
+        let mut response = (self.status(), format!("{self}\n")).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        match self {
+            ServiceError::NodeFull => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ServiceError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

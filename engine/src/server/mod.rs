@@ -1,0 +1,460 @@
+//! The node service (`aleph-wasm serve`): an HTTP server, aleph-vm compatible, over one shared
+//! [`Executor`].
+//!
+//! This module owns the service's configuration ([`ServerConfig`]), its shared state
+//! ([`AppState`]: the executor with warm instances kept, the node-wide execution slots, the
+//! metrics, what is known of each program served), the assembly of the routes ([`router`],
+//! testable without a socket) with host-based routing in front of them, and the server's life:
+//! [`start`] binds and serves in the background, [`Server::shutdown`] stops gracefully,
+//! [`serve`] runs until SIGINT or SIGTERM.
+//!
+//! Each route module owns its `router()`:
+//! - [`vm`] answers `ANY /vm/{ref}/{path…}` and host-routed requests: requests to programs;
+//! - [`about`] answers `/healthz`, `/about/config`, `/about/usage/system`,
+//!   `/about/executions/list`;
+//! - [`metrics`] answers `/metrics`;
+//! - [`control`] answers `/control/machine/{ref}/stop|expire`, behind a bearer token.
+//!
+//! Every failure is a [`ServiceError`], whose variants name their HTTP status.
+
+pub mod about;
+pub mod control;
+pub mod error;
+pub mod metrics;
+pub mod vm;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::response::IntoResponse;
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinHandle;
+use tower::ServiceExt as _;
+
+use crate::executor::{Executor, ExecutorConfig};
+use crate::store::Store;
+
+pub use error::ServiceError;
+pub use metrics::Metrics;
+
+/// The address the node listens on unless told otherwise (aleph-vm's port).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4020";
+/// The node-wide limit on concurrent executions unless told otherwise.
+pub const DEFAULT_MAX_CONCURRENT: usize = 64;
+/// The largest request body passed to a program unless told otherwise: 64 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
+/// How long an idle warm instance is kept unless told otherwise: 5 minutes.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a shutdown waits for running executions unless told otherwise: 2 minutes.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How the node service is set up.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The address to listen on; port 0 picks a free port ([`Server::local_addr`] tells which).
+    /// By default [`DEFAULT_LISTEN`].
+    pub listen: SocketAddr,
+    /// The domain for host-based routing: a request whose `Host` is `<label>.<domain>`, where
+    /// the label is a program's item hash in lowercase unpadded base32, goes to that program
+    /// with its whole path. By default none (only `/vm/{ref}/…` reaches programs).
+    pub domain: Option<String>,
+    /// A file holding the bearer token of the control routes (surrounding whitespace is
+    /// ignored; an empty file is refused). By default none: the control routes are disabled.
+    pub token_file: Option<PathBuf>,
+    /// How long an idle warm instance is kept before it is retired. By default
+    /// [`DEFAULT_IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+    /// How many executions may run at once on the node; a request beyond that is answered 503.
+    /// By default [`DEFAULT_MAX_CONCURRENT`].
+    pub max_concurrent: usize,
+    /// The largest request body passed to a program; a longer one is answered 413. By default
+    /// [`DEFAULT_MAX_BODY_BYTES`].
+    pub max_body_bytes: usize,
+    /// Where compiled modules are cached. By default none: the store's `cache/modules`.
+    pub module_cache: Option<PathBuf>,
+    /// How long a shutdown waits for running executions before retiring instances anyway. By
+    /// default [`DEFAULT_DRAIN_TIMEOUT`].
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: DEFAULT_LISTEN.parse().expect("a valid socket address"),
+            domain: None,
+            token_file: None,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_concurrent: DEFAULT_MAX_CONCURRENT,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            module_cache: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The executor's configuration: warm instances kept for [`ServerConfig::idle_timeout`],
+    /// modules cached in [`ServerConfig::module_cache`], every other setting at its default.
+    pub fn executor_config(&self) -> ExecutorConfig {
+        ExecutorConfig {
+            module_cache: self.module_cache.clone(),
+            keep_warm: true,
+            idle_timeout: self.idle_timeout,
+            ..ExecutorConfig::default()
+        }
+    }
+}
+
+/// What the node knows of one program it has served.
+#[derive(Debug, Clone, Default)]
+pub struct ProgramActivity {
+    /// Executions started for it.
+    pub requests: u64,
+    /// Executions running now.
+    pub running: u64,
+    /// When its first execution started (seconds since the epoch).
+    pub first_request: f64,
+    /// When its last execution started (seconds since the epoch).
+    pub last_request: f64,
+    /// The outcome of its last finished execution.
+    pub last_outcome: Option<&'static str>,
+}
+
+/// The state shared by every request: cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ServerConfig,
+    domain: Option<String>,
+    token: Option<String>,
+    executor: Arc<Executor>,
+    slots: Arc<Semaphore>,
+    metrics: Metrics,
+    started: Instant,
+    started_unix: f64,
+    local_addr: Mutex<Option<SocketAddr>>,
+    programs: Mutex<HashMap<String, ProgramActivity>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Seconds since the epoch, now.
+pub(crate) fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl AppState {
+    /// The state for `config` over `store`: one executor (warm instances kept), the token read
+    /// from [`ServerConfig::token_file`], empty metrics.
+    pub fn new(config: ServerConfig, store: Store) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            config.max_concurrent > 0,
+            "the limit on concurrent executions must be at least 1"
+        );
+        let token = match &config.token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("token file {}", path.display()))?;
+                let token = text.trim().to_string();
+                anyhow::ensure!(!token.is_empty(), "token file {} is empty", path.display());
+                Some(token)
+            }
+            None => None,
+        };
+        let domain = config
+            .domain
+            .as_deref()
+            .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|d| !d.is_empty());
+        let executor = Executor::new(store, config.executor_config())?;
+        Ok(AppState {
+            inner: Arc::new(Inner {
+                slots: Arc::new(Semaphore::new(config.max_concurrent)),
+                config,
+                domain,
+                token,
+                executor: Arc::new(executor),
+                metrics: Metrics::new(),
+                started: Instant::now(),
+                started_unix: unix_now(),
+                local_addr: Mutex::new(None),
+                programs: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// The host-routing domain, normalised (lower case, no trailing dot).
+    pub fn domain(&self) -> Option<&str> {
+        self.inner.domain.as_deref()
+    }
+
+    /// The shared executor.
+    pub fn executor(&self) -> &Arc<Executor> {
+        &self.inner.executor
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The control routes' token, when they are enabled.
+    pub(crate) fn token(&self) -> Option<&str> {
+        self.inner.token.as_deref()
+    }
+
+    /// The node-wide execution slots.
+    pub(crate) fn slots(&self) -> &Arc<Semaphore> {
+        &self.inner.slots
+    }
+
+    /// Executions running now (node-wide).
+    pub fn in_flight(&self) -> usize {
+        self.inner.config.max_concurrent - self.inner.slots.available_permits()
+    }
+
+    /// How long the service has been up.
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
+    /// When the service started (seconds since the epoch).
+    pub fn started_unix(&self) -> f64 {
+        self.inner.started_unix
+    }
+
+    /// The address the server is bound to, once it is.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        *lock(&self.inner.local_addr)
+    }
+
+    /// What the node knows of each program it has served, by item hash.
+    pub fn programs(&self) -> HashMap<String, ProgramActivity> {
+        lock(&self.inner.programs).clone()
+    }
+
+    /// Notes that an execution of `program` starts.
+    pub(crate) fn execution_started(&self, program: &str) {
+        let now = unix_now();
+        let mut programs = lock(&self.inner.programs);
+        let p = programs
+            .entry(program.to_string())
+            .or_insert_with(|| ProgramActivity {
+                first_request: now,
+                ..ProgramActivity::default()
+            });
+        p.requests += 1;
+        p.running += 1;
+        p.last_request = now;
+    }
+
+    /// Notes that an execution of `program` ended with `outcome`.
+    pub(crate) fn execution_ended(&self, program: &str, outcome: &'static str) {
+        if let Some(p) = lock(&self.inner.programs).get_mut(program) {
+            p.running = p.running.saturating_sub(1);
+            p.last_outcome = Some(outcome);
+        }
+    }
+}
+
+/// Every route of the service, with host-based routing in front of them when
+/// [`ServerConfig::domain`] is set. Usable without a socket (`tower::ServiceExt::oneshot`);
+/// the client's address is then unknown.
+pub fn router(state: AppState) -> Router {
+    let routes = Router::new()
+        .merge(vm::router())
+        .merge(about::router())
+        .merge(metrics::router())
+        .merge(control::router())
+        .fallback(no_route)
+        .with_state(state.clone());
+    if state.domain().is_none() {
+        return routes;
+    }
+    Router::new()
+        .fallback(move |State(state): State<AppState>, request: Request| {
+            let routes = routes.clone();
+            async move {
+                match vm::program_of_host(&state, &request) {
+                    Some(Ok(item_hash)) => vm::serve_host(state, item_hash, request).await,
+                    Some(Err(e)) => e.into_response(),
+                    None => match routes.oneshot(request).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    },
+                }
+            }
+        })
+        .with_state(state)
+}
+
+async fn no_route(request: Request) -> ServiceError {
+    ServiceError::NoRoute(request.uri().path().to_string())
+}
+
+/// A running server (see [`start`]).
+pub struct Server {
+    state: AppState,
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    serving: JoinHandle<std::io::Result<()>>,
+    retiring: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Binds [`ServerConfig::listen`] and serves in the background, with a task that retires
+/// idle warm instances. Must be called within a tokio runtime. Dropping the [`Server`] stops
+/// accepting connections; call [`Server::shutdown`] to also wait and retire instances.
+pub async fn start(config: ServerConfig, store: Store) -> anyhow::Result<Server> {
+    let state = AppState::new(config, store)?;
+    let listen = state.config().listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    *lock(&state.inner.local_addr) = Some(addr);
+
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+
+    // The task ends by itself once the executor is gone (a server dropped without shutdown).
+    let executor = Arc::downgrade(state.executor());
+    let idle = state.config().idle_timeout;
+    let period = (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let retiring = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(executor) = executor.upgrade() else {
+                return;
+            };
+            executor.retire_idle(idle).await;
+        }
+    });
+    tracing::info!("listening on http://{addr}");
+    Ok(Server {
+        state,
+        addr,
+        stop,
+        serving,
+        retiring,
+    })
+}
+
+impl Server {
+    /// The address the server is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Stops gracefully: no new connections, requests in progress finish, executions still
+    /// running (a client that went away) get up to [`ServerConfig::drain_timeout`], then every
+    /// warm instance is retired (lifespan shutdown, export).
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        let served = self.serving.await;
+        let slots = self.state.config().max_concurrent as u32;
+        let drain = self.state.config().drain_timeout;
+        if tokio::time::timeout(drain, self.state.slots().acquire_many(slots))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "{} executions still running after {drain:?}; retiring idle instances anyway",
+                self.state.in_flight()
+            );
+        }
+        self.retiring.abort();
+        self.state.executor().shutdown().await;
+        served
+            .context("the server task failed")?
+            .context("the server failed")
+    }
+}
+
+/// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+}
+
+/// Runs the node service until SIGINT or SIGTERM, then shuts down gracefully (see
+/// [`Server::shutdown`]). Once bound, prints `listening on http://ADDR` on stdout (one line,
+/// flushed), so a script that asked for port 0 learns the port.
+pub async fn serve(config: ServerConfig, store: Store) -> anyhow::Result<()> {
+    let server = start(config, store).await?;
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on http://{}", server.local_addr())?;
+        out.flush()?;
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await
+}
