@@ -86,7 +86,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: DEFAULT_LISTEN.parse().expect("a valid socket address"),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 4020)),
             domain: None,
             token_file: None,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
@@ -457,4 +457,14 @@ pub async fn serve(config: ServerConfig, store: Store) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_listen_address_is_the_documented_one() {
+        assert_eq!(ServerConfig::default().listen.to_string(), DEFAULT_LISTEN);
+    }
 }

@@ -189,7 +189,9 @@ async fn execute(
     path: String,
     request: Request,
 ) -> Result<Response, ServiceError> {
-    let program = msg.program().expect("load_program returns programs only");
+    let Some(program) = msg.program() else {
+        return Err(ServiceError::UnknownProgram(msg.item_hash.clone()));
+    };
     if !program.on.http {
         state.metrics().refused("http_disabled");
         return Err(ServiceError::HttpDisabled(msg.item_hash.clone()));
