@@ -264,7 +264,9 @@ pub struct ServeArgs {
     #[arg(long, env = "ALEPH_WASM_MEMORY_BUDGET")]
     pub memory_budget: Option<u64>,
     /// Another node's API (`http://host:4020` or an Aleph API node): programs and content
-    /// missing from the store are fetched from it on first use, verified by hash, and stored.
+    /// missing from the store are fetched from it on first use, verified by hash, and stored;
+    /// its message feed (`/api/ws0/messages`) is followed: each message verified, stored and
+    /// delivered to subscribed programs.
     #[arg(long, env = "ALEPH_WASM_API")]
     pub api: Option<String>,
 }

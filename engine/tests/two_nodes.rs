@@ -1,9 +1,12 @@
 //! Two nodes: node B, started with node A's API, serves programs that only A's store holds —
 //! fetching the messages, amends and objects on first use and verifying every hash before
 //! storing anything. Real servers on loopback ports (port 0); a fake node in the test serves
-//! real messages with altered bytes. Also the `/api/v0` routes alone, through the router.
+//! real messages with altered bytes. The message feed: node A's `/api/ws0/messages` read by a
+//! websocket client, node B following it and delivering to a subscribed program, a fake feed
+//! sending tampered frames. Also the `/api/v0` routes alone, through the router.
 //!
-//! The programs are binary (CGI) WebAssembly-text guests compiled here with `wat`.
+//! The programs are binary WebAssembly-text guests compiled here with `wat`: CGI ones for
+//! requests, a job recording the messages it is given for subscriptions.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -527,6 +530,353 @@ async fn run_api_fetches_a_program_from_another_node_and_runs_it_once() {
     assert!(stdout.contains("PATH_INFO=/once"), "{stdout}");
     assert!(b.store.has_message(&msg.item_hash));
     a.shutdown().await;
+}
+
+// --- The network message feed ----------------------------------------------------------------
+
+/// A WASI job that appends its stdin (the message's JSON) and a newline to `got` in the
+/// volume mounted first (fd 3).
+const RECORDER: &str = r#"(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 1024) "got")
+  (data (i32.const 2048) "\0a")
+  (func $write (param $fd i32) (param $ptr i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func (export "_start")
+    (local $fd i32) (local $n i32)
+    ;; O_CREAT, FDFLAGS_APPEND, fd_read + fd_write rights
+    (if (call $path_open (i32.const 3) (i32.const 1) (i32.const 1024) (i32.const 3)
+          (i32.const 1) (i64.const 66) (i64.const 66) (i32.const 1) (i32.const 12))
+      (then (call $exit (i32.const 90))))
+    (local.set $fd (i32.load (i32.const 12)))
+    (block $done
+      (loop $more
+        (i32.store (i32.const 16) (i32.const 4096))
+        (i32.store (i32.const 20) (i32.const 60000))
+        (br_if $done (call $fd_read (i32.const 0) (i32.const 16) (i32.const 1) (i32.const 24)))
+        (local.set $n (i32.load (i32.const 24)))
+        (br_if $done (i32.eqz (local.get $n)))
+        (call $write (local.get $fd) (i32.const 4096) (local.get $n))
+        (br $more)))
+    (call $write (local.get $fd) (i32.const 2048) (i32.const 1))
+    (drop (call $fd_close (local.get $fd)))))"#;
+
+/// How long a message may take to cross the feed and be delivered.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A binary program subscribed to POST messages whose `content.type` is `feed-test`; it
+/// records each message it gets in its volume `feed`.
+fn subscriber(store: &Store) -> Message {
+    let wasm = wat::parse_str(RECORDER).unwrap();
+    let code = store_code(store, &wasm, OWNER, 1.0, None);
+    let runtime_ref = runtime::add_builtin(store, "wasi").unwrap();
+    let content = json!({
+        "type": "vm-function", "address": OWNER, "time": 5.0, "allow_amend": false,
+        "code": {"encoding": "plain", "entrypoint": "main.wasm", "ref": code.item_hash,
+                 "interface": "binary", "use_latest": false},
+        "runtime": {"ref": runtime_ref, "use_latest": false, "comment": "wasi"},
+        "on": {"http": false, "message": [{"type": "POST", "content": {"type": "feed-test"}}]},
+        "environment": {}, "variables": {},
+        "resources": {"vcpus": 1, "memory": 16, "seconds": 10},
+        "volumes": [{"name": "feed", "mount": "/data", "persistence": "host", "size_mib": 1}],
+    });
+    let draft = message::build_inline(MessageType::Program, "ETH", OWNER, 5.0, content);
+    let msg = message::parse(&serde_json::to_vec(&draft.to_json()).unwrap()).unwrap();
+    store.put_message(&msg).unwrap();
+    msg
+}
+
+/// The item hashes of the messages the subscriber recorded, in order.
+fn recorded(store: &Store) -> Vec<String> {
+    let path = store.volume_dir(OWNER, "feed").unwrap().join("got");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("a recorded line is not JSON ({e}): {line}"));
+            v["item_hash"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+/// A POST message from `sender` whose `content.type` is `kind`, unique by `n`.
+fn post_of(sender: &str, kind: &str, n: u32) -> Message {
+    let time = 100.0 + f64::from(n);
+    message::build_inline(
+        MessageType::Post,
+        "ETH",
+        sender,
+        time,
+        json!({"type": kind, "address": sender, "time": time, "content": {"n": n}}),
+    )
+}
+
+/// Posts `msg` to the node at `base`, expecting it to be taken.
+async fn post_to(base: &str, msg: &Message) {
+    let response = client()
+        .post(format!("{base}/api/v0/messages"))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&msg.to_json()).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "posting {}: {body}", msg.item_hash);
+}
+
+/// Polls `cond` until it holds, failing with `what` and the last observation after
+/// [`PATIENCE`].
+async fn until<T: std::fmt::Debug>(what: &str, mut probe: impl FnMut() -> (bool, T)) {
+    let started = std::time::Instant::now();
+    loop {
+        let (done, seen) = probe();
+        if done {
+            return;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "never {what}; last seen: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the message feed of the node at `base` with `query`.
+async fn feed(base: &str, query: &str) -> Socket {
+    let url = format!("{}/api/ws0/messages{query}", base.replacen("http", "ws", 1));
+    let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    socket
+}
+
+/// The next message of a feed (its JSON), failing after [`PATIENCE`].
+async fn next_message(socket: &mut Socket) -> Value {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message as Frame;
+    loop {
+        let frame = tokio::time::timeout(PATIENCE, socket.next())
+            .await
+            .expect("no frame in time")
+            .expect("the feed ended")
+            .expect("the feed failed");
+        match frame {
+            Frame::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
+            Frame::Ping(_) | Frame::Pong(_) => {}
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_messages_sends_each_message_the_node_takes_in() {
+    let a = Node::new().start(None).await;
+    let base = a.url();
+    // A bad filter is refused before the upgrade.
+    let refused = tokio_tungstenite::connect_async(format!(
+        "{}/api/ws0/messages?history=many",
+        base.replacen("http", "ws", 1)
+    ))
+    .await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 422)
+        }
+        other => panic!("a bad history was not refused: {:?}", other.map(|_| ())),
+    }
+
+    let mut owners = feed(&base, &format!("?msgType=POST&addresses={OWNER}")).await;
+    let from_mallory = post_of(MALLORY, "chat", 1);
+    let from_owner = post_of(OWNER, "chat", 2);
+    post_to(&base, &from_mallory).await;
+    post_to(&base, &from_owner).await;
+    // The filter passed over Mallory's message: the first frame is the owner's.
+    assert_eq!(next_message(&mut owners).await, from_owner.to_json());
+
+    // `history` replays the last messages first, oldest first, then the live ones follow.
+    let mut everything = feed(&base, "?history=2").await;
+    let later = post_of(OWNER, "chat", 3);
+    post_to(&base, &later).await;
+    for expected in [&from_mallory, &from_owner, &later] {
+        assert_eq!(
+            next_message(&mut everything).await["item_hash"],
+            expected.item_hash.as_str()
+        );
+    }
+    assert_eq!(
+        next_message(&mut owners).await["item_hash"],
+        later.item_hash.as_str()
+    );
+
+    // A message another process stores is sent as well (found by the store watcher).
+    let stored = post_of(OWNER, "chat", 4);
+    a.store.put_message(&stored).unwrap();
+    assert_eq!(next_message(&mut everything).await, stored.to_json());
+
+    // The node's shutdown closes the feed (and is not held up by it).
+    a.shutdown().await;
+    use futures_util::StreamExt as _;
+    let end = tokio::time::timeout(PATIENCE, everything.next())
+        .await
+        .expect("the feed stayed open after the shutdown");
+    assert!(
+        matches!(
+            end,
+            None | Some(Err(_)) | Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)))
+        ),
+        "{end:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_b_follows_node_a_feed_and_delivers_to_its_subscribers() {
+    let a = Node::new().start(None).await;
+    let b = Node::new();
+    let program = subscriber(&b.store);
+    let b = b.start(Some(a.url())).await;
+
+    // Once a message posted to A reaches B's store, B follows A's feed (until then, posts
+    // may precede B's subscription and are not caught up).
+    let mut n = 0;
+    let probe = loop {
+        n += 1;
+        let probe = post_of(OWNER, "other", n);
+        post_to(&a.url(), &probe).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !b.store.has_message(&probe.item_hash) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        if b.store.has_message(&probe.item_hash) {
+            break probe;
+        }
+        assert!(n < 30, "B never followed A's feed");
+    };
+
+    // A matching message posted to A reaches B's store and B's subscribed program.
+    let wanted = post_of(OWNER, "feed-test", 100);
+    post_to(&a.url(), &wanted).await;
+    until("the message reached B's program", || {
+        let got = recorded(&b.store);
+        (got == [wanted.item_hash.as_str()], got)
+    })
+    .await;
+    assert!(b.store.has_message(&wanted.item_hash));
+    assert_eq!(
+        b.store.get_message(&wanted.item_hash).unwrap().to_json(),
+        wanted.to_json()
+    );
+    // The non-matching one is in B's store but was not delivered (it came before `wanted`).
+    assert!(b.store.has_message(&probe.item_hash));
+    assert!(!recorded(&b.store).contains(&probe.item_hash));
+    let (status, body) = b.get("/about/executions/list").await;
+    assert_eq!(status, 200, "{body}");
+    let list: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(list[&program.item_hash]["requests"], 1, "{list}");
+
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+/// A fake node whose feed sends, on the first connection, a frame that is not JSON, a message
+/// whose `item_content` was altered (its item hash no longer matches) and one whose item hash
+/// is not a sha256, then drops the connection; on every later connection, `good`. Counts the
+/// connections.
+async fn fake_feed(
+    tampered: Value,
+    good: Value,
+) -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use axum::extract::ws::{Message as Frame, WebSocketUpgrade};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let connections = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    let app = axum::Router::new().route(
+        "/api/ws0/messages",
+        axum::routing::get(move |upgrade: WebSocketUpgrade| {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            let (tampered, good) = (tampered.clone(), good.clone());
+            async move {
+                upgrade.on_upgrade(move |mut socket| async move {
+                    if n == 0 {
+                        let mut bad_hash = good.clone();
+                        bad_hash["item_hash"] = json!("../../not-a-hash");
+                        for text in [
+                            "this is not JSON".to_string(),
+                            tampered.to_string(),
+                            bad_hash.to_string(),
+                        ] {
+                            let _ = socket.send(Frame::Text(text.into())).await;
+                        }
+                        return;
+                    }
+                    let _ = socket.send(Frame::Text(good.to_string().into())).await;
+                    while let Some(Ok(_)) = socket.recv().await {}
+                })
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let serving = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (format!("http://{addr}"), connections, serving)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_feed_message_is_refused_and_the_feed_reconnects() {
+    // A real message, with its content changed after it was hashed.
+    let original = post_of(OWNER, "feed-test", 7);
+    let mut tampered = original.to_json();
+    let mut content: Value =
+        serde_json::from_str(tampered["item_content"].as_str().unwrap()).unwrap();
+    content["content"]["n"] = json!(8);
+    tampered["item_content"] = json!(content.to_string());
+    tampered["content"] = content;
+    let good = post_of(OWNER, "feed-test", 9);
+    let (api, connections, fake) = fake_feed(tampered, good.to_json()).await;
+
+    let b = Node::new();
+    subscriber(&b.store);
+    let b = b.start(Some(api)).await;
+    until("the good message reached B's program", || {
+        let got = recorded(&b.store);
+        (got == [good.item_hash.as_str()], got)
+    })
+    .await;
+    // The bad frames came first, on a connection that dropped: refused, skipped, reconnected.
+    assert!(connections.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    assert!(!b.store.has_message(&original.item_hash));
+    let listed = b
+        .get(&format!(
+            "/api/v0/messages.json?hashes={}",
+            original.item_hash
+        ))
+        .await;
+    assert_eq!(listed.0, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&listed.1).unwrap()["messages"],
+        json!([]),
+        "the tampered message was stored"
+    );
+    assert_eq!(recorded(&b.store), [good.item_hash.as_str()]);
+    b.shutdown().await;
+    fake.abort();
 }
 
 // --- The /api/v0 routes ----------------------------------------------------------------------

@@ -208,7 +208,7 @@ fn content_ref(msg: &Message) -> Option<&str> {
 }
 
 /// A JSON error answer.
-fn error(status: StatusCode, message: String) -> Response {
+pub(super) fn error(status: StatusCode, message: String) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 

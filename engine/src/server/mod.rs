@@ -15,10 +15,12 @@
 //! - [`metrics`] answers `/metrics`;
 //! - [`control`] answers `/control/machine/{ref}/stop|expire`, behind a bearer token;
 //! - [`api`] answers `/api/v0/messages.json` and `/api/v0/storage/raw/{sha256}`: the store,
-//!   read-only, for other nodes.
+//!   read-only, for other nodes;
+//! - [`ws`] answers `/api/ws0/messages`: every message the node takes in, as a websocket.
 //!
 //! With [`ServerConfig::api`] set, a program missing from the store (or anything it needs) is
-//! fetched from that node on first use, verified, and stored ([`crate::store::prefetch`]).
+//! fetched from that node on first use, verified, and stored ([`crate::store::prefetch`]), and
+//! the node follows that node's message feed ([`triggers::feed`]).
 //!
 //! Besides HTTP, [`triggers`] starts and keeps persistent programs, runs cron schedules and
 //! delivers messages to subscribed programs; [`ingest`] answers `POST /api/v0/messages`.
@@ -33,6 +35,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod triggers;
 pub mod vm;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -96,7 +99,9 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Another node's API (`http://host:4020`, or an Aleph API node): a program missing from
     /// the store, and whatever it needs that is missing, is fetched from it on first use,
-    /// verified and stored. By default none: only the store is used.
+    /// verified and stored; and the node follows its message feed (`/api/ws0/messages`),
+    /// storing each message verified and delivering it to subscribed programs
+    /// ([`triggers::feed`]). By default none: only the store is used.
     pub api: Option<String>,
     /// How persistent programs, cron schedules and message subscriptions run (the cron clock,
     /// store polling, restart backoff, delivery retries).
@@ -358,6 +363,7 @@ pub fn router(state: AppState) -> Router {
         .merge(control::router())
         .merge(api::router())
         .merge(ingest::router())
+        .merge(ws::router())
         .fallback(no_route)
         .with_state(state.clone());
     if state.domain().is_none() {
@@ -467,6 +473,8 @@ impl Server {
     /// warm instance is retired (lifespan shutdown, export). Triggers stop first: no more cron
     /// ticks or deliveries, persistent instances stopped.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        // Websockets outlive their HTTP connection: they are closed first.
+        self.state.triggers().close_feed();
         let _ = self.stop.send(());
         let served = self.serving.await;
         let limit = self.state.config().executor_config().shutdown_timeout + Duration::from_secs(5);

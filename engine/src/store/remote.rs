@@ -180,6 +180,11 @@ impl Remote {
         &self.api
     }
 
+    /// How the API is reached.
+    pub fn config(&self) -> &RemoteConfig {
+        &self.config
+    }
+
     /// Sends `GET url?query`; any status is returned.
     async fn get(
         &self,
@@ -257,6 +262,34 @@ impl Remote {
         let msg = self.verify_message(value, item_hash).await?;
         put_message(store, msg.clone()).await?;
         Ok(msg)
+    }
+
+    /// Takes in a message the API pushed (its message feed, `/api/ws0/messages`): checked
+    /// exactly as a fetched one — inline: the sha256 of its `item_content` is its item hash;
+    /// storage: its content is the object its item hash names, fetched from this API; then
+    /// [`message::parse_value`] — and stored. `Ok(None)` when the store holds it already
+    /// (nothing is checked or written again).
+    pub async fn accept_message(
+        &self,
+        store: &Store,
+        value: &Value,
+    ) -> Result<Option<Message>, RemoteError> {
+        let hash = value
+            .get("item_hash")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !is_sha256(hash) {
+            return Err(self.bad_message(
+                hash,
+                "only sha256 item hashes can be checked and stored".into(),
+            ));
+        }
+        if store.has_message(hash) {
+            return Ok(None);
+        }
+        let msg = self.verify_message(value, hash).await?;
+        put_message(store, msg.clone()).await?;
+        Ok(Some(msg))
     }
 
     /// Fetches the newest amends of the STORE message `original` by its owner, verifies and

@@ -5,7 +5,8 @@
 //! reads every PROGRAM message in the store and activates the programs that have a trigger and
 //! are not superseded by an amend; afterwards every message that enters the store — posted to
 //! the node ([`super::ingest`]), or written by another process and found by polling the
-//! store ([`watch`]) — goes through [`Triggers::arrived`]:
+//! store ([`watch`]), or received from another node's message feed ([`feed`], with
+//! `serve --api`) — goes through [`Triggers::arrived`]:
 //!
 //! - a PROGRAM message is activated; when it `replaces` an active program of the same owner
 //!   that allows amends, that one is deactivated first (its persistent instance stopped);
@@ -13,7 +14,9 @@
 //!   program's persistent instance and retires its warm instances, so the next execution
 //!   uses the new content;
 //! - every message is recorded in the arrivals [`journal`] and offered, in arrival order, to
-//!   each subscribed program ([`deliver`]).
+//!   each subscribed program ([`deliver`]);
+//! - every message is sent to the node's own feed subscribers ([`Triggers::subscribe_feed`],
+//!   served as `GET /api/ws0/messages` by [`crate::server::ws`]), in the same order.
 //!
 //! Each activated program gets: a supervisor keeping its instance running, restarted with
 //! exponential [`backoff`] ([`persistent`]); an entry in the cron table, run by the scheduler
@@ -24,6 +27,7 @@ mod backoff;
 mod clock;
 mod cron;
 mod deliver;
+pub mod feed;
 mod filter;
 mod journal;
 mod persistent;
@@ -48,6 +52,9 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use filter::{matches, matches_any};
 pub use journal::Journal;
 pub use schedule::Schedule;
+
+/// How many arrivals a feed subscriber may fall behind before it is disconnected.
+pub const FEED_CAPACITY: usize = 1024;
 
 /// How the trigger service is tuned.
 #[derive(Debug, Clone)]
@@ -119,8 +126,12 @@ struct Hub {
     persistent: Mutex<BTreeMap<String, PersistentStatus>>,
     /// Messages in the store that could not be read (reported once).
     unreadable: Mutex<HashSet<String>>,
-    /// The scheduler and the store poller.
+    /// The scheduler, the store poller and the network feed client.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Every new arrival, for the node's feed subscribers (sent under the journal's lock).
+    feed: tokio::sync::broadcast::Sender<Arc<Message>>,
+    /// Set once the node stops: feed subscribers are disconnected.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// An activated program and what runs for it.
@@ -226,6 +237,8 @@ impl Triggers {
                 persistent: Mutex::new(BTreeMap::new()),
                 unreadable: Mutex::new(HashSet::new()),
                 tasks: Mutex::new(Vec::new()),
+                feed: tokio::sync::broadcast::Sender::new(FEED_CAPACITY),
+                closing: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
@@ -237,7 +250,9 @@ impl Triggers {
 
     /// Opens the arrivals journal, takes in the messages stored while the node was down,
     /// activates every triggered program that is not superseded, and starts the cron
-    /// scheduler and the store poller. Must be called within a tokio runtime, once.
+    /// scheduler, the store poller and — when the node has another node's API
+    /// ([`crate::server::ServerConfig::api`]) — the client of that node's message feed.
+    /// Must be called within a tokio runtime, once.
     pub fn start(&self, state: &AppState) -> anyhow::Result<Guard> {
         anyhow::ensure!(
             lock(&self.hub.journal).is_none(),
@@ -285,6 +300,10 @@ impl Triggers {
         let scheduler = tokio::spawn(cron::run(state.clone(), self.clone()));
         let poller = tokio::spawn(watch::run(state.clone(), self.clone()));
         lock(&self.hub.tasks).extend([scheduler, poller]);
+        if let Some(prefetcher) = state.prefetcher() {
+            let client = feed::run(state.clone(), self.clone(), prefetcher.remote().clone());
+            lock(&self.hub.tasks).push(tokio::spawn(client));
+        }
         Ok(Guard {
             triggers: self.clone(),
         })
@@ -296,7 +315,14 @@ impl Triggers {
     pub fn arrived(&self, state: &AppState, msg: Message) {
         let appended = match lock(&self.hub.journal).as_mut() {
             None => return,
-            Some(journal) => journal.append(&msg.item_hash).map(|at| at.map(|at| at + 1)),
+            Some(journal) => {
+                let appended = journal.append(&msg.item_hash);
+                if let Ok(Some(_)) = appended {
+                    // Under the journal's lock: feed subscribers see the journal's order.
+                    let _ = self.hub.feed.send(Arc::new(msg.clone()));
+                }
+                appended.map(|at| at.map(|at| at + 1))
+            }
         };
         match appended {
             Ok(Some(len)) => {
@@ -322,6 +348,36 @@ impl Triggers {
             }
             Content::Other(_) => {}
         }
+    }
+
+    /// Subscribes to the node's arrivals: the item hashes of the last `history` arrivals
+    /// (oldest first), and a receiver of every arrival after them, without a gap or an
+    /// overlap. A receiver more than [`FEED_CAPACITY`] arrivals behind is told it lagged.
+    pub fn subscribe_feed(
+        &self,
+        history: usize,
+    ) -> (Vec<String>, tokio::sync::broadcast::Receiver<Arc<Message>>) {
+        let journal = lock(&self.hub.journal);
+        let receiver = self.hub.feed.subscribe();
+        let past = journal
+            .as_ref()
+            .map(|j| {
+                (j.len().saturating_sub(history)..j.len())
+                    .filter_map(|i| j.get(i).map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (past, receiver)
+    }
+
+    /// Disconnects the feed subscribers (the node stops).
+    pub(crate) fn close_feed(&self) {
+        self.hub.closing.send_replace(true);
+    }
+
+    /// Becomes true when the node stops (feed subscribers are then disconnected).
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.hub.closing.subscribe()
     }
 
     /// Deactivates the program `old` when `new` is an amend of it: same owner, and `old`
@@ -526,6 +582,7 @@ impl Triggers {
 
     /// Aborts every task at once (no graceful stop).
     fn abort_all(&self) {
+        self.hub.closing.send_replace(true);
         for task in lock(&self.hub.tasks).drain(..) {
             task.abort();
         }
@@ -541,6 +598,7 @@ impl Triggers {
     }
 
     async fn shutdown(&self, limit: Duration) {
+        self.hub.closing.send_replace(true);
         for task in lock(&self.hub.tasks).drain(..) {
             task.abort();
         }
