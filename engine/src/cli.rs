@@ -12,6 +12,7 @@ use crate::executor::{Executor, ExecutorConfig};
 use crate::interface::{HttpRequest, Trigger};
 use crate::message::{self, Message, MessageType};
 use crate::runtime;
+use crate::sandbox::snapshot::SnapshotConfig;
 use crate::store::Store;
 use crate::volumes::archive::{self, PackFormat};
 
@@ -35,6 +36,12 @@ pub struct Cli {
     /// Where compiled modules are cached (default: the store's cache); stores can share one.
     #[arg(long, global = true, env = "ALEPH_WASM_MODULE_CACHE")]
     pub module_cache: Option<PathBuf>,
+    /// Start interpreter instances cold instead of restoring them from snapshots.
+    #[arg(long, global = true, env = "ALEPH_WASM_NO_SNAPSHOTS")]
+    pub no_snapshots: bool,
+    /// The binaryen `wasm-opt` used to prepare interpreters for snapshots (default: on PATH).
+    #[arg(long, global = true, env = "ALEPH_WASM_WASM_OPT")]
+    pub wasm_opt: Option<PathBuf>,
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -297,6 +304,7 @@ fn now() -> f64 {
 }
 
 fn run_cli(cli: Cli) -> CliResult {
+    let snapshot = snapshot_config(&cli);
     match cli.command {
         Command::Message(MessageCommand::Check { file }) => check_message(&file),
         Command::Store(cmd) => {
@@ -352,20 +360,33 @@ fn run_cli(cli: Cli) -> CliResult {
         }
         Command::Run(args) => {
             let store = open_store(&cli.store)?;
-            let config = ExecutorConfig {
+            let mut config = ExecutorConfig {
                 module_cache: cli.module_cache.clone(),
                 ..ExecutorConfig::default()
             };
+            config.sandbox.snapshot = snapshot;
             run_program(store, config, &args)
         }
         Command::Serve(args) => {
             let store = open_store(&cli.store)?;
-            serve_node(store, cli.module_cache.clone(), &args)
+            serve_node(store, cli.module_cache.clone(), snapshot, &args)
         }
     }
 }
 
-fn serve_node(store: Store, module_cache: Option<PathBuf>, a: &ServeArgs) -> CliResult {
+fn snapshot_config(cli: &Cli) -> SnapshotConfig {
+    SnapshotConfig {
+        enabled: !cli.no_snapshots,
+        wasm_opt: cli.wasm_opt.clone(),
+    }
+}
+
+fn serve_node(
+    store: Store,
+    module_cache: Option<PathBuf>,
+    snapshot: SnapshotConfig,
+    a: &ServeArgs,
+) -> CliResult {
     let config = crate::server::ServerConfig {
         listen: a.listen,
         domain: a.domain.clone(),
@@ -373,6 +394,7 @@ fn serve_node(store: Store, module_cache: Option<PathBuf>, a: &ServeArgs) -> Cli
         idle_timeout: std::time::Duration::from_secs(a.idle_timeout),
         max_concurrent: a.max_concurrent,
         module_cache,
+        snapshot,
         ..crate::server::ServerConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -38,6 +38,7 @@ use tokio::task::JoinHandle;
 use tower::ServiceExt as _;
 
 use crate::executor::{Executor, ExecutorConfig};
+use crate::sandbox::snapshot::SnapshotConfig;
 use crate::store::Store;
 
 pub use error::ServiceError;
@@ -81,6 +82,8 @@ pub struct ServerConfig {
     /// How long a shutdown waits for running executions before retiring instances anyway. By
     /// default [`DEFAULT_DRAIN_TIMEOUT`].
     pub drain_timeout: Duration,
+    /// How instances use snapshots. By default restored from snapshots when possible.
+    pub snapshot: SnapshotConfig,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +97,7 @@ impl Default for ServerConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             module_cache: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            snapshot: SnapshotConfig::default(),
         }
     }
 }
@@ -102,12 +106,14 @@ impl ServerConfig {
     /// The executor's configuration: warm instances kept for [`ServerConfig::idle_timeout`],
     /// modules cached in [`ServerConfig::module_cache`], every other setting at its default.
     pub fn executor_config(&self) -> ExecutorConfig {
-        ExecutorConfig {
+        let mut config = ExecutorConfig {
             module_cache: self.module_cache.clone(),
             keep_warm: true,
             idle_timeout: self.idle_timeout,
             ..ExecutorConfig::default()
-        }
+        };
+        config.sandbox.snapshot = self.snapshot.clone();
+        config
     }
 }
 

@@ -206,15 +206,15 @@ impl Snapshots {
         let work = CatchUnwind(Box::pin(
             self.prepare_now(sandbox, &key, source, spec, fuel, limit),
         ));
-        let result = work.await.and_then(|r| r).map(Arc::new);
-        if let Ok(p) = &result
-            && !p.wasm.is_empty()
-        {
-            self.record(SnapshotEvent::Prepared {
-                key: key.clone(),
-                ms: started.elapsed().as_millis() as u64,
-            });
-        }
+        let result = work.await.and_then(|r| r).map(|(prepared, fresh)| {
+            if fresh {
+                self.record(SnapshotEvent::Prepared {
+                    key: key.clone(),
+                    ms: started.elapsed().as_millis() as u64,
+                });
+            }
+            Arc::new(prepared)
+        });
         *guard = Some(result.clone());
         result
     }
@@ -227,7 +227,7 @@ impl Snapshots {
         spec: &GuestSpec,
         fuel: u64,
         limit: Duration,
-    ) -> Result<Prepared, String> {
+    ) -> Result<(Prepared, bool), String> {
         let wasm_path = self.dir.join(format!("prepared-{key}.wasm"));
         let meta_path = self.dir.join(format!("prepared-{key}.json"));
         if let (Ok(meta), Ok(wasm)) = (std::fs::read(&meta_path), std::fs::read(&wasm_path))
@@ -235,7 +235,7 @@ impl Snapshots {
             && prepared.sha256 == sha256_hex(&wasm)
         {
             prepared.wasm = wasm;
-            return Ok(prepared);
+            return Ok((prepared, false));
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
         let path = source.interpreter_path.clone();
@@ -278,7 +278,7 @@ impl Snapshots {
             functions = prepared.stack.len(),
             "prepared the interpreter for snapshots"
         );
-        Ok(prepared)
+        Ok((prepared, true))
     }
 
     /// The snapshot `key` (from memory, the cache, or built now) and whether it already
