@@ -302,7 +302,7 @@ impl Snapshots {
             self.build_now(sandbox, key, prepared, spec, fuel, limit),
         ));
         let result = work.await.and_then(|r| r);
-        let out = match result {
+        match result {
             Ok((r, existed)) => {
                 if existed {
                     self.record(SnapshotEvent::Loaded { key: key.into() });
@@ -321,8 +321,7 @@ impl Snapshots {
                 *guard = Some(Err(e.clone()));
                 Err(e)
             }
-        };
-        out
+        }
     }
 
     async fn build_now(

@@ -165,10 +165,10 @@ impl Sandbox {
             Err(e) => {
                 // A snapshot that does not restore is not used again.
                 forget(&snapshots.dir, &key);
-                if let Some(slot) = super::lock(&snapshots.snapshots).get(&key) {
-                    if let Ok(mut g) = slot.try_lock() {
-                        *g = Some(Err(e.clone()));
-                    }
+                if let Some(slot) = super::lock(&snapshots.snapshots).get(&key)
+                    && let Ok(mut g) = slot.try_lock()
+                {
+                    *g = Some(Err(e.clone()));
                 }
                 snapshots.fallback(format!("snapshot {key} did not restore: {e}"));
                 None
