@@ -36,9 +36,10 @@ pub struct Cli {
     /// Where compiled modules are cached (default: the store's cache); stores can share one.
     #[arg(long, global = true, env = "ALEPH_WASM_MODULE_CACHE")]
     pub module_cache: Option<PathBuf>,
-    /// Start interpreter instances cold instead of restoring them from snapshots.
-    #[arg(long, global = true, env = "ALEPH_WASM_NO_SNAPSHOTS")]
-    pub no_snapshots: bool,
+    /// Restore interpreter instances from per-program snapshots (built on a program's first
+    /// boot, which then takes tens of seconds) instead of starting them cold.
+    #[arg(long, global = true, env = "ALEPH_WASM_SNAPSHOTS")]
+    pub snapshots: bool,
     /// The binaryen `wasm-opt` used to prepare interpreters for snapshots (default: on PATH).
     #[arg(long, global = true, env = "ALEPH_WASM_WASM_OPT")]
     pub wasm_opt: Option<PathBuf>,
@@ -69,6 +70,19 @@ pub enum Command {
     Runtime(RuntimeCommand),
     /// Run the node service: serve programs over HTTP until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Re-execute a receipt's inputs and compare every field: exit 0 when all match, 1 on a
+    /// mismatch (the fields are named), 2 when the rerun is inconclusive.
+    Verify(VerifyArgs),
+}
+
+/// `aleph-wasm verify`
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The receipt file written by `run --receipt`.
+    pub receipt: PathBuf,
+    /// Print one JSON object with the verdict and every field compared.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `aleph-wasm store …`
@@ -224,6 +238,14 @@ pub struct RunArgs {
     /// Print one JSON object describing the outcome.
     #[arg(long)]
     pub json: bool,
+    /// Write the execution's receipt (canonical JSON) to this file; the message and the
+    /// request body are kept in the store so `verify` can re-execute it.
+    #[arg(long)]
+    pub receipt: Option<PathBuf>,
+    /// Another node's API: a program missing from the store (and what it needs) is fetched
+    /// from it first, verified by hash, and stored.
+    #[arg(long, env = "ALEPH_WASM_API")]
+    pub api: Option<String>,
 }
 
 /// `aleph-wasm serve`
@@ -244,6 +266,15 @@ pub struct ServeArgs {
     /// How many executions may run at once on the node; more are answered 503.
     #[arg(long, env = "ALEPH_WASM_MAX_CONCURRENT", default_value_t = crate::server::DEFAULT_MAX_CONCURRENT)]
     pub max_concurrent: usize,
+    /// The node's memory budget in MiB (live instances hold their `resources.memory`; a
+    /// program that does not fit is answered 503). Default: 80 % of the machine's memory;
+    /// 0: no budget.
+    #[arg(long, env = "ALEPH_WASM_MEMORY_BUDGET")]
+    pub memory_budget: Option<u64>,
+    /// Another node's API (`http://host:4020` or an Aleph API node): programs and content
+    /// missing from the store are fetched from it on first use, verified by hash, and stored.
+    #[arg(long, env = "ALEPH_WASM_API")]
+    pub api: Option<String>,
 }
 
 /// A failure to report with exit code 2.
@@ -360,12 +391,15 @@ fn run_cli(cli: Cli) -> CliResult {
         }
         Command::Run(args) => {
             let store = open_store(&cli.store)?;
-            let mut config = ExecutorConfig {
-                module_cache: cli.module_cache.clone(),
-                ..ExecutorConfig::default()
-            };
+            let mut config = one_shot_config(&cli.module_cache);
             config.sandbox.snapshot = snapshot;
             run_program(store, config, &args)
+        }
+        Command::Verify(args) => {
+            let store = open_store(&cli.store)?;
+            let mut config = one_shot_config(&cli.module_cache);
+            config.sandbox.snapshot = snapshot;
+            verify_receipt(store, config, &args)
         }
         Command::Serve(args) => {
             let store = open_store(&cli.store)?;
@@ -376,9 +410,25 @@ fn run_cli(cli: Cli) -> CliResult {
 
 fn snapshot_config(cli: &Cli) -> SnapshotConfig {
     SnapshotConfig {
-        enabled: !cli.no_snapshots,
+        enabled: cli.snapshots,
         wasm_opt: cli.wasm_opt.clone(),
     }
+}
+
+/// The executor settings of a one-shot command (`run`, `verify`).
+fn one_shot_config(module_cache: &Option<PathBuf>) -> ExecutorConfig {
+    ExecutorConfig {
+        module_cache: module_cache.clone(),
+        ..ExecutorConfig::default()
+    }
+}
+
+/// The async runtime of a one-shot command: two workers are plenty for one execution.
+fn one_shot_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
 }
 
 fn serve_node(
@@ -393,6 +443,12 @@ fn serve_node(
         token_file: a.token_file.clone(),
         idle_timeout: std::time::Duration::from_secs(a.idle_timeout),
         max_concurrent: a.max_concurrent,
+        api: a.api.clone(),
+        memory_budget_mib: match a.memory_budget {
+            None => crate::server::default_memory_budget_mib(),
+            Some(0) => None,
+            Some(mib) => Some(mib),
+        },
         module_cache,
         snapshot,
         ..crate::server::ServerConfig::default()
@@ -604,7 +660,16 @@ fn load_target(store: &Store, target: &str) -> Result<Message, UsageError> {
 }
 
 fn run_program(store: Store, config: ExecutorConfig, a: &RunArgs) -> CliResult {
-    let msg = load_target(&store, &a.target)?;
+    let runtime = one_shot_runtime()?;
+    let msg = match &a.api {
+        // A program missing from the store comes from the other node, verified.
+        Some(api) if !Path::new(&a.target).is_file() => {
+            let remote = crate::store::remote::Remote::new(api)?;
+            let fetcher = crate::store::prefetch::Prefetcher::new(remote);
+            runtime.block_on(fetcher.program(&store, &a.target))?
+        }
+        _ => load_target(&store, &a.target)?,
+    };
     let program = msg
         .program()
         .ok_or_else(|| UsageError(format!("{} is not a PROGRAM message", msg.item_hash)))?;
@@ -633,12 +698,33 @@ fn run_program(store: Store, config: ExecutorConfig, a: &RunArgs) -> CliResult {
     } else {
         Trigger::Job
     };
+    if a.receipt.is_some() {
+        // `verify` re-executes from the store: keep what the receipt names.
+        if !store.has_message(&msg.item_hash) {
+            store.put_message(&msg)?;
+        }
+        if let Trigger::Http(req) = &trigger
+            && !req.body.is_empty()
+        {
+            store.put_object(&req.body)?;
+        }
+    }
     let executor = Executor::new(store, config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let outcome = runtime.block_on(executor.execute(&msg, &trigger));
+    if let Some(path) = &a.receipt {
+        let receipt = crate::receipt::build(
+            executor.sandbox().config(),
+            &crate::receipt::Execution {
+                message: &msg.item_hash,
+                reproducible: program.environment.reproducible,
+                trigger: &trigger,
+                outcome: &outcome,
+            },
+        );
+        let mut text = crate::receipt::canonical(&receipt);
+        text.push('\n');
+        std::fs::write(path, text).map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+    }
     let mut out = std::io::stdout().lock();
     if a.json {
         writeln!(out, "{}", outcome.to_json())?;
@@ -674,4 +760,59 @@ fn run_program(store: Store, config: ExecutorConfig, a: &RunArgs) -> CliResult {
     } else {
         EXIT_OUTCOME
     })
+}
+
+fn verify_receipt(store: Store, config: ExecutorConfig, a: &VerifyArgs) -> CliResult {
+    use crate::receipt::verify::{self, Verdict};
+    let text = std::fs::read_to_string(&a.receipt)
+        .map_err(|e| UsageError(format!("{}: {e}", a.receipt.display())))?;
+    let receipt: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| UsageError(format!("{}: not JSON: {e}", a.receipt.display())))?;
+    let executor = Executor::new(store, config)?;
+    let runtime = one_shot_runtime()?;
+    let verdict = runtime
+        .block_on(verify::verify(&executor, &receipt))
+        .map_err(|e| UsageError(format!("{}: {e}", a.receipt.display())))?;
+    let (name, checks, reason, code) = match &verdict {
+        Verdict::Match(c) => ("match", c.as_slice(), None, EXIT_OK),
+        Verdict::Mismatch(c) => ("mismatch", c.as_slice(), None, EXIT_OUTCOME),
+        Verdict::Inconclusive(r) => ("inconclusive", &[][..], Some(r.as_str()), EXIT_USAGE),
+    };
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let fields: Vec<_> = checks
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "field": c.field,
+                    "match": c.matches(),
+                    "receipt": c.expected,
+                    "rerun": c.actual,
+                })
+            })
+            .collect();
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"verdict": name, "reason": reason, "fields": fields})
+        )?;
+    } else {
+        for c in checks {
+            if c.matches() {
+                writeln!(out, "match     {}", c.field)?;
+            } else {
+                writeln!(
+                    out,
+                    "MISMATCH  {}: receipt {} rerun {}",
+                    c.field, c.expected, c.actual
+                )?;
+            }
+        }
+        match reason {
+            Some(r) => writeln!(out, "verdict: inconclusive: {r}")?,
+            None => writeln!(out, "verdict: {name}")?,
+        }
+    }
+    out.flush()?;
+    Ok(code)
 }

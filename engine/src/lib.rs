@@ -3,7 +3,8 @@
 //! Data flows one way, one module per step:
 //!
 //! message → [`store`] (resolve refs) → [`runtime`] + [`volumes`] (prepare) → [`sandbox`]
-//! (wasmtime store, WASI context, limits) → [`interface`] (CGI, job) → [`outcome`].
+//! (wasmtime store, WASI context, limits) → [`interface`] (CGI, job) → [`outcome`] →
+//! [`receipt`].
 //!
 //! [`message`] validates a message once, at [`message::parse`]; later steps trust the model.
 //! [`executor`] is the composition root that walks a message through the steps. [`cli`] is a
@@ -16,6 +17,7 @@ pub mod executor;
 pub mod interface;
 pub mod message;
 pub mod outcome;
+pub mod receipt;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;

@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::sandbox::output::Captured;
 use crate::volumes::{ExportInfo, ResolvedInput};
 
-/// How an execution ended. Each kind is distinct; none of them is a host failure.
+/// How an execution ended. Each kind is distinct; only `inconclusive` is the host's doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutcomeKind {
@@ -20,9 +20,15 @@ pub enum OutcomeKind {
     OutOfMemory,
     /// The program trapped.
     Trap,
+    /// The program exhausted its stack. Its own kind: where a stack overflows depends on the
+    /// engine build, so a verifier treats a difference involving it as inconclusive.
+    StackOverflow,
     /// The program could not be run: bad message, missing object, bad archive, malformed
     /// response …
     Error,
+    /// A reproducible execution could not be completed for a host reason (the wall-clock
+    /// safety net): the result says nothing about the program.
+    Inconclusive,
 }
 
 impl OutcomeKind {
@@ -34,7 +40,9 @@ impl OutcomeKind {
             OutcomeKind::Timeout => "timeout",
             OutcomeKind::OutOfMemory => "out_of_memory",
             OutcomeKind::Trap => "trap",
+            OutcomeKind::StackOverflow => "stack_overflow",
             OutcomeKind::Error => "error",
+            OutcomeKind::Inconclusive => "inconclusive",
         }
     }
 }
@@ -78,6 +86,9 @@ pub struct Outcome {
     pub module_cache: Option<ModuleCache>,
     /// Every object the execution was made from.
     pub inputs: Vec<ResolvedInput>,
+    /// Whether the execution started a new instance (a cold start) rather than reusing a warm
+    /// one.
+    pub cold_start: bool,
 }
 
 impl Outcome {
@@ -97,6 +108,7 @@ impl Outcome {
             export: None,
             module_cache: None,
             inputs: Vec::new(),
+            cold_start: false,
         }
     }
 
@@ -134,6 +146,7 @@ impl Outcome {
             "elapsed_ms": self.elapsed_ms,
             "export": self.export,
             "module_cache": self.module_cache,
+            "cold_start": self.cold_start,
             "inputs": inputs,
         })
     }

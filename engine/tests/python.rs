@@ -246,7 +246,7 @@ impl Py {
             .env_remove("ALEPH_WASM_MODULE_CACHE")
             .env_remove("ALEPH_WASM_OWNER")
             // Snapshots have their own tests (`snapshot`); here every program starts cold.
-            .env("ALEPH_WASM_NO_SNAPSHOTS", "true");
+            .env_remove("ALEPH_WASM_SNAPSHOTS");
         let out = cmd
             .output()
             .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
@@ -766,13 +766,45 @@ async fn sequential_requests_are_served_by_one_warm_instance() {
     let msg = py.probe(json!({}));
     let ex = py.executor(config(true));
     let mut seen = Vec::new();
+    let mut cold = Vec::new();
     for _ in 0..3 {
         let o = run(&ex, &msg, http("GET /count")).await;
         seen.push(counted(&o));
+        cold.push(o.cold_start);
     }
     let id = seen[0].0.clone();
     assert_eq!(seen, [(id.clone(), 1), (id.clone(), 2), (id, 3)]);
+    assert_eq!(cold, [true, false, false], "only the first request boots");
+    // The idle instance is listed with what it has done.
+    let details = ex.instance_details();
+    let instances = &details[&msg.item_hash];
+    assert_eq!(instances.len(), 1, "{details:?}");
+    assert_eq!(instances[0].requests_served, 3, "{details:?}");
+    assert!(instances[0].peak_memory_bytes > 1 << 20, "{details:?}");
+    assert!(instances[0].fuel_consumed > 0, "{details:?}");
     ex.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_instance_is_retired_to_make_room_in_the_memory_budget() {
+    let py = Py::new();
+    let a = py.probe(json!({"variables": {"WHICH": "a"}}));
+    let b = py.probe(json!({"variables": {"WHICH": "b"}}));
+    // Each program declares 128 MiB; the budget holds one instance.
+    let ex = py.executor(ExecutorConfig {
+        memory_budget_mib: Some(200),
+        ..config(true)
+    });
+    ok_json(&run(&ex, &a, http("GET /count")).await);
+    assert_eq!(ex.memory_use().unwrap().reserved_mib, 128);
+    assert_eq!(ex.idle_instances().get(&a.item_hash), Some(&1));
+    // b does not fit beside a's idle instance: a's is retired, b's boots.
+    ok_json(&run(&ex, &b, http("GET /count")).await);
+    assert_eq!(ex.idle_instances().get(&a.item_hash), None);
+    assert_eq!(ex.idle_instances().get(&b.item_hash), Some(&1));
+    assert_eq!(ex.memory_use().unwrap().reserved_mib, 128);
+    ex.shutdown().await;
+    assert_eq!(ex.memory_use().unwrap().reserved_mib, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1287,3 +1319,6 @@ async fn the_report_job_example_exports_its_report() {
 
 #[path = "python/snapshot.rs"]
 mod snapshot;
+
+#[path = "python/reproducible.rs"]
+mod reproducible;

@@ -6,6 +6,8 @@
 //! python-3.12 runtime, sharing the interpreter copy and compiled-module cache of
 //! `tests/python.rs` (`target/tmp/aleph-wasm-test-cache/`). Each test has its own store.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,7 +28,6 @@ const CGI_HELLO: &str = include_str!("../../examples/cgi-hello/hello.wat");
 /// The Python hello example.
 const PYTHON_HELLO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/python-hello");
 /// The python-3.12 runtime's source manifest (for the interpreter's sha256).
-const RUNTIME_JSON: &str = include_str!("../../runtimes/python-3.12/runtime.json");
 /// The owner of the messages the tests write.
 const OWNER: &str = "0x00000000000000000000000000000000000000c5";
 /// The routing domain of the host-based tests.
@@ -673,6 +674,42 @@ async fn a_full_node_answers_503_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_beyond_the_memory_budget_gets_503_until_memory_is_free() {
+    let node = Node::new();
+    let slow = binary_program(&node.store, &sleeper(1500), 10, true);
+    let fast = binary_program(&node.store, CGI_HELLO, 5, true);
+    // Each program declares 16 MiB; the budget holds one of them.
+    let node = node.start(|c, _| c.memory_budget_mib = Some(24)).await;
+    let slow_url = node.url(&format!("/vm/{}/", slow.item_hash));
+    let first = tokio::spawn(Answer::of(node.client.get(slow_url)));
+    wait_running(&node, 1).await;
+    let usage = node.json("/about/usage/system").await;
+    assert_eq!(usage["memory_budget"]["total_mib"], 24, "{usage}");
+    assert_eq!(usage["memory_budget"]["reserved_mib"], 16, "{usage}");
+    let full = node
+        .get(&format!("/vm/{}/", fast.item_hash))
+        .await
+        .status(503)
+        .has("memory budget");
+    assert_eq!(full.header("retry-after"), Some("1"), "{full}");
+    first.await.unwrap().status(200).has("rested");
+    node.get(&format!("/vm/{}/", fast.item_hash))
+        .await
+        .status(200);
+    let metrics = node.get("/metrics").await.status(200);
+    let samples = parse_metrics(&metrics.body).unwrap();
+    let refused = sample(
+        &samples,
+        "aleph_wasm_refused_requests_total",
+        &[("reason", "memory_budget")],
+    );
+    assert_eq!(refused.map(|s| s.value), Some(1.0), "{}", metrics.body);
+    let cold = sample(&samples, "aleph_wasm_cold_starts_total", &[]);
+    assert_eq!(cold.map(|s| s.value), Some(2.0), "{}", metrics.body);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_the_cap_gets_413() {
     let node = Node::new();
     let msg = binary_program(&node.store, CGI_HELLO, 5, true);
@@ -1007,34 +1044,8 @@ async fn serve_prints_its_address_and_stops_on_sigterm() {
 
 // --- Python ----------------------------------------------------------------------------------
 
-fn interpreter_sha256() -> String {
-    let manifest: Value = serde_json::from_str(RUNTIME_JSON).unwrap();
-    manifest["interpreter"]["sha256"]
-        .as_str()
-        .expect("runtimes/python-3.12/runtime.json has no interpreter.sha256")
-        .to_string()
-}
-
-/// Stores python-3.12 in `store`, its interpreter from the suites' verified copy when there is
-/// one (`$ALEPH_WASM_TEST_CACHE`, else the shared cache directory), kept there once fetched.
 fn python_runtime(store: &Store) -> String {
-    if std::env::var_os(runtime::TEST_CACHE_ENV).is_some_and(|d| !d.is_empty()) {
-        return runtime::fetch_cached(store, "python-3.12")
-            .unwrap_or_else(|e| panic!("cannot obtain the python-3.12 interpreter: {e}"));
-    }
-    let sha = interpreter_sha256();
-    let cached = PathBuf::from(CACHE).join(&sha);
-    let user_file = cached.is_file().then_some(cached.as_path());
-    let reference = runtime::fetch(store, "python-3.12", user_file, false)
-        .unwrap_or_else(|e| panic!("cannot obtain the python-3.12 interpreter: {e}"));
-    if !cached.is_file() {
-        let object = store.verify_object(&sha).unwrap();
-        std::fs::create_dir_all(CACHE).unwrap();
-        let tmp = PathBuf::from(CACHE).join(format!(".server-partial-{}", std::process::id()));
-        std::fs::copy(&object, &tmp).unwrap();
-        std::fs::rename(&tmp, &cached).unwrap();
-    }
-    reference
+    common::python::python_runtime(store, Path::new(CACHE))
 }
 
 /// The Python hello example as a program of `node`'s store; returns it and its code ref.

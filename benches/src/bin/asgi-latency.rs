@@ -14,47 +14,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use aleph_wasm::message::{self, MessageType};
-use aleph_wasm::volumes::archive::{self, PackFormat};
-use aleph_wasm::{Executor, ExecutorConfig, HttpRequest, OutcomeKind, Store, Trigger, runtime};
+use aleph_wasm::message;
+use aleph_wasm::{Executor, ExecutorConfig, HttpRequest, OutcomeKind, Store, Trigger};
+use aleph_wasm_benches::{bench_cache, ms, python_program, summary, workspace};
 
 const FIRST_RUNS: usize = 10;
 const WARM_RUNS: usize = 300;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn summary(mut v: Vec<Duration>) -> (Duration, Duration) {
-    v.sort();
-    (percentile(&v, 0.5), percentile(&v, 0.99))
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn program(store: &Store, code_dir: &Path, entrypoint: &str) -> anyhow::Result<message::Message> {
-    let runtime_ref = runtime::fetch_cached(store, "python-3.12")?;
-    let zip = tempfile::NamedTempFile::new_in(store.tmp_dir())?;
-    archive::pack(code_dir, PackFormat::Zip, zip.path())?;
-    let owner = "0x00000000000000000000000000000000000000b0";
-    let code = store.add_file(zip.path(), owner, 1.0)?;
-    let content = serde_json::json!({
-        "type": "vm-function", "address": owner, "time": 1.0, "allow_amend": false,
-        "code": {"encoding": "zip", "entrypoint": entrypoint, "ref": code.item_hash},
-        "runtime": {"ref": runtime_ref, "use_latest": false, "comment": "python"},
-        "on": {"http": true}, "environment": {},
-        "resources": {"vcpus": 1, "memory": 128, "seconds": 10},
-    });
-    let msg = message::build_inline(MessageType::Program, "ETH", owner, 1.0, content);
-    store.put_message(&msg)?;
-    Ok(msg)
+    python_program(store, code_dir, entrypoint, serde_json::json!({}))
 }
 
 /// The real native interpreter (not a wrapper script such as a version manager's shim, whose
@@ -112,17 +80,12 @@ async fn main() -> anyhow::Result<()> {
             "main:app".to_string(),
         ),
     };
-    let cache = workspace().join("target/aleph-wasm-bench-cache");
-    std::fs::create_dir_all(&cache)?;
-    if std::env::var_os(runtime::TEST_CACHE_ENV).is_none() {
-        // SAFETY: set before any other thread reads the environment.
-        unsafe { std::env::set_var(runtime::TEST_CACHE_ENV, cache.join("interpreter")) };
-    }
+    let modules = bench_cache(&workspace().join("target/aleph-wasm-bench-cache"))?;
     let dir = tempfile::tempdir()?;
     let store = Store::open(dir.path())?;
     let msg = program(&store, &code_dir, &entrypoint)?;
     let mut config = ExecutorConfig {
-        module_cache: Some(cache.join("modules")),
+        module_cache: Some(modules),
         keep_warm: true,
         ..ExecutorConfig::default()
     };

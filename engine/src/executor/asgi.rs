@@ -8,9 +8,18 @@
 //! discarded and the next request gets a fresh one. Idle instances retire after
 //! [`ExecutorConfig::idle_timeout`](super::ExecutorConfig::idle_timeout): lifespan shutdown,
 //! end of stdin, export packed.
+//!
+//! A persistent program's instance is *pinned* ([`Pin`], see `executor::persistent`): it sits
+//! in the same pool and serves requests and events like any other, but idle retirement passes
+//! it by, and when it goes away (discarded after a crash, retired at shutdown) its holder is
+//! told, so it can start another.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
 
 use crate::interface::asgi::{self, Exchange};
 use crate::interface::{HttpRequest, Trigger};
@@ -18,6 +27,7 @@ use crate::message::{CodeSource, Encoding, ProgramContent, Volume};
 use crate::outcome::{ModuleCache, Outcome, OutcomeKind};
 use crate::runtime::ResolvedRuntime;
 use crate::sandbox::channel::Line;
+use crate::sandbox::determinism::Determinism;
 use crate::sandbox::instance::Instance;
 use crate::sandbox::output::Captured;
 use crate::sandbox::snapshot::SnapshotSource;
@@ -45,6 +55,72 @@ pub(super) struct Warm {
     pending_stderr: Vec<u8>,
     served: u64,
     last_used: Instant,
+    /// Runs under the determinism profile: never reused, fuel alone decides a timeout.
+    reproducible: bool,
+    /// Set when this is a persistent program's instance.
+    pub(super) pin: Option<Pin>,
+    /// What the instance holds of the node's memory budget.
+    _memory: super::memory::Reservation,
+}
+
+/// What the holder of a pinned instance and the instance share.
+#[derive(Debug, Default)]
+pub(super) struct PinState {
+    /// Set when the holder lets the instance go: it is then retired instead of kept.
+    released: AtomicBool,
+    /// Why the instance was discarded, when it was.
+    reason: std::sync::Mutex<Option<String>>,
+}
+
+impl PinState {
+    /// Lets the instance go: it is retired rather than put back in the pool.
+    pub(super) fn release(&self) {
+        self.released.store(true, Ordering::SeqCst);
+    }
+
+    fn released(&self) -> bool {
+        self.released.load(Ordering::SeqCst)
+    }
+
+    /// Why the instance was discarded, if it was.
+    pub(super) fn reason(&self) -> Option<String> {
+        super::lock(&self.reason).clone()
+    }
+}
+
+/// Marks a persistent program's instance. Dropped with the instance, which wakes the holder's
+/// `gone` receiver.
+pub(super) struct Pin {
+    pub(super) state: Arc<PinState>,
+    pub(super) _gone: oneshot::Sender<()>,
+}
+
+impl Warm {
+    /// What the node API shows of this instance.
+    pub(super) fn info(&self) -> super::status::InstanceInfo {
+        super::status::InstanceInfo {
+            up_seconds: self.instance.started().elapsed().as_secs_f64(),
+            idle_seconds: self.last_used.elapsed().as_secs_f64(),
+            requests_served: self.served,
+            peak_memory_bytes: self.instance.peak_memory_bytes(),
+            fuel_consumed: self.instance.fuel_consumed(),
+            memory_reserved_mib: self._memory.as_ref().map_or(0, |p| p.num_permits() as u64),
+            persistent: self.pin.is_some(),
+        }
+    }
+
+    /// Pinned and not released: idle retirement leaves it alone.
+    fn held(&self) -> bool {
+        self.pin.as_ref().is_some_and(|p| !p.state.released())
+    }
+
+    /// Whether a healthy instance goes back to the pool after serving.
+    fn kept(&self, keep_warm: bool) -> bool {
+        match &self.pin {
+            Some(pin) => !pin.state.released(),
+            None => keep_warm && !self.reproducible,
+        }
+    }
 }
 
 /// How a request ended for the instance that served it.
@@ -55,6 +131,28 @@ enum Fate {
     Discard,
 }
 
+/// Why an instance did not boot.
+pub(super) enum BootError {
+    /// The program or its runtime failed: an `error` outcome.
+    Failed(String),
+    /// A reproducible boot reached the wall-clock safety net: an `inconclusive` outcome.
+    SafetyNet(String),
+}
+
+impl From<String> for BootError {
+    fn from(e: String) -> Self {
+        BootError::Failed(e)
+    }
+}
+
+impl From<BootError> for String {
+    fn from(e: BootError) -> Self {
+        match e {
+            BootError::Failed(e) | BootError::SafetyNet(e) => e,
+        }
+    }
+}
+
 impl Executor {
     /// Serves one trigger of an ASGI program on a new instance.
     pub(super) async fn execute_asgi(
@@ -63,8 +161,17 @@ impl Executor {
         program: &ProgramContent,
         runtime: ResolvedRuntime,
         trigger: &Trigger,
+        determinism: Option<Determinism>,
     ) -> Result<Outcome, String> {
-        let warm = self.boot(program, &runtime).await?;
+        let warm = match self.boot(program, &runtime, determinism).await {
+            Ok(warm) => warm,
+            Err(BootError::Failed(e)) => return Err(e),
+            Err(BootError::SafetyNet(e)) => {
+                let mut outcome = Outcome::error(e);
+                outcome.kind = OutcomeKind::Inconclusive;
+                return Ok(outcome);
+            }
+        };
         self.serve_warm(key, program, warm, trigger).await
     }
 
@@ -79,12 +186,16 @@ impl Executor {
         let event = match trigger {
             Trigger::Http(req) => asgi::http_event(req),
             Trigger::Job => asgi::http_event(&HttpRequest::from_line("GET /")?),
+            Trigger::Cron { time } => asgi::cron_event(*time),
+            Trigger::Message(body) => asgi::message_event(body),
         };
         let body = match trigger {
             Trigger::Http(req) if req.body.len() > asgi::INLINE_BODY_MAX => Some(&req.body[..]),
             _ => None,
         };
-        let (mut outcome, fate) = self.serve(&mut warm, program, &event, body).await;
+        let (mut outcome, fate) = self
+            .serve(&mut warm, program, &event, body, trigger.is_event())
+            .await;
         outcome
             .stdout
             .bytes
@@ -99,7 +210,7 @@ impl Executor {
         warm.served += 1;
         warm.last_used = Instant::now();
         match fate {
-            Fate::Keep if self.config.keep_warm => self.put_idle(key, warm),
+            Fate::Keep if warm.kept(self.config.keep_warm) => self.put_idle(key, warm),
             Fate::Keep => {
                 let (export, logs) = self.retire(warm).await;
                 outcome.stderr.bytes.extend_from_slice(&logs);
@@ -112,6 +223,14 @@ impl Executor {
                 }
             }
             Fate::Discard => {
+                if let Some(pin) = &warm.pin {
+                    *super::lock(&pin.state.reason) = Some(
+                        outcome
+                            .error
+                            .clone()
+                            .unwrap_or_else(|| format!("the {} outcome", outcome.kind.as_str())),
+                    );
+                }
                 warm.instance.kill();
                 if outcome.kind != OutcomeKind::Error
                     && let Some(plan) = &warm.export
@@ -131,44 +250,120 @@ impl Executor {
         idle.pop()
     }
 
-    fn put_idle(&self, key: &str, warm: Warm) {
+    /// Takes out of the pool the idle instance unused for the longest time, of any program
+    /// (pinned instances stay).
+    pub(super) fn take_least_recently_used(&self) -> Option<Warm> {
+        let mut pool = super::lock(&self.pool);
+        let (key, index) = pool
+            .iter()
+            .flat_map(|(k, idle)| {
+                idle.iter()
+                    .enumerate()
+                    .filter(|(_, w)| !w.held())
+                    .map(move |(i, w)| (w.last_used, k.clone(), i))
+            })
+            .min_by_key(|(used, _, _)| *used)
+            .map(|(_, k, i)| (k, i))?;
+        let idle = pool.get_mut(&key)?;
+        let warm = idle.remove(index);
+        if idle.is_empty() {
+            pool.remove(&key);
+        }
+        Some(warm)
+    }
+
+    /// Whether the program `key` has an idle warm instance.
+    pub(super) fn has_idle(&self, key: &str) -> bool {
+        super::lock(&self.pool)
+            .get(key)
+            .is_some_and(|idle| !idle.is_empty())
+    }
+
+    pub(super) fn put_idle(&self, key: &str, warm: Warm) {
         super::lock(&self.pool)
             .entry(key.to_string())
             .or_default()
             .push(warm);
     }
 
-    /// Retires every idle instance unused for `older_than` or longer.
-    pub async fn retire_idle(&self, older_than: Duration) {
-        let stale: Vec<Warm> = {
-            let mut pool = super::lock(&self.pool);
-            let mut out = Vec::new();
-            for idle in pool.values_mut() {
-                let (old, keep): (Vec<Warm>, Vec<Warm>) = std::mem::take(idle)
-                    .into_iter()
-                    .partition(|w| w.last_used.elapsed() >= older_than);
-                *idle = keep;
-                out.extend(old);
+    /// Takes out of the pool every idle instance of the programs `key` accepts for which
+    /// `stale` holds.
+    fn take_idle_where(
+        &self,
+        key: impl Fn(&str) -> bool,
+        stale: impl Fn(&Warm) -> bool,
+    ) -> Vec<Warm> {
+        let mut pool = super::lock(&self.pool);
+        let mut out = Vec::new();
+        for (k, idle) in pool.iter_mut() {
+            if !key(k) {
+                continue;
             }
-            pool.retain(|_, v| !v.is_empty());
-            out
-        };
+            let (old, keep): (Vec<Warm>, Vec<Warm>) =
+                std::mem::take(idle).into_iter().partition(&stale);
+            *idle = keep;
+            out.extend(old);
+        }
+        pool.retain(|_, v| !v.is_empty());
+        out
+    }
+
+    /// Retires every idle instance unused for `older_than` or longer, except the instances
+    /// persistent programs hold.
+    pub async fn retire_idle(&self, older_than: Duration) {
+        let stale = self.take_idle_where(
+            |_| true,
+            |w| !w.held() && w.last_used.elapsed() >= older_than,
+        );
         for warm in stale {
             let _ = self.retire(warm).await;
         }
     }
 
-    /// Retires every idle instance now (lifespan shutdown, export).
+    /// Retires the idle instances of the program `key` (not the one a persistent program
+    /// holds): the next execution boots a fresh one, resolving its refs again. Returns how
+    /// many were retired.
+    pub async fn retire_program(&self, key: &str) -> usize {
+        let stale = self.take_idle_where(|k| k == key, |w| !w.held());
+        let n = stale.len();
+        for warm in stale {
+            let _ = self.retire(warm).await;
+        }
+        n
+    }
+
+    /// Retires the pinned instance that shares `state`, if it is idle; a busy one is retired
+    /// once its request ends (the pin is released first).
+    pub(super) async fn retire_pinned(&self, key: &str, state: &Arc<PinState>) {
+        state.release();
+        let pinned = self.take_idle_where(
+            |k| k == key,
+            |w| w.pin.as_ref().is_some_and(|p| Arc::ptr_eq(&p.state, state)),
+        );
+        for warm in pinned {
+            let _ = self.retire(warm).await;
+        }
+    }
+
+    /// Retires every idle instance now, persistent programs' too (lifespan shutdown, export).
     pub async fn shutdown(&self) {
-        self.retire_idle(Duration::ZERO).await;
+        let all = self.take_idle_where(|_| true, |_| true);
+        for warm in all {
+            if let Some(pin) = &warm.pin {
+                pin.state.release();
+            }
+            let _ = self.retire(warm).await;
+        }
     }
 
     /// Boots an instance: interpreter, app import, lifespan startup.
-    async fn boot(
+    pub(super) async fn boot(
         &self,
         program: &ProgramContent,
         runtime: &ResolvedRuntime,
-    ) -> Result<Warm, String> {
+        determinism: Option<Determinism>,
+    ) -> Result<Warm, BootError> {
+        let memory = self.reserve_memory(program.resources.memory_mib).await?;
         let interp = runtime
             .interpreter()
             .ok_or_else(|| "content.runtime: not an interpreter runtime".to_string())?;
@@ -214,9 +409,9 @@ impl Executor {
             env.push(("ALEPH_WASM_PLAIN".into(), PLAIN_CODE_FILE.into()));
             env.push(("ALEPH_WASM_ENTRYPOINT".into(), attr.into()));
         } else if module_part.is_empty() {
-            return Err(format!(
+            return Err(BootError::Failed(format!(
                 "content.code.entrypoint: {entry:?} must be \"module:attribute\" for archive code"
-            ));
+            )));
         } else {
             env.push(("ALEPH_WASM_ENTRYPOINT".into(), entry.clone()));
         }
@@ -228,6 +423,15 @@ impl Executor {
             preopens: mounts.preopens,
             memory_bytes: program.resources.memory_mib.saturating_mul(1 << 20),
             seconds: program.resources.seconds,
+            determinism,
+        };
+        let reproducible = spec.determinism.is_some();
+        let boot_limit = if reproducible {
+            self.config
+                .boot_timeout
+                .saturating_mul(self.sandbox.config().safety_net_factor.max(1))
+        } else {
+            self.config.boot_timeout
         };
         let boot_fuel = self
             .config
@@ -245,17 +449,22 @@ impl Executor {
             interpreter_path: interp.path.clone(),
             content,
         };
-        let restored = self
-            .sandbox
-            .spawn_restored(&source, &spec, boot_fuel, self.config.boot_timeout)
-            .await;
+        // A reproducible instance starts cold: snapshots are not taken under the profile yet.
+        let restored = if reproducible {
+            None
+        } else {
+            self.sandbox
+                .spawn_restored(&source, &spec, boot_fuel, self.config.boot_timeout)
+                .await
+        };
         let (instance, from_cache) = match restored {
             Some(restored) => restored,
             None => {
                 let interp_path = interp.path.clone();
                 let loaded = self
                     .sandbox
-                    .module(&interp.sha256, move || Ok(std::fs::read(&interp_path)?))
+                    .module_off_thread(&interp.sha256, move || Ok(std::fs::read(&interp_path)?))
+                    .await
                     .map_err(|e| format!("content.runtime: {e:#}"))?;
                 let instance = self.sandbox.spawn(&loaded.module, spec, boot_fuel)?;
                 (instance, loaded.from_cache)
@@ -277,9 +486,12 @@ impl Executor {
             pending_stderr: Vec::new(),
             served: 0,
             last_used: Instant::now(),
+            reproducible,
+            pin: None,
+            _memory: memory,
         };
         // The import of the app, then lifespan startup, each within the boot budget.
-        let boot = collect(&warm.instance, self.config.boot_timeout, None, |x| {
+        let boot = collect(&warm.instance, boot_limit, None, |x| {
             x.ready || x.boot_error.is_some()
         })
         .await;
@@ -287,21 +499,22 @@ impl Executor {
         warm.pending_stderr.extend_from_slice(&boot.exchange.stderr);
         if let Some((message, traceback)) = &boot.exchange.boot_error {
             warm.instance.kill();
-            return Err(format!(
+            return Err(BootError::Failed(format!(
                 "the app could not be loaded: {message}\n{traceback}"
-            ));
+            )));
         }
         if !boot.exchange.ready {
             warm.instance.kill();
             return Err(boot.failure(
                 "booting the interpreter",
-                self.config.boot_timeout,
+                boot_limit,
                 &warm.instance,
+                reproducible,
             ));
         }
         warm.instance
             .send(&asgi::event_line(&asgi::lifespan_event("startup")));
-        let startup = collect(&warm.instance, self.config.boot_timeout, None, |x| x.done).await;
+        let startup = collect(&warm.instance, boot_limit, None, |x| x.done).await;
         warm.pending_stdout
             .extend_from_slice(&startup.exchange.stdout);
         warm.pending_stderr
@@ -310,31 +523,49 @@ impl Executor {
             warm.instance.kill();
             return Err(startup.failure(
                 "lifespan startup",
-                self.config.boot_timeout,
+                boot_limit,
                 &warm.instance,
+                reproducible,
             ));
         }
         if let Some((result, message)) = &startup.exchange.lifespan
             && result == "failed"
         {
             warm.instance.kill();
-            return Err(format!(
+            return Err(BootError::Failed(format!(
                 "lifespan startup failed: {}",
                 message.as_deref().unwrap_or("(no message)")
-            ));
+            )));
         }
         Ok(warm)
     }
 
-    /// Serves one event on a booted instance.
+    /// Serves one event on a booted instance. For an `is_event` trigger (cron tick, message)
+    /// the app returning without a response is a success.
     async fn serve(
         &self,
         warm: &mut Warm,
         program: &ProgramContent,
         event: &serde_json::Value,
         body: Option<&[u8]>,
+        is_event: bool,
     ) -> (Outcome, Fate) {
-        let deadline = Duration::from_secs(program.resources.seconds.max(1));
+        let seconds = program.resources.seconds.max(1);
+        let deadline = if warm.reproducible {
+            Duration::from_secs(
+                seconds.saturating_mul(self.sandbox.config().safety_net_factor.max(1) as u64),
+            )
+        } else {
+            Duration::from_secs(seconds)
+        };
+        // The fuel count moves at each read of stdin: start from the guest's next read, so the
+        // tail of the previous event is not counted against this one.
+        let settle = if warm.reproducible {
+            deadline
+        } else {
+            Duration::from_secs(1)
+        };
+        let _ = tokio::time::timeout(settle, warm.instance.wait_idle()).await;
         let fuel_before = warm.instance.fuel_consumed();
         let refusals_before = warm.instance.memory_refusals();
         let started = Instant::now();
@@ -364,6 +595,7 @@ impl Executor {
                 Some(GuestEnd::Timeout(why)) => (OutcomeKind::Timeout, why),
                 Some(GuestEnd::OutOfMemory(why)) => (OutcomeKind::OutOfMemory, why),
                 Some(GuestEnd::Trap(why)) => (OutcomeKind::Trap, why),
+                Some(GuestEnd::StackOverflow(why)) => (OutcomeKind::StackOverflow, why),
                 Some(GuestEnd::Exited(code)) => {
                     outcome.exit_code = Some(code);
                     (
@@ -372,6 +604,14 @@ impl Executor {
                     )
                 }
                 Some(GuestEnd::Error(why)) => (OutcomeKind::Error, why),
+                Some(GuestEnd::Inconclusive(why)) => (OutcomeKind::Inconclusive, why),
+                None if got.timed_out && warm.reproducible => (
+                    OutcomeKind::Inconclusive,
+                    format!(
+                        "the wall-clock safety net of {} s was reached before the fuel budget ran out",
+                        deadline.as_secs()
+                    ),
+                ),
                 None if got.timed_out => (
                     OutcomeKind::Timeout,
                     format!("wall-clock deadline of {} s reached", deadline.as_secs()),
@@ -386,7 +626,8 @@ impl Executor {
             return (outcome, Fate::Discard);
         }
         // Let the guest get back to its read of stdin: the meter then has the request's fuel.
-        let _ = tokio::time::timeout(Duration::from_secs(1), warm.instance.wait_idle()).await;
+        // A reproducible execution's fuel must be complete: wait for the read as long as needed.
+        let _ = tokio::time::timeout(settle, warm.instance.wait_idle()).await;
         outcome.fuel_consumed = warm.instance.fuel_consumed().saturating_sub(fuel_before);
         if frame_lost || !x.bad_frames.is_empty() {
             outcome.kind = OutcomeKind::Error;
@@ -403,6 +644,15 @@ impl Executor {
             return (outcome, Fate::Keep);
         }
         let complete = x.status.is_some() && x.body_complete;
+        if is_event
+            && x.status.is_none()
+            && x.app_error
+                .as_deref()
+                .is_none_or(|e| e == asgi::RETURNED_WITHOUT_RESPONSE)
+        {
+            outcome.kind = OutcomeKind::Ok;
+            return (outcome, Fate::Keep);
+        }
         if complete {
             outcome.status = x.status;
             outcome.headers = x.headers.clone();
@@ -453,7 +703,7 @@ impl Executor {
 
     /// Stops an instance gracefully: lifespan shutdown, end of stdin, then its export.
     /// Returns the export and what the program logged meanwhile.
-    async fn retire(&self, warm: Warm) -> (Result<Option<ExportInfo>, String>, Vec<u8>) {
+    pub(super) async fn retire(&self, warm: Warm) -> (Result<Option<ExportInfo>, String>, Vec<u8>) {
         let mut logs = Vec::new();
         if warm.instance.ended().is_none() {
             warm.instance
@@ -577,11 +827,24 @@ struct Collected {
 }
 
 impl Collected {
-    fn failure(&self, what: &str, limit: Duration, instance: &Instance) -> String {
+    fn failure(
+        &self,
+        what: &str,
+        limit: Duration,
+        instance: &Instance,
+        reproducible: bool,
+    ) -> BootError {
         match instance.ended() {
-            Some(end) => format!("{what}: the interpreter ended: {end:?}"),
-            None if self.timed_out => format!("{what}: no answer within {} s", limit.as_secs()),
-            None => format!("{what}: the instance stopped answering"),
+            Some(end) => BootError::Failed(format!("{what}: the interpreter ended: {end:?}")),
+            None if self.timed_out && reproducible => BootError::SafetyNet(format!(
+                "{what}: the wall-clock safety net of {} s was reached before the fuel budget \
+                 ran out",
+                limit.as_secs()
+            )),
+            None if self.timed_out => {
+                BootError::Failed(format!("{what}: no answer within {} s", limit.as_secs()))
+            }
+            None => BootError::Failed(format!("{what}: the instance stopped answering")),
         }
     }
 }

@@ -7,8 +7,9 @@ use crate::interface::{Trigger, cgi};
 use crate::message::{CodeSource, Encoding, Interface, ProgramContent};
 use crate::outcome::{ModuleCache, Outcome, OutcomeKind};
 use crate::runtime::ResolvedRuntime;
-use crate::sandbox::{GuestEnd, GuestRun, GuestSpec};
-use crate::volumes::{self, ResolvedInput};
+use crate::sandbox::determinism::Determinism;
+use crate::sandbox::{GuestEnd, GuestRun, GuestSpec, LoadedModule};
+use crate::volumes::{self, ExportPlan, ResolvedInput};
 
 use super::Executor;
 
@@ -20,6 +21,17 @@ pub(super) struct Code {
     inputs: Vec<ResolvedInput>,
 }
 
+/// A binary program made ready to run for one trigger: the compiled module, the guest's spec,
+/// the execution directory behind its mounts, its export plan and what it was made from.
+pub(super) struct Prepared {
+    pub(super) loaded: LoadedModule,
+    pub(super) spec: GuestSpec,
+    pub(super) export: Option<ExportPlan>,
+    pub(super) inputs: Vec<ResolvedInput>,
+    /// Keeps the per-execution directory (data, export, ephemeral volumes) alive.
+    pub(super) exec_dir: tempfile::TempDir,
+}
+
 impl Executor {
     /// Runs a binary program once.
     pub(super) async fn execute_binary(
@@ -27,7 +39,48 @@ impl Executor {
         program: &ProgramContent,
         runtime: ResolvedRuntime,
         trigger: &Trigger,
+        determinism: Option<Determinism>,
     ) -> Result<Outcome, String> {
+        let _memory = self.reserve_memory(program.resources.memory_mib).await?;
+        let prepared = self
+            .prepare_binary(program, runtime, trigger, determinism)
+            .await?;
+        let run = self
+            .sandbox
+            .run(&prepared.loaded.module, prepared.spec)
+            .await;
+        let mut outcome = interpret(run, trigger);
+        outcome.module_cache = Some(if prepared.loaded.from_cache {
+            ModuleCache::Hit
+        } else {
+            ModuleCache::Miss
+        });
+        outcome.inputs = prepared.inputs;
+        if let Some(plan) = &prepared.export
+            && !matches!(outcome.kind, OutcomeKind::Error | OutcomeKind::Inconclusive)
+        {
+            match volumes::collect_export(&self.store, plan, &program.address, program.time) {
+                Ok(info) => outcome.export = Some(info),
+                Err(e) => {
+                    outcome.kind = OutcomeKind::Error;
+                    outcome.error = Some(e.to_string());
+                }
+            }
+        }
+        drop(prepared.exec_dir);
+        Ok(outcome)
+    }
+
+    /// Resolves, unpacks, mounts and compiles what a binary program needs for `trigger`:
+    /// CGI meta-variables and the body on stdin for a request, the message JSON on stdin for
+    /// a message, nothing more for a job or a cron tick.
+    pub(super) async fn prepare_binary(
+        &self,
+        program: &ProgramContent,
+        runtime: ResolvedRuntime,
+        trigger: &Trigger,
+        determinism: Option<Determinism>,
+    ) -> Result<Prepared, String> {
         if program.code.interface != Interface::Binary {
             return Err(format!(
                 "content.code.interface: runtime {:?} runs WASI modules, which speak the binary \
@@ -61,11 +114,12 @@ impl Executor {
             let dir = code.dir.clone();
             let entry = program.code.entrypoint.clone();
             self.sandbox
-                .module(&hash, move || match (bytes, dir) {
+                .module_off_thread(&hash, move || match (bytes, dir) {
                     (Some(b), _) => Ok(b),
                     (None, Some(d)) => Ok(std::fs::read(d.join(entry))?),
                     (None, None) => anyhow::bail!("no code"),
                 })
+                .await
                 .map_err(|e| format!("content.code: {e:#}"))?
         };
 
@@ -75,9 +129,13 @@ impl Executor {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let mut stdin = Vec::new();
-        if let Trigger::Http(req) = trigger {
-            env.extend(cgi::environment(req));
-            stdin = req.body.clone();
+        match trigger {
+            Trigger::Http(req) => {
+                env.extend(cgi::environment(req));
+                stdin = req.body.clone();
+            }
+            Trigger::Message(message) => stdin = message.to_string().into_bytes(),
+            Trigger::Job | Trigger::Cron { .. } => {}
         }
         let mut args = vec![program.code.entrypoint.clone()];
         args.extend(program.code.args.iter().cloned());
@@ -88,27 +146,15 @@ impl Executor {
             preopens: mounts.preopens,
             memory_bytes: program.resources.memory_mib.saturating_mul(1 << 20),
             seconds: program.resources.seconds,
+            determinism,
         };
-        let run = self.sandbox.run(&loaded.module, spec).await;
-        let mut outcome = interpret(run, trigger);
-        outcome.module_cache = Some(if loaded.from_cache {
-            ModuleCache::Hit
-        } else {
-            ModuleCache::Miss
-        });
-        outcome.inputs = inputs;
-        if let Some(plan) = &mounts.export
-            && outcome.kind != OutcomeKind::Error
-        {
-            match volumes::collect_export(&self.store, plan, &program.address, program.time) {
-                Ok(info) => outcome.export = Some(info),
-                Err(e) => {
-                    outcome.kind = OutcomeKind::Error;
-                    outcome.error = Some(e.to_string());
-                }
-            }
-        }
-        Ok(outcome)
+        Ok(Prepared {
+            loaded,
+            spec,
+            export: mounts.export,
+            inputs,
+            exec_dir,
+        })
     }
 
     /// Resolves the code to module bytes (or a file in an unpacked archive).
@@ -240,8 +286,16 @@ fn interpret(run: GuestRun, trigger: &Trigger) -> Outcome {
             outcome.kind = OutcomeKind::Trap;
             outcome.error = Some(why);
         }
+        GuestEnd::StackOverflow(why) => {
+            outcome.kind = OutcomeKind::StackOverflow;
+            outcome.error = Some(why);
+        }
         GuestEnd::Error(why) => {
             outcome.kind = OutcomeKind::Error;
+            outcome.error = Some(why);
+        }
+        GuestEnd::Inconclusive(why) => {
+            outcome.kind = OutcomeKind::Inconclusive;
             outcome.error = Some(why);
         }
     }

@@ -3,11 +3,16 @@
 //!
 //! It owns the process's [`Sandbox`], the per-program concurrency limits (at most
 //! `resources.vcpus` executions of one program run at once; further ones wait their turn) and
-//! the pool of warm interpreter instances.
+//! the pool of warm interpreter instances. Reproducible programs get the determinism profile
+//! ([`reproducible`]) and a fresh instance for every execution. Persistent programs are
+//! started ahead of any request and kept as [`Running`] instances ([`persistent`]).
 
 mod asgi;
 mod binary;
-mod status;
+pub mod memory;
+pub mod persistent;
+pub mod reproducible;
+pub mod status;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +27,8 @@ use crate::runtime::{self, RuntimeKind};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::store::Store;
 use crate::volumes::VolumeLimits;
+
+pub use persistent::Running;
 
 /// How the executor is tuned.
 #[derive(Debug, Clone)]
@@ -44,6 +51,9 @@ pub struct ExecutorConfig {
     pub boot_timeout: Duration,
     /// The wall-clock budget for lifespan shutdown. By default 10 s.
     pub shutdown_timeout: Duration,
+    /// The node-wide memory budget in MiB: live instances hold their `resources.memory`, and
+    /// work that does not fit is refused. By default none (nothing is counted).
+    pub memory_budget_mib: Option<u64>,
 }
 
 impl Default for ExecutorConfig {
@@ -56,6 +66,7 @@ impl Default for ExecutorConfig {
             idle_timeout: Duration::from_secs(300),
             boot_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
+            memory_budget_mib: None,
         }
     }
 }
@@ -67,6 +78,7 @@ pub struct Executor {
     config: ExecutorConfig,
     permits: Mutex<HashMap<String, Arc<Semaphore>>>,
     pool: Mutex<HashMap<String, Vec<asgi::Warm>>>,
+    memory: Option<memory::MemoryBudget>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,12 +96,14 @@ impl Executor {
             None => store.cache_dir("modules")?,
         };
         let sandbox = Sandbox::new(config.sandbox.clone(), &cache)?;
+        let memory = config.memory_budget_mib.map(memory::MemoryBudget::new);
         Ok(Executor {
             store,
             sandbox,
             config,
             permits: Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
+            memory,
         })
     }
 
@@ -121,26 +135,46 @@ impl Executor {
         if let Err(e) = program.check_supported() {
             return Outcome::error(e.to_string());
         }
+        let det = match reproducible::profile(msg, program, trigger) {
+            Ok(det) => det,
+            Err(e) => return Outcome::error(e),
+        };
         let semaphore = self.semaphore(&msg.item_hash, program.resources.vcpus);
         let Ok(_permit) = semaphore.acquire().await else {
             return Outcome::error("the program's execution slots are closed");
         };
         self.retire_idle(self.config.idle_timeout).await;
-        if let Some(warm) = self.take_idle(&msg.item_hash) {
+        // A reproducible execution starts from nothing: no warm instance carries state into it.
+        if det.is_none()
+            && let Some(warm) = self.take_idle(&msg.item_hash)
+        {
             // A warm instance was resolved and verified when it booted.
             return self
                 .serve_warm(&msg.item_hash, program, warm, trigger)
                 .await
                 .unwrap_or_else(Outcome::error);
         }
+        let mut outcome = self.execute_cold(msg, program, trigger, det).await;
+        outcome.cold_start = true;
+        outcome
+    }
+
+    /// Runs a program on a new instance (a binary run, or a boot and one event).
+    async fn execute_cold(
+        &self,
+        msg: &Message,
+        program: &crate::message::ProgramContent,
+        trigger: &Trigger,
+        det: Option<crate::sandbox::determinism::Determinism>,
+    ) -> Outcome {
         let runtime = match runtime::resolve(&self.store, &program.runtime) {
             Ok(r) => r,
             Err(e) => return Outcome::error(e.to_string()),
         };
         let result = match runtime.manifest.kind {
-            RuntimeKind::Wasi => self.execute_binary(program, runtime, trigger).await,
+            RuntimeKind::Wasi => self.execute_binary(program, runtime, trigger, det).await,
             RuntimeKind::Interpreter if program.code.interface == Interface::Asgi => {
-                self.execute_asgi(&msg.item_hash, program, runtime, trigger)
+                self.execute_asgi(&msg.item_hash, program, runtime, trigger, det)
                     .await
             }
             RuntimeKind::Interpreter => Err(format!(

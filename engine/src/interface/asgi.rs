@@ -28,6 +28,24 @@ pub fn lifespan_event(phase: &str) -> Value {
     json!({"type": "lifespan", "event": phase})
 }
 
+/// The event for a cron tick at `time` (seconds since the epoch): the bootstrap calls the app
+/// with the scope `{"type": "aleph.cron", "time": time}`.
+pub fn cron_event(time: f64) -> Value {
+    json!({"type": "aleph.cron", "time": time})
+}
+
+/// The event for a message delivered to a subscription: the bootstrap calls the app with the
+/// scope `{"type": "aleph.message", "body": message}` (what aleph's SDK routes to
+/// `@app.event(filters=…)` handlers).
+pub fn message_event(message: &Value) -> Value {
+    json!({"type": "aleph.message", "body": message})
+}
+
+/// The error the bootstrap reports when the app returns without starting a response. For an
+/// HTTP request that is a failure; for an event (cron tick, message) it is how an app that
+/// handled the event normally returns.
+pub const RETURNED_WITHOUT_RESPONSE: &str = "ASGI callable returned without starting a response";
+
 /// Bodies larger than this go to the guest as raw bytes on stdin after its `read` frame rather
 /// than base64 inside the event line (the REPL reads long lines slowly).
 pub const INLINE_BODY_MAX: usize = 4 * BODY_CHUNK;

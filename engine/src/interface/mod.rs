@@ -1,7 +1,9 @@
 //! Interfaces: how a trigger is presented to a guest and how its output becomes a response.
 //!
 //! - [`cgi`]: a binary program with an HTTP request, run CGI-style (RFC 3875);
-//! - a job: a binary program without a request, `_start` with `code.args`.
+//! - a job: a binary program without a request, `_start` with `code.args`;
+//! - events ([`Trigger::Cron`], [`Trigger::Message`]): ASGI scopes `aleph.cron` and
+//!   `aleph.message` ([`asgi`]); for binary programs, jobs (a message on stdin).
 
 pub mod asgi;
 pub mod cgi;
@@ -65,11 +67,57 @@ pub struct HttpResponse {
     pub body: Vec<u8>,
 }
 
+impl Trigger {
+    /// The trigger as a JSON object with a fixed shape: what a receipt records as the trigger
+    /// and what keys a reproducible execution's random sources. The body is named by its
+    /// sha256 and size; every other field the guest can see is there as it is.
+    pub fn describe(&self) -> serde_json::Value {
+        match self {
+            Trigger::Http(req) => serde_json::json!({
+                "kind": "http",
+                "method": req.method,
+                "path": req.path,
+                "query": req.query,
+                "headers": req.headers.iter().map(|(k, v)| [k, v]).collect::<Vec<_>>(),
+                "body_sha256": crate::message::sha256_hex(&req.body),
+                "body_size": req.body.len(),
+                "server_name": req.server_name,
+                "server_port": req.server_port,
+                "remote_addr": req.remote_addr,
+            }),
+            Trigger::Job => serde_json::json!({ "kind": "job" }),
+            Trigger::Cron { time } => serde_json::json!({ "kind": "cron", "time": time }),
+            Trigger::Message(message) => {
+                serde_json::json!({ "kind": "message", "message": message })
+            }
+        }
+    }
+}
+
 /// What started an execution.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Trigger {
     /// An HTTP request.
     Http(HttpRequest),
-    /// A run without a request (a job, a cron tick of a binary program).
+    /// A run without a request (a job).
     Job,
+    /// A tick of the program's `on.cron` schedule; `time` is the scheduled occurrence (seconds
+    /// since the epoch). ASGI programs get the scope `{"type": "aleph.cron", "time": …}`;
+    /// binary programs run as a job.
+    Cron {
+        /// The occurrence this tick is for.
+        time: f64,
+    },
+    /// A message that matched one of the program's `on.message` subscriptions, in its
+    /// final-form JSON. ASGI programs get the scope `{"type": "aleph.message", "body": …}`;
+    /// binary programs run as a job with the JSON on stdin.
+    Message(Box<serde_json::Value>),
+}
+
+impl Trigger {
+    /// Whether this is an event (cron tick, message) rather than a request or a job: for an
+    /// event an ASGI app need not answer with a response.
+    pub fn is_event(&self) -> bool {
+        matches!(self, Trigger::Cron { .. } | Trigger::Message(_))
+    }
 }

@@ -392,7 +392,7 @@ async fn download(
 
 /// A short reason for an HTTP failure: its kind and the innermost cause
 /// (`cannot connect: Connection refused (os error 111)`).
-fn describe_http(error: &reqwest::Error) -> String {
+pub(crate) fn describe_http(error: &reqwest::Error) -> String {
     let mut innermost = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {

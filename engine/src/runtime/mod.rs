@@ -24,6 +24,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 pub use builtin::{BUILTIN_OWNER, BUILTINS, SHIPPED, Shipped};
+pub(crate) use fetch::describe_http;
 pub use fetch::{
     Attempt, FetchConfig, FetchError, PYTHON_ENV, TEST_CACHE_ENV, ensure_interpreter,
     ensure_interpreter_cached, ensure_interpreter_with,

@@ -144,7 +144,7 @@ impl Instance {
         self.started
     }
 
-    /// The largest linear memory the guest reached, as of its end (0 while it runs).
+    /// The largest linear memory the guest has reached so far, in bytes.
     pub fn peak_memory_bytes(&self) -> u64 {
         self.peak_memory.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -198,12 +198,11 @@ impl Sandbox {
         let memory_refusals = store.data().limiter.refusals();
         let linker = self.linker_for(&store);
         let end: Arc<Mutex<Option<GuestEnd>>> = Arc::new(Mutex::new(None));
-        let peak_memory = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let peak_memory = store.data().limiter.peak();
         let task = {
             let end = end.clone();
             let output = output.clone();
             let stderr = stderr.clone();
-            let peak_memory = peak_memory.clone();
             let meter = meter.clone();
             tokio::spawn(async move {
                 let result = match entry {
@@ -218,10 +217,6 @@ impl Sandbox {
                     Err((stage, e)) => super::classify(stage, e, limiter, budget),
                 };
                 meter.tick(store.get_fuel().unwrap_or(0));
-                peak_memory.store(
-                    limiter.peak_bytes() as u64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
                 *lock(&end) = Some(guest_end);
                 output.wake();
                 stderr.wake();

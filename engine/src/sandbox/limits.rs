@@ -17,7 +17,7 @@ pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 #[derive(Debug)]
 pub struct MemoryLimiter {
     max_bytes: usize,
-    peak_bytes: usize,
+    peak_bytes: Arc<AtomicU64>,
     refused: Option<Refusal>,
     refusals: Arc<AtomicU64>,
 }
@@ -36,7 +36,7 @@ impl MemoryLimiter {
     pub fn new(max_bytes: u64) -> Self {
         MemoryLimiter {
             max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
-            peak_bytes: 0,
+            peak_bytes: Arc::new(AtomicU64::new(0)),
             refused: None,
             refusals: Arc::new(AtomicU64::new(0)),
         }
@@ -55,7 +55,12 @@ impl MemoryLimiter {
 
     /// The largest memory size granted so far, in bytes.
     pub fn peak_bytes(&self) -> usize {
-        self.peak_bytes
+        self.peak_bytes.load(Ordering::Relaxed) as usize
+    }
+
+    /// The largest memory size granted so far, readable by the host while the guest runs.
+    pub fn peak(&self) -> Arc<AtomicU64> {
+        self.peak_bytes.clone()
     }
 }
 
@@ -71,7 +76,7 @@ impl ResourceLimiter for MemoryLimiter {
             self.refusals.fetch_add(1, Ordering::SeqCst);
             return Ok(false);
         }
-        self.peak_bytes = self.peak_bytes.max(desired);
+        self.peak_bytes.fetch_max(desired as u64, Ordering::Relaxed);
         Ok(true)
     }
 

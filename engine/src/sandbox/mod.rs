@@ -9,11 +9,16 @@
 //!   even in a tight loop) and a fuel budget of `seconds × fuel_per_second`;
 //! - output: stdout and stderr are captured up to a cap ([`output::CappedOutput`]);
 //! - disk: writable mounts with a size get a quota ([`quota`]).
+//!
+//! A reproducible execution ([`GuestSpec::determinism`]) also gets the determinism profile
+//! ([`determinism`]): virtual clocks, keyed random sources, a stable view of the file system,
+//! and a fuel-only CPU budget whose wall-clock safety net ends the run as inconclusive.
 
 #[macro_use]
 mod wasi_call;
 
 pub mod channel;
+pub mod determinism;
 pub mod instance;
 pub mod limits;
 pub mod meter;
@@ -57,6 +62,10 @@ pub struct SandboxConfig {
     pub max_wasm_stack: usize,
     /// How interpreter instances use snapshots ([`snapshot`]).
     pub snapshot: SnapshotConfig,
+    /// For reproducible executions, the wall-clock safety net is this many times
+    /// `resources.seconds` (fuel decides the outcome; the net only catches a host far slower
+    /// than the published fuel rate). By default 10.
+    pub safety_net_factor: u32,
 }
 
 impl Default for SandboxConfig {
@@ -67,6 +76,7 @@ impl Default for SandboxConfig {
             output_cap: 1 << 20,
             max_wasm_stack: 1 << 20,
             snapshot: SnapshotConfig::default(),
+            safety_net_factor: 10,
         }
     }
 }
@@ -99,6 +109,22 @@ pub struct GuestSpec {
     pub memory_bytes: u64,
     /// The CPU-time budget in seconds (`resources.seconds`).
     pub seconds: u64,
+    /// The determinism profile, for reproducible executions.
+    pub determinism: Option<determinism::Determinism>,
+}
+
+impl GuestSpec {
+    /// The wall-clock limit of one execution (or one request) under this spec: `seconds`, or
+    /// for a reproducible execution the safety net of `seconds × factor`.
+    pub fn wall_limit(&self, config: &SandboxConfig) -> Duration {
+        let seconds = self.seconds.max(1);
+        match self.determinism {
+            None => Duration::from_secs(seconds),
+            Some(_) => {
+                Duration::from_secs(seconds.saturating_mul(config.safety_net_factor.max(1) as u64))
+            }
+        }
+    }
 }
 
 /// How a guest's execution ended, as the sandbox sees it.
@@ -112,8 +138,14 @@ pub enum GuestEnd {
     OutOfMemory(String),
     /// The guest trapped.
     Trap(String),
+    /// The guest exhausted its stack (`SandboxConfig::max_wasm_stack`). Kept apart from other
+    /// traps: the depth at which it happens depends on the engine build.
+    StackOverflow(String),
     /// The guest could not be started (bad module, missing import, host error).
     Error(String),
+    /// A reproducible execution hit the wall-clock safety net: the host could not finish it,
+    /// which says nothing about the program.
+    Inconclusive(String),
 }
 
 /// What one execution produced.
@@ -148,6 +180,7 @@ pub struct GuestState {
     limiter: MemoryLimiter,
     quota: QuotaState,
     meter: Option<Arc<Meter>>,
+    det: Option<determinism::DetState>,
     /// Fuel left at the latest epoch tick: what is known after the store's call was dropped
     /// at the deadline.
     fuel_at_tick: u64,
@@ -185,6 +218,7 @@ pub struct Sandbox {
     engine: Engine,
     linker: Arc<Linker<GuestState>>,
     full_linker: Arc<Linker<GuestState>>,
+    det_linker: Arc<Linker<GuestState>>,
     config: SandboxConfig,
     cache_dir: PathBuf,
     loaded: Mutex<HashMap<String, Module>>,
@@ -226,6 +260,8 @@ impl Sandbox {
         meter::add_to_linker(&mut full_linker)?;
         let engine_key = compatibility_key(&engine);
         let cache_dir = cache_dir.join(&engine_key);
+        let mut det_linker = full_linker.clone();
+        determinism::add_to_linker(&mut det_linker)?;
         std::fs::create_dir_all(&cache_dir)
             .map_err(|e| anyhow::anyhow!("{}: {e}", cache_dir.display()))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -252,6 +288,7 @@ impl Sandbox {
             engine,
             linker: Arc::new(linker),
             full_linker: Arc::new(full_linker),
+            det_linker: Arc::new(det_linker),
             config,
             cache_dir,
             loaded: Mutex::new(HashMap::new()),
@@ -281,46 +318,74 @@ impl Sandbox {
     }
 
     /// Returns the compiled module for the bytes whose sha256 is `hash`: from memory, from the
-    /// on-disk cache, or compiled now from `bytes()` (and then cached).
+    /// on-disk cache, or compiled now from `bytes()` (and then cached). Compiling blocks the
+    /// calling thread; async callers use [`Sandbox::module_off_thread`].
     pub fn module(
         &self,
         hash: &str,
         bytes: impl FnOnce() -> anyhow::Result<Vec<u8>>,
     ) -> anyhow::Result<LoadedModule> {
+        if let Some(loaded) = self.cached_module(hash) {
+            return Ok(loaded);
+        }
+        let module = compile(&self.engine, hash, &bytes()?)?;
+        Ok(self.keep_compiled(hash, module))
+    }
+
+    /// [`Sandbox::module`] for async callers: a compilation (seconds for a large interpreter)
+    /// runs on the blocking thread pool, so the async workers keep serving other requests.
+    pub async fn module_off_thread(
+        &self,
+        hash: &str,
+        bytes: impl FnOnce() -> anyhow::Result<Vec<u8>> + Send + 'static,
+    ) -> anyhow::Result<LoadedModule> {
+        if let Some(loaded) = self.cached_module(hash) {
+            return Ok(loaded);
+        }
+        let engine = self.engine.clone();
+        let name = hash.to_string();
+        let module = tokio::task::spawn_blocking(move || compile(&engine, &name, &bytes()?))
+            .await
+            .map_err(|e| anyhow::anyhow!("the compilation of module {hash} failed: {e}"))??;
+        Ok(self.keep_compiled(hash, module))
+    }
+
+    /// The module from memory or from the on-disk cache, if it is in either.
+    fn cached_module(&self, hash: &str) -> Option<LoadedModule> {
         if let Some(module) = self.loaded_modules().get(hash) {
-            return Ok(LoadedModule {
+            return Some(LoadedModule {
                 module: module.clone(),
                 from_cache: true,
             });
         }
         let path = self.cache_dir.join(format!("{hash}.cwasm"));
-        if path.is_file() {
-            // SAFETY: the file was written by `Module::serialize` of an engine with the same
-            // compatibility hash (it is in the path), through an atomic rename.
-            match unsafe { Module::deserialize_file(&self.engine, &path) } {
-                Ok(module) => {
-                    tracing::debug!(module = hash, "compiled module loaded from the cache");
-                    self.remember(hash, &module);
-                    return Ok(LoadedModule {
-                        module,
-                        from_cache: true,
-                    });
-                }
-                Err(e) => tracing::warn!(
+        if !path.is_file() {
+            return None;
+        }
+        // SAFETY: the file was written by `Module::serialize` of an engine with the same
+        // compatibility hash (it is in the path), through an atomic rename.
+        match unsafe { Module::deserialize_file(&self.engine, &path) } {
+            Ok(module) => {
+                tracing::debug!(module = hash, "compiled module loaded from the cache");
+                self.remember(hash, &module);
+                Some(LoadedModule {
+                    module,
+                    from_cache: true,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(
                     module = hash,
                     "cached module unusable, compiling again: {e}"
-                ),
+                );
+                None
             }
         }
-        let bytes = bytes()?;
-        let started = Instant::now();
-        let module = Module::new(&self.engine, &bytes)
-            .map_err(|e| anyhow::anyhow!("module {hash} is not valid WebAssembly: {e}"))?;
-        tracing::info!(
-            module = hash,
-            ms = started.elapsed().as_millis() as u64,
-            "compiled module"
-        );
+    }
+
+    /// Writes a module compiled now to the on-disk cache and keeps it in memory.
+    fn keep_compiled(&self, hash: &str, module: Module) -> LoadedModule {
+        let path = self.cache_dir.join(format!("{hash}.cwasm"));
         match module.serialize() {
             Ok(serialized) => {
                 if let Err(e) = write_atomic(&path, &serialized) {
@@ -330,10 +395,10 @@ impl Sandbox {
             Err(e) => tracing::warn!(module = hash, "cannot serialise the compiled module: {e}"),
         }
         self.remember(hash, &module);
-        Ok(LoadedModule {
+        LoadedModule {
             module,
             from_cache: false,
-        })
+        }
     }
 
     fn loaded_modules(&self) -> std::sync::MutexGuard<'_, HashMap<String, Module>> {
@@ -376,13 +441,17 @@ impl Sandbox {
                     return run;
                 }
             };
-        let deadline = Duration::from_secs(spec.seconds.max(1));
+        let deadline = spec.wall_limit(&self.config);
         let linker = self.linker_for(&store);
         let result = tokio::time::timeout(deadline, start(&linker, module, &mut store)).await;
         run.elapsed = started.elapsed();
         let limiter = &store.data().limiter;
         run.peak_memory_bytes = limiter.peak_bytes() as u64;
         run.end = match result {
+            Err(_) if spec.determinism.is_some() => GuestEnd::Inconclusive(format!(
+                "the wall-clock safety net of {} s was reached before the fuel budget ran out",
+                deadline.as_secs()
+            )),
             Err(_) => GuestEnd::Timeout(format!(
                 "wall-clock deadline of {} s reached",
                 deadline.as_secs()
@@ -412,8 +481,12 @@ impl Sandbox {
                 offset,
             });
         }
+        let mut env = spec.env.clone();
+        if spec.determinism.is_some() && !env.iter().any(|(k, _)| k == "PYTHONHASHSEED") {
+            env.push(("PYTHONHASHSEED".into(), "0".into()));
+        }
         wasi.args(&spec.args)
-            .envs(&spec.env)
+            .envs(&env)
             .stdin(stdio.stdin)
             .stdout(stdio.stdout)
             .stderr(stdio.stderr)
@@ -421,6 +494,7 @@ impl Sandbox {
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         let mut quotas = Vec::new();
+        let mut roots = Vec::new();
         for p in &spec.preopens {
             let perms = if p.writable {
                 FsPerms::ReadWrite
@@ -436,12 +510,19 @@ impl Sandbox {
                 _ => None,
             };
             quotas.push(quota);
+            if spec.determinism.is_some() {
+                roots.push(
+                    cap_std::fs::Dir::open_ambient_dir(&p.host, cap_std::ambient_authority()).ok(),
+                );
+            }
         }
+        let det = spec.determinism.as_ref().map(|d| d.apply(&mut wasi, roots));
         let state = GuestState {
             wasi: wasi.build_p1(),
             limiter: MemoryLimiter::new(spec.memory_bytes),
             quota: QuotaState::new(quotas),
             meter,
+            det,
             fuel_at_tick: fuel_budget,
             hook: extras.hook,
         };
@@ -468,10 +549,13 @@ impl Sandbox {
         Ok(store)
     }
 
-    /// The linker a store needs: the plain WASI one, or the one with the quota and meter
-    /// interposers when the store uses either.
+    /// The linker a store needs: the plain WASI one, the one with the quota and meter
+    /// interposers when the store uses either, or the one that also has the determinism
+    /// interposers.
     fn linker_for(&self, store: &Store<GuestState>) -> Arc<Linker<GuestState>> {
-        if store.data().quota.any() || store.data().meter.is_some() {
+        if store.data().det.is_some() {
+            self.det_linker.clone()
+        } else if store.data().quota.any() || store.data().meter.is_some() {
             self.full_linker.clone()
         } else {
             self.linker.clone()
@@ -542,6 +626,9 @@ fn classify(
         Some(Trap::Interrupt) => {
             return GuestEnd::Timeout("interrupted at the deadline".to_string());
         }
+        Some(Trap::StackOverflow) if stage == Stage::Run => {
+            return GuestEnd::StackOverflow(format!("{err:#}"));
+        }
         _ => {}
     }
     if let Some(r) = limiter.refused() {
@@ -568,6 +655,19 @@ fn describe(err: &wasmtime::Error) -> String {
             .map(|e| e.to_string())
             .unwrap_or_else(|| err.to_string()),
     }
+}
+
+/// Compiles module bytes whose sha256 is `hash`.
+fn compile(engine: &Engine, hash: &str, bytes: &[u8]) -> anyhow::Result<Module> {
+    let started = Instant::now();
+    let module = Module::new(engine, bytes)
+        .map_err(|e| anyhow::anyhow!("module {hash} is not valid WebAssembly: {e}"))?;
+    tracing::info!(
+        module = hash,
+        ms = started.elapsed().as_millis() as u64,
+        "compiled module"
+    );
+    Ok(module)
 }
 
 /// A short, stable key for the engine's compilation settings (wasmtime's own compatibility

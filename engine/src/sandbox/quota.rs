@@ -140,6 +140,11 @@ impl QuotaState {
     fn mount_of(&self, fd: u32) -> Option<usize> {
         self.fds.get(&fd).map(|t| t.mount)
     }
+
+    /// The mount (preopen index) and the path inside it that `fd` was opened as.
+    pub(super) fn location(&self, fd: u32) -> Option<(usize, PathBuf)> {
+        self.fds.get(&fd).map(|t| (t.mount, t.rel.clone()))
+    }
 }
 
 /// A write admitted against a quota, settled once the real size change is known.

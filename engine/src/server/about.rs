@@ -1,7 +1,8 @@
 //! What the node tells about itself: `/healthz`, `/about/config` (listen address, domain,
 //! limits), `/about/usage/system` (cores, load, memory from `/proc`, uptime) and
 //! `/about/executions/list` (each program the node knows to be active: executions started and
-//! running, idle warm instances). Read-only; no host paths.
+//! running, idle warm instances, the state of a persistent program's instance). Read-only; no
+//! host paths.
 
 use std::collections::BTreeMap;
 
@@ -97,16 +98,28 @@ async fn usage(State(state): State<AppState>) -> Json<Value> {
             "running": state.in_flight(),
             "max_concurrent": state.config().max_concurrent,
         },
+        "memory_budget": state.executor().memory_use().map(|m| json!({
+            "total_mib": m.total_mib,
+            "reserved_mib": m.reserved_mib,
+        })),
     }))
 }
 
-/// Every program that has run since the node started or has idle warm instances, by item
-/// hash: executions started and running, idle instances, first and last request (seconds
-/// since the epoch), the last outcome.
+/// Every program that has run since the node started, has idle warm instances or is
+/// persistent, by item hash: executions started and running, idle instances, first and last
+/// request (seconds since the epoch), the last outcome, each idle instance (up and idle time,
+/// requests served, peak memory, fuel, memory held of the budget), and for a persistent program its
+/// instance (`state`, `since`, `restarts`, `last_end`; `null` for other programs).
 async fn executions(State(state): State<AppState>) -> Json<Value> {
     let idle = state.executor().idle_instances();
+    let details = state.executor().instance_details();
     let programs = state.programs();
-    let mut hashes: Vec<&String> = programs.keys().chain(idle.keys()).collect();
+    let persistent = state.triggers().persistent_status();
+    let mut hashes: Vec<&String> = programs
+        .keys()
+        .chain(idle.keys())
+        .chain(persistent.keys())
+        .collect();
     hashes.sort();
     hashes.dedup();
     let list: serde_json::Map<String, Value> = hashes
@@ -117,9 +130,11 @@ async fn executions(State(state): State<AppState>) -> Json<Value> {
                 "requests": p.requests,
                 "running": p.running,
                 "idle_instances": idle.get(hash).copied().unwrap_or(0),
+                "instances": details.get(hash).cloned().unwrap_or_default(),
                 "first_request": (p.requests > 0).then_some(p.first_request),
                 "last_request": (p.requests > 0).then_some(p.last_request),
                 "last_outcome": p.last_outcome,
+                "persistent": persistent.get(hash),
             });
             (hash.clone(), value)
         })

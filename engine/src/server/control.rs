@@ -2,8 +2,9 @@
 //! `Authorization: Bearer <token>` (the token from `--token-file`). Without a configured token
 //! the routes answer 403 ("control routes disabled"); a missing or wrong token gets 401.
 //!
-//! `stop` retires warm instances now (lifespan shutdown, export); `expire` does the same
-//! after `{"timeout": seconds}` (default 0). Executions in progress are not interrupted; the
+//! `stop` retires warm instances now (lifespan shutdown, export) and stops the program's
+//! persistent instance, if it has one (not restarted until the node restarts or the program
+//! is amended); `expire` retires warm instances after `{"timeout": seconds}` (default 0). Executions in progress are not interrupted; the
 //! next request boots a fresh instance. The executor can so far only retire idle instances of
 //! every program at once, so both act on the whole node (the answer says how many instances
 //! of the named program and of the node were retired).
@@ -89,10 +90,13 @@ async fn stop(
 ) -> Result<Json<Value>, ServiceError> {
     authorize(&state, &headers)?;
     let item_hash = program(&state, &reference)?;
+    let limit = state.config().executor_config().shutdown_timeout + Duration::from_secs(5);
+    let persistent = state.triggers().stop_persistent(&item_hash, limit).await;
     let (program, node) = retire(&state, &item_hash).await;
     Ok(Json(json!({
         "program": item_hash,
         "stopped": true,
+        "persistent": persistent,
         "retired_instances": program,
         "retired_instances_on_node": node,
     })))

@@ -42,6 +42,10 @@ pub enum ServiceError {
     /// executions is reached.
     #[error("the node is running as many executions as it allows; retry shortly")]
     NodeFull,
+    /// 503 Service Unavailable (with `Retry-After: 1`): the program's memory does not fit in
+    /// the node's memory budget, even after retiring idle instances.
+    #[error("{0}; retry shortly")]
+    MemoryFull(String),
     /// 504 Gateway Timeout: the program did not answer within `resources.seconds`.
     #[error("the program did not answer within its time limit ({seconds} s)")]
     Timeout {
@@ -52,6 +56,11 @@ pub enum ServiceError {
     /// memory, malformed response …). The reason is short and never names host paths.
     #[error("{0}")]
     ProgramFailed(String),
+    /// 502 Bad Gateway: the program, or something it needs, is missing here and could not be
+    /// obtained from the node's API (unreachable, or what arrived failed verification: the
+    /// reason names the hash).
+    #[error("{0}")]
+    Unobtainable(String),
     /// 500 Internal Server Error: a failure of the node itself. Logged in full; the client gets
     /// a generic message.
     #[error("internal error")]
@@ -70,9 +79,11 @@ impl ServiceError {
             ServiceError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ServiceError::Unauthorized => StatusCode::UNAUTHORIZED,
             ServiceError::ControlDisabled => StatusCode::FORBIDDEN,
-            ServiceError::NodeFull => StatusCode::SERVICE_UNAVAILABLE,
+            ServiceError::NodeFull | ServiceError::MemoryFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServiceError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ServiceError::ProgramFailed(_) => StatusCode::BAD_GATEWAY,
+            ServiceError::ProgramFailed(_) | ServiceError::Unobtainable(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -90,7 +101,7 @@ impl IntoResponse for ServiceError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         match self {
-            ServiceError::NodeFull => {
+            ServiceError::NodeFull | ServiceError::MemoryFull(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ServiceError::Unauthorized => {

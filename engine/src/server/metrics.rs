@@ -1,7 +1,10 @@
 //! `/metrics`: the node's counters in the OpenMetrics text format (which Prometheus scrapes):
 //! executions by outcome, requests refused before execution, response codes of program
-//! routes, module compilations (cold starts), fuel, an execution-latency histogram, and the
-//! executions and idle warm instances at the time of the scrape.
+//! routes, cold starts (executions that started a new instance) and module compilations, fuel,
+//! an execution-latency histogram, the executions, idle warm instances and the memory budget
+//! at the time of the scrape, and the triggers: cron ticks
+//! (run or skipped), restarts of persistent instances (by reason), message deliveries (by
+//! result), persistent instances running at the time of the scrape.
 
 use std::sync::atomic::AtomicU64;
 
@@ -44,6 +47,11 @@ struct CodeLabels {
     code: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
 /// The node's metrics and the registry that encodes them.
 pub struct Metrics {
     registry: Registry,
@@ -51,10 +59,17 @@ pub struct Metrics {
     refused: Family<ReasonLabels, Counter>,
     responses: Family<CodeLabels, Counter>,
     compiles: Counter,
+    cold_starts: Counter,
+    memory_budget: Gauge,
+    memory_reserved: Gauge,
     fuel: Counter<u64, AtomicU64>,
     latency: Histogram,
     in_flight: Gauge,
     idle_instances: Gauge,
+    cron_ticks: Family<ResultLabels, Counter>,
+    persistent_restarts: Family<ReasonLabels, Counter>,
+    message_deliveries: Family<ResultLabels, Counter>,
+    persistent_running: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -94,8 +109,26 @@ impl Metrics {
         let compiles = Counter::default();
         registry.register(
             "module_compiles",
-            "Cold starts: executions whose module was compiled (compiled-module cache miss)",
+            "Executions whose module was compiled (compiled-module cache miss)",
             compiles.clone(),
+        );
+        let cold_starts = Counter::default();
+        registry.register(
+            "cold_starts",
+            "Executions that started a new instance rather than reusing a warm one",
+            cold_starts.clone(),
+        );
+        let memory_budget = Gauge::default();
+        registry.register(
+            "memory_budget_mib",
+            "The node's memory budget in MiB (0: none)",
+            memory_budget.clone(),
+        );
+        let memory_reserved = Gauge::default();
+        registry.register(
+            "memory_reserved_mib",
+            "MiB of the memory budget held by live instances at the time of the scrape",
+            memory_reserved.clone(),
         );
         let fuel = Counter::<u64, AtomicU64>::default();
         registry.register(
@@ -121,12 +154,43 @@ impl Metrics {
             "Idle warm instances kept at the time of the scrape",
             idle_instances.clone(),
         );
+        let cron_ticks = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "cron_ticks",
+            "Cron ticks, by result: run, or skipped because the previous tick was still running",
+            cron_ticks.clone(),
+        );
+        let persistent_restarts = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "persistent_restarts",
+            "Restarts of persistent instances, by reason: ended, start_failed, amended",
+            persistent_restarts.clone(),
+        );
+        let message_deliveries = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "message_deliveries",
+            "Runs of subscribed programs for a message, by result: delivered, retried, failed",
+            message_deliveries.clone(),
+        );
+        let persistent_running = Gauge::default();
+        registry.register(
+            "persistent_instances",
+            "Persistent programs whose instance runs at the time of the scrape",
+            persistent_running.clone(),
+        );
         Metrics {
             registry,
+            cron_ticks,
+            persistent_restarts,
+            message_deliveries,
+            persistent_running,
             executions,
             refused,
             responses,
             compiles,
+            cold_starts,
+            memory_budget,
+            memory_reserved,
             fuel,
             latency,
             in_flight,
@@ -143,6 +207,9 @@ impl Metrics {
             .inc();
         if outcome.module_cache == Some(ModuleCache::Miss) {
             self.compiles.inc();
+        }
+        if outcome.cold_start {
+            self.cold_starts.inc();
         }
         self.fuel.inc_by(outcome.fuel_consumed);
         self.latency.observe(seconds);
@@ -166,6 +233,47 @@ impl Metrics {
             .inc();
     }
 
+    /// Records a cron tick (`result`: `run` or `skipped`).
+    pub fn cron_tick(&self, result: &str) {
+        self.cron_ticks
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records a restart of a persistent instance (`reason`: `ended`, `start_failed`,
+    /// `amended`).
+    pub fn persistent_restart(&self, reason: &str) {
+        self.persistent_restarts
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records one run of a subscribed program for a message (`result`: `delivered`,
+    /// `retried`, `failed`).
+    pub fn message_delivery(&self, result: &str) {
+        self.message_deliveries
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Sets the gauge of persistent instances running (read at the next scrape).
+    pub fn set_persistent_running(&self, n: usize) {
+        self.persistent_running.set(n as i64);
+    }
+
+    /// Sets the memory-budget gauges (`None`: the node has no budget).
+    pub fn set_memory(&self, memory: Option<crate::executor::memory::MemoryUse>) {
+        let (total, reserved) = memory.map_or((0, 0), |m| (m.total_mib, m.reserved_mib));
+        self.memory_budget.set(total as i64);
+        self.memory_reserved.set(reserved as i64);
+    }
+
     /// The text exposition, with the gauges set to `in_flight` and `idle_instances`.
     pub fn encode(&self, in_flight: usize, idle_instances: usize) -> Result<String, ServiceError> {
         self.in_flight.set(in_flight as i64);
@@ -184,6 +292,10 @@ pub fn router() -> Router<AppState> {
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, ServiceError> {
     let idle = state.executor().idle_instances().values().sum();
+    state
+        .metrics()
+        .set_persistent_running(state.triggers().persistent_running());
+    state.metrics().set_memory(state.executor().memory_use());
     let text = state.metrics().encode(state.in_flight(), idle)?;
     let mut response = text.into_response();
     response

@@ -13,14 +13,25 @@
 //! - [`about`] answers `/healthz`, `/about/config`, `/about/usage/system`,
 //!   `/about/executions/list`;
 //! - [`metrics`] answers `/metrics`;
-//! - [`control`] answers `/control/machine/{ref}/stop|expire`, behind a bearer token.
+//! - [`control`] answers `/control/machine/{ref}/stop|expire`, behind a bearer token;
+//! - [`api`] answers `/api/v0/messages.json` and `/api/v0/storage/raw/{sha256}`: the store,
+//!   read-only, for other nodes.
+//!
+//! With [`ServerConfig::api`] set, a program missing from the store (or anything it needs) is
+//! fetched from that node on first use, verified, and stored ([`crate::store::prefetch`]).
+//!
+//! Besides HTTP, [`triggers`] starts and keeps persistent programs, runs cron schedules and
+//! delivers messages to subscribed programs; [`ingest`] answers `POST /api/v0/messages`.
 //!
 //! Every failure is a [`ServiceError`], whose variants name their HTTP status.
 
 pub mod about;
+pub mod api;
 pub mod control;
 pub mod error;
+pub mod ingest;
 pub mod metrics;
+pub mod triggers;
 pub mod vm;
 
 use std::collections::HashMap;
@@ -40,6 +51,8 @@ use tower::ServiceExt as _;
 use crate::executor::{Executor, ExecutorConfig};
 use crate::sandbox::snapshot::SnapshotConfig;
 use crate::store::Store;
+use crate::store::prefetch::Prefetcher;
+use crate::store::remote::Remote;
 
 pub use error::ServiceError;
 pub use metrics::Metrics;
@@ -84,6 +97,31 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// How instances use snapshots. By default restored from snapshots when possible.
     pub snapshot: SnapshotConfig,
+    /// Another node's API (`http://host:4020`, or an Aleph API node): a program missing from
+    /// the store, and whatever it needs that is missing, is fetched from it on first use,
+    /// verified and stored. By default none: only the store is used.
+    pub api: Option<String>,
+    /// How persistent programs, cron schedules and message subscriptions run (the cron clock,
+    /// store polling, restart backoff, delivery retries).
+    pub triggers: triggers::TriggerConfig,
+    /// The node-wide memory budget in MiB: every live instance holds its program's
+    /// `resources.memory`; a request whose program does not fit (after retiring idle
+    /// instances) is answered 503. By default 80 % of the machine's memory (`None`: no budget).
+    pub memory_budget_mib: Option<u64>,
+}
+
+/// 80 % of the machine's memory in MiB, when `/proc/meminfo` says how much there is.
+pub fn default_memory_budget_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024 * 4 / 5)
 }
 
 impl Default for ServerConfig {
@@ -98,6 +136,9 @@ impl Default for ServerConfig {
             module_cache: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             snapshot: SnapshotConfig::default(),
+            api: None,
+            triggers: triggers::TriggerConfig::default(),
+            memory_budget_mib: default_memory_budget_mib(),
         }
     }
 }
@@ -110,6 +151,7 @@ impl ServerConfig {
             module_cache: self.module_cache.clone(),
             keep_warm: true,
             idle_timeout: self.idle_timeout,
+            memory_budget_mib: self.memory_budget_mib,
             ..ExecutorConfig::default()
         };
         config.sandbox.snapshot = self.snapshot.clone();
@@ -143,12 +185,14 @@ struct Inner {
     domain: Option<String>,
     token: Option<String>,
     executor: Arc<Executor>,
+    prefetcher: Option<Prefetcher>,
     slots: Arc<Semaphore>,
     metrics: Metrics,
     started: Instant,
     started_unix: f64,
     local_addr: Mutex<Option<SocketAddr>>,
     programs: Mutex<HashMap<String, ProgramActivity>>,
+    triggers: triggers::Triggers,
 }
 
 impl std::fmt::Debug for AppState {
@@ -194,7 +238,14 @@ impl AppState {
             .as_deref()
             .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
             .filter(|d| !d.is_empty());
+        let prefetcher = match &config.api {
+            Some(api) => Some(Prefetcher::new(
+                Remote::new(api).with_context(|| format!("--api {api}"))?,
+            )),
+            None => None,
+        };
         let executor = Executor::new(store, config.executor_config())?;
+        let triggers = triggers::Triggers::new(config.triggers.clone());
         Ok(AppState {
             inner: Arc::new(Inner {
                 slots: Arc::new(Semaphore::new(config.max_concurrent)),
@@ -202,11 +253,13 @@ impl AppState {
                 domain,
                 token,
                 executor: Arc::new(executor),
+                prefetcher,
                 metrics: Metrics::new(),
                 started: Instant::now(),
                 started_unix: unix_now(),
                 local_addr: Mutex::new(None),
                 programs: Mutex::new(HashMap::new()),
+                triggers,
             }),
         })
     }
@@ -224,6 +277,16 @@ impl AppState {
     /// The shared executor.
     pub fn executor(&self) -> &Arc<Executor> {
         &self.inner.executor
+    }
+
+    /// What fetches missing programs from another node ([`ServerConfig::api`]), if any.
+    pub fn prefetcher(&self) -> Option<&Prefetcher> {
+        self.inner.prefetcher.as_ref()
+    }
+
+    /// The trigger service (persistent programs, cron, message subscriptions).
+    pub fn triggers(&self) -> &triggers::Triggers {
+        &self.inner.triggers
     }
 
     /// The metrics.
@@ -299,6 +362,8 @@ pub fn router(state: AppState) -> Router {
         .merge(about::router())
         .merge(metrics::router())
         .merge(control::router())
+        .merge(api::router())
+        .merge(ingest::router())
         .fallback(no_route)
         .with_state(state.clone());
     if state.domain().is_none() {
@@ -332,6 +397,7 @@ pub struct Server {
     stop: oneshot::Sender<()>,
     serving: JoinHandle<std::io::Result<()>>,
     retiring: JoinHandle<()>,
+    triggers: triggers::Guard,
 }
 
 impl std::fmt::Debug for Server {
@@ -353,6 +419,7 @@ pub async fn start(config: ServerConfig, store: Store) -> anyhow::Result<Server>
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     *lock(&state.inner.local_addr) = Some(addr);
+    let triggers = state.triggers().start(&state)?;
 
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -386,6 +453,7 @@ pub async fn start(config: ServerConfig, store: Store) -> anyhow::Result<Server>
         stop,
         serving,
         retiring,
+        triggers,
     })
 }
 
@@ -402,10 +470,13 @@ impl Server {
 
     /// Stops gracefully: no new connections, requests in progress finish, executions still
     /// running (a client that went away) get up to [`ServerConfig::drain_timeout`], then every
-    /// warm instance is retired (lifespan shutdown, export).
+    /// warm instance is retired (lifespan shutdown, export). Triggers stop first: no more cron
+    /// ticks or deliveries, persistent instances stopped.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
         let served = self.serving.await;
+        let limit = self.state.config().executor_config().shutdown_timeout + Duration::from_secs(5);
+        self.triggers.shutdown(limit).await;
         let slots = self.state.config().max_concurrent as u32;
         let drain = self.state.config().drain_timeout;
         if tokio::time::timeout(drain, self.state.slots().acquire_many(slots))

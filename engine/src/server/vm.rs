@@ -9,6 +9,10 @@
 //! `resources.seconds` ran out, 502 with a short reason otherwise. Every response of a known
 //! program carries `Aleph-Program-ItemHash` and `Aleph-Program-Code-Ref`. Hop-by-hop headers
 //! are not forwarded in either direction.
+//!
+//! On a node with another node's API configured, the program and what it needs are fetched
+//! first where missing ([`crate::store::prefetch`]); when that fails (unreachable, or a hash
+//! mismatch) the answer is 502 with the reason, which names the hash.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -28,6 +32,7 @@ use crate::interface::{HttpRequest, Trigger};
 use crate::message::{CodeSource, Message};
 use crate::outcome::{Outcome, OutcomeKind};
 use crate::store::StoreError;
+use crate::store::prefetch::Prefetcher;
 
 /// The response header naming the program's item hash.
 pub const ITEM_HASH_HEADER: &str = "aleph-program-itemhash";
@@ -147,7 +152,7 @@ async fn serve_program(
     path: String,
     request: Request,
 ) -> Response {
-    let (msg, result) = match load_program(&state, &reference) {
+    let (msg, result) = match load_program(&state, &reference).await {
         Ok(msg) => {
             let result = execute(&state, &msg, path, request).await;
             (Some(msg), result)
@@ -170,7 +175,10 @@ fn short(s: &str) -> String {
     }
 }
 
-fn load_program(state: &AppState, reference: &str) -> Result<Message, ServiceError> {
+async fn load_program(state: &AppState, reference: &str) -> Result<Message, ServiceError> {
+    if let Some(prefetcher) = state.prefetcher() {
+        return fetch_program(state, prefetcher, reference).await;
+    }
     match state.executor().store().get_message(reference) {
         Ok(msg) if msg.program().is_some() => Ok(msg),
         Ok(_) | Err(StoreError::NotFound { .. }) | Err(StoreError::BadHash(_)) => {
@@ -180,6 +188,31 @@ fn load_program(state: &AppState, reference: &str) -> Result<Message, ServiceErr
         Err(e) => Err(ServiceError::Internal(
             anyhow::Error::new(e).context(format!("reading program {reference}")),
         )),
+    }
+}
+
+/// The program from the store, with what it needs; what is missing is fetched from the
+/// node's API first.
+async fn fetch_program(
+    state: &AppState,
+    prefetcher: &Prefetcher,
+    reference: &str,
+) -> Result<Message, ServiceError> {
+    let store = state.executor().store();
+    match prefetcher.program(store, reference).await {
+        Ok(msg) if msg.program().is_some() => Ok(msg),
+        Err(e) if !e.is_unknown_program() => {
+            tracing::warn!(program = %short(reference), "cannot serve: {e}");
+            state.metrics().refused("unobtainable");
+            Err(ServiceError::Unobtainable(format!(
+                "program {}: {e}",
+                short(reference)
+            )))
+        }
+        Ok(_) | Err(_) => {
+            state.metrics().refused("unknown_program");
+            Err(ServiceError::UnknownProgram(short(reference)))
+        }
     }
 }
 
@@ -200,6 +233,10 @@ async fn execute(
         state.metrics().refused("node_full");
         return Err(ServiceError::NodeFull);
     };
+    if let Err(reason) = state.executor().admit(msg).await {
+        state.metrics().refused("memory_budget");
+        return Err(ServiceError::MemoryFull(reason));
+    }
     let (parts, body) = request.into_parts();
     let body = read_body(state, body).await?;
     let is_head = parts.method == Method::HEAD;
@@ -343,13 +380,19 @@ fn respond(outcome: &Outcome, seconds: u64, is_head: bool) -> Result<Response, S
         (OutcomeKind::Error, Some(status)) if status >= 500 => {
             app_response(outcome, status, is_head)
         }
-        (OutcomeKind::Timeout, _) => Err(ServiceError::Timeout { seconds }),
+        // A reproducible program's safety net: the host could not finish it in time.
+        (OutcomeKind::Timeout | OutcomeKind::Inconclusive, _) => {
+            Err(ServiceError::Timeout { seconds })
+        }
         (OutcomeKind::Exit, _) => Err(ServiceError::ProgramFailed(match outcome.exit_code {
             Some(code) => format!("the program exited with code {code} without answering"),
             None => "the program exited without answering".into(),
         })),
         (OutcomeKind::Trap, _) => Err(ServiceError::ProgramFailed(
             "the program trapped without answering".into(),
+        )),
+        (OutcomeKind::StackOverflow, _) => Err(ServiceError::ProgramFailed(
+            "the program exhausted its stack without answering".into(),
         )),
         (OutcomeKind::OutOfMemory, _) => Err(ServiceError::ProgramFailed(
             "the program ran out of memory (resources.memory)".into(),

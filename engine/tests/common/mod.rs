@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod perturb;
+pub mod python;
+
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -51,21 +51,14 @@ pub const CHECKPOINT_NAME: &str = "checkpoint";
 pub const STACK_POINTER_EXPORT: &str = "aleph_wasm_stack_pointer";
 
 /// How snapshots are used.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SnapshotConfig {
-    /// Whether interpreter instances are restored from snapshots. By default true.
+    /// Whether interpreter instances are restored from snapshots. By default false: a
+    /// program's first boot builds its snapshot (tens of seconds) and waits for it, until the
+    /// build moves to the background.
     pub enabled: bool,
     /// The `wasm-opt` binary (binaryen). By default `wasm-opt` on `PATH`.
     pub wasm_opt: Option<PathBuf>,
-}
-
-impl Default for SnapshotConfig {
-    fn default() -> Self {
-        SnapshotConfig {
-            enabled: true,
-            wasm_opt: None,
-        }
-    }
 }
 
 /// Something that happened to snapshots in this process (for logs, tests and benchmarks).

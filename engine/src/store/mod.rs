@@ -13,6 +13,14 @@
 //!
 //! Every write lands in `tmp/` first and is renamed into its final name, so a crash mid-write
 //! never leaves a half object under a real name. Nothing here deletes stored data.
+//!
+//! Submodules: [`remote`] fetches messages, amends and objects from another node's API and
+//! stores them only once verified; [`prefetch`] knows what a program needs (its message, every
+//! ref, the runtime's interpreter and bootstrap files) and fetches what is missing, once per
+//! program.
+
+pub mod prefetch;
+pub mod remote;
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -209,6 +217,37 @@ impl Store {
         Ok((hash, size))
     }
 
+    /// Moves `tmp`, a finished file made in [`Store::tmp_dir`], into the store as the object
+    /// `expected`, after hashing it again; returns its size. Bytes that do not hash to
+    /// `expected` are never stored: the temporary file is deleted and the error is
+    /// [`StoreError::Corrupt`].
+    pub fn adopt_object(
+        &self,
+        tmp: tempfile::NamedTempFile,
+        expected: &str,
+    ) -> Result<u64, StoreError> {
+        let dest = self.object_file(expected)?;
+        let mut file = tmp.reopen().map_err(io_at(tmp.path()))?;
+        let size = file.metadata().map_err(io_at(tmp.path()))?.len();
+        let actual = sha256_reader(&mut file).map_err(io_at(tmp.path()))?;
+        if actual != expected {
+            return Err(StoreError::Corrupt {
+                hash: expected.to_string(),
+                actual,
+            });
+        }
+        if dest.exists() && self.verify_object(expected).is_ok() {
+            return Ok(size);
+        }
+        persist(tmp, &dest)?;
+        Ok(size)
+    }
+
+    /// Where the object `hash` is (or would be) kept; its bytes are not verified.
+    pub fn object_path(&self, hash: &str) -> Result<PathBuf, StoreError> {
+        self.object_file(hash)
+    }
+
     /// Whether an object is present (not verified).
     pub fn has_object(&self, hash: &str) -> bool {
         self.object_file(hash).map(|p| p.is_file()).unwrap_or(false)
@@ -293,6 +332,13 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a message is present (not validated).
+    pub fn has_message(&self, item_hash: &str) -> bool {
+        self.message_file(item_hash)
+            .map(|p| p.is_file())
+            .unwrap_or(false)
+    }
+
     /// Reads a stored message back, validating it again.
     pub fn get_message(&self, item_hash: &str) -> Result<Message, StoreError> {
         let path = self.message_file(item_hash)?;
@@ -337,8 +383,9 @@ impl Store {
         Ok(out)
     }
 
-    /// The STORE messages that amend `original`, from any owner, unsorted.
-    fn amends_of(&self, original: &str) -> Result<Vec<Message>, StoreError> {
+    /// The item hashes of the stored STORE messages that amend `original` (from any owner),
+    /// sorted.
+    pub fn amend_hashes(&self, original: &str) -> Result<Vec<String>, StoreError> {
         let dir = self.root.join("amends").join(safe_component(original));
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
@@ -349,10 +396,19 @@ impl Store {
         for entry in entries {
             let entry = entry.map_err(io_at(&dir))?;
             if let Some(hash) = entry.file_name().to_str() {
-                out.push(self.get_message(hash)?);
+                out.push(hash.to_string());
             }
         }
+        out.sort();
         Ok(out)
+    }
+
+    /// The STORE messages that amend `original`, from any owner.
+    fn amends_of(&self, original: &str) -> Result<Vec<Message>, StoreError> {
+        self.amend_hashes(original)?
+            .iter()
+            .map(|hash| self.get_message(hash))
+            .collect()
     }
 
     /// Resolves a `ref` to the STORE message to use, following `use_latest` to the newest amend
@@ -519,6 +575,25 @@ mod tests {
         let (_d, s) = store();
         s.put_object(b"abc").unwrap();
         s.put_object(b"abc").unwrap();
+        assert_eq!(fs::read_dir(s.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn only_a_temporary_file_with_the_expected_hash_is_adopted() {
+        let (_d, s) = store();
+        let good = message::sha256_hex(b"fetched");
+        let mut tmp = tempfile::NamedTempFile::new_in(s.tmp_dir()).unwrap();
+        tmp.write_all(b"fetched").unwrap();
+        assert_eq!(s.adopt_object(tmp, &good).unwrap(), 7);
+        assert_eq!(s.read_object(&good).unwrap(), b"fetched");
+
+        let wanted = message::sha256_hex(b"wanted");
+        let mut tmp = tempfile::NamedTempFile::new_in(s.tmp_dir()).unwrap();
+        tmp.write_all(b"tampered").unwrap();
+        let err = s.adopt_object(tmp, &wanted).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(!s.has_object(&wanted));
+        assert!(!s.has_object(&message::sha256_hex(b"tampered")));
         assert_eq!(fs::read_dir(s.tmp_dir()).unwrap().count(), 0);
     }
 

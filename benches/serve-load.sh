@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Load bench: `aleph-wasm serve` against native CPython + uvicorn on the same ASGI app, same
+# load generator, same machine, one run.
+#
+# For each vcpus value (default "1 2"):
+#   1. aleph-wasm: the release binary serves examples/python-hello (a PROGRAM message with
+#      resources.vcpus = N, warm instances kept) on a loopback port;
+#   2. native: the same app under uvicorn with N worker processes, in a venv under target/;
+#   both get a warm-up (then a pause, so requests cut off by its end drain), then
+#   `wrk -t2 -c64 -d30s --latency` on `GET /?name=load`. A run with any non-2xx answer or socket
+#   error fails the bench. Throughput (req/s), p50 and p99 latency, and the server's CPU time
+#   per request (all its processes and threads) are printed side by side with the aleph-wasm /
+#   native ratios. Other load on the machine skews both sides: the 1-minute load average before
+#   each run is printed too.
+#
+# Usage: benches/serve-load.sh [--duration SECONDS] [--connections N] [--vcpus "1 2"]
+# Needs: wrk (Debian: apt-get install wrk), python3 with venv and pip (uvicorn comes from PyPI).
+set -euo pipefail
+
+DURATION=30
+CONNECTIONS=64
+VCPUS_LIST="1 2"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --duration) DURATION="$2"; shift 2 ;;
+        --connections) CONNECTIONS="$2"; shift 2 ;;
+        --vcpus) VCPUS_LIST="$2"; shift 2 ;;
+        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "serve-load: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+APP_DIR="$ROOT/examples/python-hello"
+WORK="$ROOT/target/serve-load"
+CACHE="$ROOT/target/aleph-wasm-bench-cache"
+VENV="$WORK/venv"
+THREADS=2
+PATH_QUERY="/?name=load"
+UVICORN_REQ="uvicorn[standard]==0.35.0"
+
+command -v wrk >/dev/null || { echo "serve-load: wrk is not installed (apt-get install wrk)" >&2; exit 2; }
+command -v curl >/dev/null || { echo "serve-load: curl is not installed" >&2; exit 2; }
+
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+
+echo "serve-load: building the release binary" >&2
+(cd "$ROOT" && cargo build --release -q -p aleph-wasm)
+BIN="$ROOT/target/release/aleph-wasm"
+
+rm -rf "$WORK/store" "$WORK/logs"
+mkdir -p "$WORK/logs" "$CACHE/interpreter" "$CACHE/modules"
+STORE="$WORK/store"
+aw() { "$BIN" --store "$STORE" --module-cache "$CACHE/modules" "$@"; }
+
+# The interpreter by hash: a verified copy kept by an earlier bench or test run, else its sources.
+SHA=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["interpreter"]["sha256"])' \
+    "$ROOT/runtimes/python-3.12/runtime.json")
+COPY=""
+for c in "$CACHE/interpreter/$SHA" "$ROOT/target/tmp/aleph-wasm-test-cache/$SHA"; do
+    [ -f "$c" ] && { COPY="$c"; break; }
+done
+if [ -n "$COPY" ]; then
+    aw runtime fetch python-3.12 --file "$COPY" >/dev/null
+else
+    echo "serve-load: fetching the python-3.12 interpreter by hash" >&2
+    aw runtime fetch python-3.12 >/dev/null
+    cp "$STORE/objects/sha256/${SHA:0:2}/$SHA" "$CACHE/interpreter/$SHA"
+fi
+
+# The native side: uvicorn from PyPI in a venv of its own.
+if [ ! -x "$VENV/bin/uvicorn" ]; then
+    echo "serve-load: installing $UVICORN_REQ into $VENV" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$UVICORN_REQ"
+fi
+PY_VERSION=$("$VENV/bin/python" -c 'import platform; print(platform.python_version())')
+UVICORN_VERSION=$("$VENV/bin/python" -c 'import uvicorn; print(uvicorn.__version__)')
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_ready() { # URL LOGFILE
+    for _ in $(seq 1 600); do
+        if curl -fs -o /dev/null --max-time 60 "$1"; then return 0; fi
+        sleep 0.1
+    done
+    echo "serve-load: $1 never answered; log:" >&2
+    cat "$2" >&2
+    return 1
+}
+
+# CPU clock ticks used so far by PID and its direct children (threads included).
+cpu_ticks() { # PID
+    local total=0 p t
+    for p in "$1" $(ps --ppid "$1" -o pid= 2>/dev/null); do
+        # Fields 14 and 15 of /proc/PID/stat (12 and 13 after the parenthesised name): utime, stime.
+        t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || true)
+        total=$((total + ${t:-0}))
+    done
+    echo "$total"
+}
+
+# Runs wrk on URL against server PID; prints
+# "req/s p50_ms p99_ms non2xx socket_errors cpu_ms_per_request load_average".
+load() { # URL NAME PID
+    local out="$WORK/logs/wrk-$2.txt" before after requests
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d5s "$1" >/dev/null # warm-up: instances boot, caches fill
+    sleep 3
+    local loadavg
+    loadavg=$(cut -d' ' -f1 /proc/loadavg)
+    before=$(cpu_ticks "$3")
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --timeout 10s --latency "$1" >"$out"
+    after=$(cpu_ticks "$3")
+    requests=$(awk '/requests in/ { print $1 }' "$out")
+    awk -v ticks="$((after - before))" -v hz="$(getconf CLK_TCK)" -v n="$requests" -v la="$loadavg" '
+        function ms(v) {
+            if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+            if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+            if (v ~ /s$/)  return substr(v, 1, length(v) - 1) * 1000
+            return v + 0
+        }
+        /Requests\/sec:/ { rps = $2 }
+        $1 == "50%" { p50 = ms($2) }
+        $1 == "99%" { p99 = ms($2) }
+        /Non-2xx or 3xx responses:/ { non2xx = $NF }
+        /Socket errors:/ { gsub(",", ""); sock = $4 + $6 + $8 + $10 }
+        END { printf "%s %.2f %.2f %d %d %.3f %s\n", rps, p50, p99, non2xx, sock, ticks * 1000 / hz / n, la }
+    ' "$out"
+}
+
+RESULTS=()
+FAILED=0
+for V in $VCPUS_LIST; do
+    # aleph-wasm: the hello program with resources.vcpus = V.
+    PROGRAM=$(aw program create "$APP_DIR" --entrypoint main:app --vcpus "$V" | tail -n1)
+    PORT=$(free_port)
+    LOG="$WORK/logs/aleph-wasm-vcpus$V.log"
+    # Started directly (not through `aw`), so $! is the server itself.
+    "$BIN" --store "$STORE" --module-cache "$CACHE/modules" serve --listen "127.0.0.1:$PORT" \
+        >"$LOG" 2>&1 &
+    PIDS+=($!)
+    URL="http://127.0.0.1:$PORT/vm/$PROGRAM$PATH_QUERY"
+    wait_ready "$URL" "$LOG"
+    echo "serve-load: aleph-wasm, vcpus $V: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s" >&2
+    read -r A_RPS A_P50 A_P99 A_NON2XX A_SOCK A_CPU A_LOAD < <(load "$URL" "aleph-wasm-vcpus$V" "${PIDS[-1]}")
+    curl -fsS "http://127.0.0.1:$PORT/metrics" >"$WORK/logs/metrics-vcpus$V.txt" || true
+    kill -TERM "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+
+    # Native: uvicorn with V worker processes.
+    PORT=$(free_port)
+    LOG="$WORK/logs/uvicorn-workers$V.log"
+    "$VENV/bin/uvicorn" main:app --app-dir "$APP_DIR" --host 127.0.0.1 --port "$PORT" \
+        --workers "$V" --no-access-log --log-level warning >"$LOG" 2>&1 &
+    PIDS+=($!)
+    URL="http://127.0.0.1:$PORT$PATH_QUERY"
+    wait_ready "$URL" "$LOG"
+    echo "serve-load: uvicorn, $V worker(s): wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s" >&2
+    read -r N_RPS N_P50 N_P99 N_NON2XX N_SOCK N_CPU N_LOAD < <(load "$URL" "uvicorn-workers$V" "${PIDS[-1]}")
+    kill -TERM "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+
+    for e in "$A_NON2XX" "$A_SOCK" "$N_NON2XX" "$N_SOCK"; do
+        [ "$e" = 0 ] || FAILED=1
+    done
+    RESULTS+=("$V $A_RPS $A_P50 $A_P99 $A_NON2XX $A_SOCK $A_CPU $A_LOAD $N_RPS $N_P50 $N_P99 $N_NON2XX $N_SOCK $N_CPU $N_LOAD")
+done
+
+echo
+echo "serve-load: examples/python-hello, GET $PATH_QUERY, wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $(nproc) cores"
+echo "aleph-wasm: release build, warm instances kept (idle timeout 300 s), resources.vcpus = N"
+echo "native:     CPython $PY_VERSION, uvicorn $UVICORN_VERSION ($UVICORN_REQ), N worker processes"
+printf '%-24s %9s %8s %8s %8s %8s %11s %6s\n' "" "req/s" "p50 ms" "p99 ms" "non-2xx" "sock err" "CPU ms/req" "load"
+for r in "${RESULTS[@]}"; do
+    read -r V A_RPS A_P50 A_P99 A_NON2XX A_SOCK A_CPU A_LOAD N_RPS N_P50 N_P99 N_NON2XX N_SOCK N_CPU N_LOAD <<<"$r"
+    printf '%-24s %9.1f %8.2f %8.2f %8d %8d %11.3f %6s\n' "aleph-wasm (vcpus $V)" "$A_RPS" "$A_P50" "$A_P99" "$A_NON2XX" "$A_SOCK" "$A_CPU" "$A_LOAD"
+    printf '%-24s %9.1f %8.2f %8.2f %8d %8d %11.3f %6s\n' "uvicorn ($V worker(s))" "$N_RPS" "$N_P50" "$N_P99" "$N_NON2XX" "$N_SOCK" "$N_CPU" "$N_LOAD"
+    awk -v a="$A_RPS" -v n="$N_RPS" -v ap="$A_P99" -v np="$N_P99" -v ac="$A_CPU" -v nc="$N_CPU" -v v="$V" 'BEGIN {
+        printf "%-24s throughput %.2fx, p99 %.2fx, CPU per request %.2fx (aleph-wasm / native)\n", "ratio (N = " v ")", a / n, ap / np, ac / nc
+    }'
+done
+if [ "$FAILED" != 0 ]; then
+    echo "serve-load: FAILED: some requests were not answered 2xx (see $WORK/logs/)" >&2
+    exit 1
+fi
+echo "serve-load: zero errors"
