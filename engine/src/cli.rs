@@ -12,6 +12,7 @@ use crate::executor::{Executor, ExecutorConfig};
 use crate::interface::{HttpRequest, Trigger};
 use crate::message::{self, Message, MessageType};
 use crate::runtime;
+use crate::sandbox::snapshot::SnapshotConfig;
 use crate::store::Store;
 use crate::volumes::archive::{self, PackFormat};
 
@@ -35,6 +36,13 @@ pub struct Cli {
     /// Where compiled modules are cached (default: the store's cache); stores can share one.
     #[arg(long, global = true, env = "ALEPH_WASM_MODULE_CACHE")]
     pub module_cache: Option<PathBuf>,
+    /// Restore interpreter instances from per-program snapshots (built on a program's first
+    /// boot, which then takes tens of seconds) instead of starting them cold.
+    #[arg(long, global = true, env = "ALEPH_WASM_SNAPSHOTS")]
+    pub snapshots: bool,
+    /// The binaryen `wasm-opt` used to prepare interpreters for snapshots (default: on PATH).
+    #[arg(long, global = true, env = "ALEPH_WASM_WASM_OPT")]
+    pub wasm_opt: Option<PathBuf>,
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -329,6 +337,7 @@ fn now() -> f64 {
 }
 
 fn run_cli(cli: Cli) -> CliResult {
+    let snapshot = snapshot_config(&cli);
     match cli.command {
         Command::Message(MessageCommand::Check { file }) => check_message(&file),
         Command::Store(cmd) => {
@@ -384,16 +393,27 @@ fn run_cli(cli: Cli) -> CliResult {
         }
         Command::Run(args) => {
             let store = open_store(&cli.store)?;
-            run_program(store, one_shot_config(&cli.module_cache), &args)
+            let mut config = one_shot_config(&cli.module_cache);
+            config.sandbox.snapshot = snapshot;
+            run_program(store, config, &args)
         }
         Command::Verify(args) => {
             let store = open_store(&cli.store)?;
-            verify_receipt(store, one_shot_config(&cli.module_cache), &args)
+            let mut config = one_shot_config(&cli.module_cache);
+            config.sandbox.snapshot = snapshot;
+            verify_receipt(store, config, &args)
         }
         Command::Serve(args) => {
             let store = open_store(&cli.store)?;
-            serve_node(store, cli.module_cache.clone(), &args)
+            serve_node(store, cli.module_cache.clone(), snapshot, &args)
         }
+    }
+}
+
+fn snapshot_config(cli: &Cli) -> SnapshotConfig {
+    SnapshotConfig {
+        enabled: cli.snapshots,
+        wasm_opt: cli.wasm_opt.clone(),
     }
 }
 
@@ -413,7 +433,12 @@ fn one_shot_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-fn serve_node(store: Store, module_cache: Option<PathBuf>, a: &ServeArgs) -> CliResult {
+fn serve_node(
+    store: Store,
+    module_cache: Option<PathBuf>,
+    snapshot: SnapshotConfig,
+    a: &ServeArgs,
+) -> CliResult {
     let config = crate::server::ServerConfig {
         listen: a.listen,
         domain: a.domain.clone(),
@@ -427,6 +452,7 @@ fn serve_node(store: Store, module_cache: Option<PathBuf>, a: &ServeArgs) -> Cli
             Some(mib) => Some(mib),
         },
         module_cache,
+        snapshot,
         ..crate::server::ServerConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

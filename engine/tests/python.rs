@@ -135,12 +135,15 @@ fn keep_copy(from: &Path, to: &Path) {
     std::fs::rename(&tmp, to).unwrap();
 }
 
+/// Instances start cold (snapshots have their own tests, in `snapshot`).
 fn config(keep_warm: bool) -> ExecutorConfig {
-    ExecutorConfig {
+    let mut config = ExecutorConfig {
         module_cache: Some(module_cache()),
         keep_warm,
         ..ExecutorConfig::default()
-    }
+    };
+    config.sandbox.snapshot.enabled = false;
+    config
 }
 
 /// One test's store, with the python-3.12 runtime in it.
@@ -241,7 +244,9 @@ impl Py {
             .env_remove("RUST_LOG")
             .env_remove("ALEPH_WASM_STORE")
             .env_remove("ALEPH_WASM_MODULE_CACHE")
-            .env_remove("ALEPH_WASM_OWNER");
+            .env_remove("ALEPH_WASM_OWNER")
+            // Snapshots have their own tests (`snapshot`); here every program starts cold.
+            .env_remove("ALEPH_WASM_SNAPSHOTS");
         let out = cmd
             .output()
             .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
@@ -1311,6 +1316,9 @@ async fn the_report_job_example_exports_its_report() {
     // Nothing in the report depends on the run: the same data gives the same archive.
     assert_eq!(run_once(), export);
 }
+
+#[path = "python/snapshot.rs"]
+mod snapshot;
 
 #[path = "python/reproducible.rs"]
 mod reproducible;

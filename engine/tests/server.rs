@@ -183,6 +183,8 @@ impl Node {
             module_cache: Some(PathBuf::from(CACHE).join("modules")),
             ..ServerConfig::default()
         };
+        // Instances start cold here; snapshots have their own tests (python.rs, `snapshot`).
+        config.snapshot.enabled = false;
         tune(&mut config, self.dir.path());
         let server = server::start(config, self.store.clone())
             .await

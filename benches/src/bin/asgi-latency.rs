@@ -84,11 +84,13 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let store = Store::open(dir.path())?;
     let msg = program(&store, &code_dir, &entrypoint)?;
-    let config = ExecutorConfig {
+    let mut config = ExecutorConfig {
         module_cache: Some(modules),
         keep_warm: true,
         ..ExecutorConfig::default()
     };
+    // Cold starts, as measured here; `snapshot-start` measures restored ones.
+    config.sandbox.snapshot.enabled = false;
     let req = Trigger::Http(HttpRequest::from_line("GET /").map_err(anyhow::Error::msg)?);
 
     // Compile (or load) the interpreter once, outside the measurements.

@@ -30,6 +30,7 @@ use crate::sandbox::channel::Line;
 use crate::sandbox::determinism::Determinism;
 use crate::sandbox::instance::Instance;
 use crate::sandbox::output::Captured;
+use crate::sandbox::snapshot::SnapshotSource;
 use crate::sandbox::{GuestEnd, GuestSpec, Preopen};
 use crate::store::Resolved;
 use crate::volumes::{self, ExportInfo, ExportPlan, ResolvedInput};
@@ -388,19 +389,12 @@ impl Executor {
         mounts.preopens.insert(
             1,
             Preopen {
-                host: boot_dir,
+                host: boot_dir.clone(),
                 guest: interp.bootstrap_mount.clone(),
                 writable: false,
                 quota_bytes: None,
             },
         );
-        let interp_path = interp.path.clone();
-        let loaded = self
-            .sandbox
-            .module_off_thread(&interp.sha256, move || Ok(std::fs::read(&interp_path)?))
-            .await
-            .map_err(|e| format!("content.runtime: {e:#}"))?;
-
         let entry = &program.code.entrypoint;
         let (module_part, attr) = entry.split_once(':').unwrap_or(("", entry.as_str()));
         let mut env: Vec<(String, String)> = interp.env.clone().into_iter().collect();
@@ -444,7 +438,38 @@ impl Executor {
             .boot_timeout
             .as_secs()
             .saturating_mul(self.sandbox.config().fuel_per_second);
-        let instance = self.sandbox.spawn(&loaded.module, spec, boot_fuel)?;
+        // Restored from the program's snapshot when there can be one, else a cold start.
+        let mut content: Vec<String> = inputs
+            .iter()
+            .map(|i| i.resolved.file_hash.clone())
+            .collect();
+        content.extend([code_dir, boot_dir].map(|d| d.display().to_string()));
+        let source = SnapshotSource {
+            interpreter_sha256: interp.sha256.clone(),
+            interpreter_path: interp.path.clone(),
+            content,
+        };
+        // A reproducible instance starts cold: snapshots are not taken under the profile yet.
+        let restored = if reproducible {
+            None
+        } else {
+            self.sandbox
+                .spawn_restored(&source, &spec, boot_fuel, self.config.boot_timeout)
+                .await
+        };
+        let (instance, from_cache) = match restored {
+            Some(restored) => restored,
+            None => {
+                let interp_path = interp.path.clone();
+                let loaded = self
+                    .sandbox
+                    .module_off_thread(&interp.sha256, move || Ok(std::fs::read(&interp_path)?))
+                    .await
+                    .map_err(|e| format!("content.runtime: {e:#}"))?;
+                let instance = self.sandbox.spawn(&loaded.module, spec, boot_fuel)?;
+                (instance, loaded.from_cache)
+            }
+        };
         let mut warm = Warm {
             instance,
             _exec_dir: exec_dir,
@@ -452,7 +477,7 @@ impl Executor {
             owner: program.address.clone(),
             time: program.time,
             inputs,
-            module_cache: if loaded.from_cache {
+            module_cache: if from_cache {
                 ModuleCache::Hit
             } else {
                 ModuleCache::Miss

@@ -9,12 +9,23 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
-use wasmtime::Module;
+use wasmtime::{InstancePre, Module};
 
 use super::channel::{ChannelInput, FrameOutput, Line};
 use super::meter::Meter;
-use super::output::SinkStream;
-use super::{GuestEnd, GuestSpec, Sandbox, Stdio, exit_end, start};
+use super::output::{Sink, SinkStream};
+use super::{GuestEnd, GuestSpec, GuestState, Sandbox, Stdio, StoreExtras, exit_end, start};
+
+/// How an instance's guest code is entered.
+pub(crate) enum Entry {
+    /// Instantiate the module and call `_start` (a cold start).
+    Start(Module),
+    /// Instantiate a snapshot and rewind into its paused `_start` (Asyncify data at `data`).
+    Rewind {
+        pre: InstancePre<GuestState>,
+        data: i32,
+    },
+}
 
 /// A running long-lived guest.
 pub struct Instance {
@@ -62,6 +73,12 @@ impl Instance {
             }
         }
         out
+    }
+
+    /// Puts bytes in front of what the guest writes next on stdout, as if it had written them
+    /// (the boot output of a restored snapshot).
+    pub(crate) fn replay_stdout(&self, bytes: &[u8]) {
+        Sink::push(&self.output, bytes);
     }
 
     /// Waits until the guest blocks reading stdin with nothing left to read.
@@ -150,6 +167,22 @@ impl Sandbox {
         spec: GuestSpec,
         boot_fuel: u64,
     ) -> Result<Instance, String> {
+        self.spawn_entry(
+            Entry::Start(module.clone()),
+            spec,
+            boot_fuel,
+            StoreExtras::default(),
+        )
+    }
+
+    /// Starts a long-lived guest entered through `entry`, in a store with `extras`.
+    pub(crate) fn spawn_entry(
+        &self,
+        entry: Entry,
+        spec: GuestSpec,
+        boot_fuel: u64,
+        extras: StoreExtras,
+    ) -> Result<Instance, String> {
         let input = ChannelInput::new();
         let output = FrameOutput::new(self.config.output_cap.max(1 << 20) * 16);
         let stderr = FrameOutput::new(self.config.output_cap);
@@ -161,10 +194,9 @@ impl Sandbox {
             stdout: Box::new(SinkStream(output.clone())),
             stderr: Box::new(SinkStream(stderr.clone())),
         };
-        let mut store = self.new_store(&spec, stdio, boot_fuel, Some(meter.clone()))?;
+        let mut store = self.new_store(&spec, stdio, boot_fuel, Some(meter.clone()), extras)?;
         let memory_refusals = store.data().limiter.refusals();
         let linker = self.linker_for(&store);
-        let module = module.clone();
         let end: Arc<Mutex<Option<GuestEnd>>> = Arc::new(Mutex::new(None));
         let peak_memory = store.data().limiter.peak();
         let task = {
@@ -173,7 +205,12 @@ impl Sandbox {
             let stderr = stderr.clone();
             let meter = meter.clone();
             tokio::spawn(async move {
-                let result = start(&linker, &module, &mut store).await;
+                let result = match entry {
+                    Entry::Start(module) => start(&linker, &module, &mut store).await,
+                    Entry::Rewind { pre, data } => {
+                        super::snapshot::restore::rewind(&pre, data, &mut store).await
+                    }
+                };
                 let limiter = &store.data().limiter;
                 let guest_end = match result {
                     Ok(()) => exit_end(0, limiter),

@@ -24,6 +24,7 @@ pub mod limits;
 pub mod meter;
 pub mod output;
 pub mod quota;
+pub mod snapshot;
 
 use std::collections::HashMap;
 use std::hash::Hasher;
@@ -42,6 +43,7 @@ use self::limits::MemoryLimiter;
 use self::meter::Meter;
 use self::output::{CappedOutput, Captured, SinkStream};
 use self::quota::{Quota, QuotaState};
+use self::snapshot::{Hook, SnapshotConfig, Snapshots};
 
 /// The version of wasmtime this engine is built on (pinned exactly; fuel counts depend on it).
 pub const WASMTIME_VERSION: &str = "48.0.0";
@@ -58,6 +60,8 @@ pub struct SandboxConfig {
     pub output_cap: usize,
     /// The largest Wasm stack, in bytes. By default 1 MiB.
     pub max_wasm_stack: usize,
+    /// How interpreter instances use snapshots ([`snapshot`]).
+    pub snapshot: SnapshotConfig,
     /// For reproducible executions, the wall-clock safety net is this many times
     /// `resources.seconds` (fuel decides the outcome; the net only catches a host far slower
     /// than the published fuel rate). By default 10.
@@ -71,6 +75,7 @@ impl Default for SandboxConfig {
             epoch_tick: Duration::from_millis(10),
             output_cap: 1 << 20,
             max_wasm_stack: 1 << 20,
+            snapshot: SnapshotConfig::default(),
             safety_net_factor: 10,
         }
     }
@@ -179,6 +184,33 @@ pub struct GuestState {
     /// Fuel left at the latest epoch tick: what is known after the store's call was dropped
     /// at the deadline.
     fuel_at_tick: u64,
+    /// What the snapshot checkpoint import does in this store.
+    hook: Hook,
+}
+
+/// How a store differs from a plain one: the snapshot checkpoint's job, and a monotonic clock
+/// that starts at an offset (a restored instance continues the snapshot's clock).
+#[derive(Debug, Default)]
+pub(crate) struct StoreExtras {
+    pub(crate) hook: Hook,
+    pub(crate) clock_offset_ns: Option<u64>,
+}
+
+/// A monotonic clock that starts at `offset` nanoseconds.
+struct OffsetClock {
+    base: Instant,
+    offset: u64,
+}
+
+impl wasmtime_wasi::HostMonotonicClock for OffsetClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        self.offset
+            .saturating_add(self.base.elapsed().as_nanos() as u64)
+    }
 }
 
 /// One wasmtime engine, its linker and its module cache. Create one per process and share it.
@@ -191,6 +223,7 @@ pub struct Sandbox {
     cache_dir: PathBuf,
     loaded: Mutex<HashMap<String, Module>>,
     ticker_stop: Arc<AtomicBool>,
+    snapshots: Snapshots,
 }
 
 impl Drop for Sandbox {
@@ -221,12 +254,14 @@ impl Sandbox {
         let mut linker: Linker<GuestState> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut GuestState| &mut s.wasi)
             .map_err(|e| anyhow::anyhow!("cannot link WASI: {e}"))?;
+        snapshot::add_to_linker(&mut linker)?;
         let mut full_linker = linker.clone();
         quota::add_to_linker(&mut full_linker)?;
         meter::add_to_linker(&mut full_linker)?;
+        let engine_key = compatibility_key(&engine);
+        let cache_dir = cache_dir.join(&engine_key);
         let mut det_linker = full_linker.clone();
         determinism::add_to_linker(&mut det_linker)?;
-        let cache_dir = cache_dir.join(compatibility_key(&engine));
         std::fs::create_dir_all(&cache_dir)
             .map_err(|e| anyhow::anyhow!("{}: {e}", cache_dir.display()))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -244,6 +279,11 @@ impl Sandbox {
                 })
                 .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker: {e}"))?;
         }
+        let snapshots = Snapshots::new(
+            config.snapshot.clone(),
+            cache_dir.join("snapshots"),
+            engine_key,
+        );
         Ok(Sandbox {
             engine,
             linker: Arc::new(linker),
@@ -253,6 +293,7 @@ impl Sandbox {
             cache_dir,
             loaded: Mutex::new(HashMap::new()),
             ticker_stop,
+            snapshots,
         })
     }
 
@@ -264,6 +305,11 @@ impl Sandbox {
     /// The sandbox's configuration.
     pub fn config(&self) -> &SandboxConfig {
         &self.config
+    }
+
+    /// The snapshots of interpreter instances.
+    pub fn snapshots(&self) -> &Snapshots {
+        &self.snapshots
     }
 
     /// The directory compiled modules are cached in.
@@ -387,13 +433,14 @@ impl Sandbox {
             stdout: Box::new(SinkStream(stdout.clone())),
             stderr: Box::new(SinkStream(stderr.clone())),
         };
-        let mut store = match self.new_store(&spec, stdio, fuel_budget, None) {
-            Ok(store) => store,
-            Err(e) => {
-                run.end = GuestEnd::Error(e);
-                return run;
-            }
-        };
+        let mut store =
+            match self.new_store(&spec, stdio, fuel_budget, None, StoreExtras::default()) {
+                Ok(store) => store,
+                Err(e) => {
+                    run.end = GuestEnd::Error(e);
+                    return run;
+                }
+            };
         let deadline = spec.wall_limit(&self.config);
         let linker = self.linker_for(&store);
         let result = tokio::time::timeout(deadline, start(&linker, module, &mut store)).await;
@@ -425,8 +472,15 @@ impl Sandbox {
         stdio: Stdio,
         fuel_budget: u64,
         meter: Option<Arc<Meter>>,
+        extras: StoreExtras,
     ) -> Result<Store<GuestState>, String> {
         let mut wasi = WasiCtxBuilder::new();
+        if let Some(offset) = extras.clock_offset_ns {
+            wasi.monotonic_clock(OffsetClock {
+                base: Instant::now(),
+                offset,
+            });
+        }
         let mut env = spec.env.clone();
         if spec.determinism.is_some() && !env.iter().any(|(k, _)| k == "PYTHONHASHSEED") {
             env.push(("PYTHONHASHSEED".into(), "0".into()));
@@ -470,6 +524,7 @@ impl Sandbox {
             meter,
             det,
             fuel_at_tick: fuel_budget,
+            hook: extras.hook,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -548,7 +603,7 @@ fn exit_end(code: i32, limiter: &MemoryLimiter) -> GuestEnd {
 
 /// Where an execution failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
+pub(crate) enum Stage {
     /// Instantiating the module or finding `_start`.
     Start,
     /// Inside `_start`.

@@ -52,6 +52,7 @@ use tokio::task::JoinHandle;
 use tower::ServiceExt as _;
 
 use crate::executor::{Executor, ExecutorConfig};
+use crate::sandbox::snapshot::SnapshotConfig;
 use crate::store::Store;
 use crate::store::prefetch::Prefetcher;
 use crate::store::remote::Remote;
@@ -97,6 +98,8 @@ pub struct ServerConfig {
     /// How long a shutdown waits for running executions before retiring instances anyway. By
     /// default [`DEFAULT_DRAIN_TIMEOUT`].
     pub drain_timeout: Duration,
+    /// How instances use snapshots. By default restored from snapshots when possible.
+    pub snapshot: SnapshotConfig,
     /// Another node's API (`http://host:4020`, or an Aleph API node): a program missing from
     /// the store, and whatever it needs that is missing, is fetched from it on first use,
     /// verified and stored; and the node follows its message feed (`/api/ws0/messages`),
@@ -137,6 +140,7 @@ impl Default for ServerConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             module_cache: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            snapshot: SnapshotConfig::default(),
             api: None,
             triggers: triggers::TriggerConfig::default(),
             memory_budget_mib: default_memory_budget_mib(),
@@ -148,13 +152,15 @@ impl ServerConfig {
     /// The executor's configuration: warm instances kept for [`ServerConfig::idle_timeout`],
     /// modules cached in [`ServerConfig::module_cache`], every other setting at its default.
     pub fn executor_config(&self) -> ExecutorConfig {
-        ExecutorConfig {
+        let mut config = ExecutorConfig {
             module_cache: self.module_cache.clone(),
             keep_warm: true,
             idle_timeout: self.idle_timeout,
             memory_budget_mib: self.memory_budget_mib,
             ..ExecutorConfig::default()
-        }
+        };
+        config.sandbox.snapshot = self.snapshot.clone();
+        config
     }
 }
 

@@ -1,0 +1,419 @@
+//! Building: the prepared interpreter (once per interpreter) and a program's snapshot (once per
+//! snapshot key), each cached on disk and built at most once at a time.
+//!
+//! A snapshot build boots the program on Wizer's instrumented copy of the prepared interpreter
+//! with the program's own preopens and environment; at the checkpoint the host checks the stack
+//! against the one the interpreter was prepared for, unwinds (`asyncify_start_unwind`), and once
+//! `_start` has returned stops the unwind; Wizer then writes the paused state into a new module,
+//! which is precompiled and cached next to its metadata (Asyncify data, clock, boot output).
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use wasmtime::{Module, Store};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wizer::{InstanceState, SnapshotVal, ValType, Wizer};
+
+use super::prepare_cache::Prepared;
+use super::restore::{Meta, Restorable};
+use super::{Hook, SnapshotEvent, SnapshotSource, Snapshots, prepare, prepared_key};
+use crate::sandbox::channel::FRAME_PREFIX;
+use crate::sandbox::output::{CappedOutput, SinkStream};
+use crate::sandbox::{GuestSpec, GuestState, Sandbox, Stdio, StoreExtras, write_atomic};
+
+/// Polls a future, turning a panic inside it into an error (a snapshot build must never take
+/// the node down: a failure means a cold start).
+struct CatchUnwind<'a, T>(Pin<Box<dyn Future<Output = T> + Send + 'a>>);
+
+impl<T> Future for CatchUnwind<'_, T> {
+    type Output = Result<T, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => Poll::Ready(Err(panic_message(&panic))),
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into());
+    format!("internal error: {what}")
+}
+
+/// Runs CPU-heavy work off the async threads; a panic becomes an error.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("internal error: {e}"))?
+}
+
+fn compile(sandbox: &Sandbox, wasm: Vec<u8>) -> impl Future<Output = Result<Module, String>> {
+    let engine = sandbox.engine().clone();
+    blocking(move || Module::new(&engine, &wasm).map_err(|e| format!("cannot compile: {e:#}")))
+}
+
+/// What a run up to the checkpoint left behind.
+struct Paused {
+    store: Store<GuestState>,
+    instance: Option<wasmtime::Instance>,
+    result: Result<(), String>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// Instantiates `module` (plain WASI + the checkpoint) and runs `_start` with `hook` until it
+/// returns, traps, or `limit` passes. Stdin is empty: a guest that reads it without pausing
+/// reads end-of-file.
+async fn run_to_pause(
+    sandbox: &Sandbox,
+    module: &Module,
+    spec: &GuestSpec,
+    hook: Hook,
+    fuel: u64,
+    limit: Duration,
+) -> Result<Paused, String> {
+    let cap = sandbox.config().output_cap.max(1 << 20);
+    let stdout = CappedOutput::new(cap);
+    let stderr = CappedOutput::new(cap);
+    let stdio = Stdio {
+        stdin: Box::new(MemoryInputPipe::new(Vec::<u8>::new())),
+        stdout: Box::new(SinkStream(stdout.clone())),
+        stderr: Box::new(SinkStream(stderr.clone())),
+    };
+    let extras = StoreExtras {
+        hook,
+        clock_offset_ns: None,
+    };
+    let mut store = sandbox.new_store(spec, stdio, fuel, None, extras)?;
+    let linker = sandbox.linker.clone();
+    let run = async {
+        let instance = linker
+            .instantiate_async(&mut store, module)
+            .await
+            .map_err(|e| format!("cannot instantiate: {e:#}"))?;
+        let start = instance
+            .get_typed_func::<(), ()>(&mut store, "_start")
+            .map_err(|e| format!("{e:#}"))?;
+        let result = start
+            .call_async(&mut store, ())
+            .await
+            .map_err(|e| format!("{e:#}"));
+        Ok::<_, String>((instance, result))
+    };
+    let (instance, result) = match tokio::time::timeout(limit, run).await {
+        Ok(Ok((instance, result))) => (Some(instance), result),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => (None, Err(format!("no pause within {} s", limit.as_secs()))),
+    };
+    Ok(Paused {
+        store,
+        instance,
+        result,
+        stdout: stdout.captured().bytes,
+        stderr: stderr.captured().bytes,
+    })
+}
+
+/// Wizer's view of the paused instance.
+struct State<'a> {
+    store: &'a mut Store<GuestState>,
+    instance: wasmtime::Instance,
+}
+
+impl InstanceState for State<'_> {
+    async fn global_get(&mut self, name: &str, _type_hint: ValType) -> SnapshotVal {
+        let value = self
+            .instance
+            .get_global(&mut *self.store, name)
+            .map(|g| g.get(&mut *self.store));
+        match value {
+            Some(wasmtime::Val::I64(x)) => SnapshotVal::I64(x),
+            Some(wasmtime::Val::F32(x)) => SnapshotVal::F32(x),
+            Some(wasmtime::Val::F64(x)) => SnapshotVal::F64(x),
+            Some(wasmtime::Val::V128(x)) => SnapshotVal::V128(x.as_u128()),
+            Some(wasmtime::Val::I32(x)) => SnapshotVal::I32(x),
+            // Wizer only asks for the globals it exported itself, which are numbers.
+            _ => SnapshotVal::I32(0),
+        }
+    }
+
+    async fn memory_contents(&mut self, name: &str, contents: impl FnOnce(&[u8]) + Send) {
+        match self.instance.get_memory(&mut *self.store, name) {
+            Some(memory) => contents(memory.data(&*self.store)),
+            None => contents(&[]),
+        }
+    }
+}
+
+/// What the boot wrote: whether the bootstrap said `ready`.
+fn booted(stdout: &[u8]) -> Result<(), String> {
+    for line in stdout.split(|&b| b == b'\n') {
+        if let Some(frame) = line.strip_prefix(FRAME_PREFIX) {
+            let value: serde_json::Value = serde_json::from_slice(frame).unwrap_or_default();
+            match value.get("t").and_then(|t| t.as_str()) {
+                Some("ready") => return Ok(()),
+                Some("boot_error") => {
+                    return Err(format!(
+                        "the program did not boot: {}",
+                        value["message"].as_str().unwrap_or("")
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    Err("the bootstrap never said it was ready".into())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Snapshots {
+    /// The prepared interpreter for `source` (from memory, the cache, or prepared now).
+    pub(super) async fn prepared(
+        &self,
+        sandbox: &Sandbox,
+        source: &SnapshotSource,
+        spec: &GuestSpec,
+        fuel: u64,
+        limit: Duration,
+    ) -> Result<Arc<Prepared>, String> {
+        let wasm_opt = self.wasm_opt();
+        let version = prepare::wasm_opt_version(&wasm_opt)?;
+        let key = prepared_key(source, spec, &version);
+        let slot = Self::slot(&self.prepared, &key);
+        let mut guard = slot.lock().await;
+        if let Some(done) = &*guard {
+            return done.clone();
+        }
+        let started = Instant::now();
+        let work = CatchUnwind(Box::pin(
+            self.prepare_now(sandbox, &key, source, spec, fuel, limit),
+        ));
+        let result = work.await.and_then(|r| r).map(|(prepared, fresh)| {
+            if fresh {
+                self.record(SnapshotEvent::Prepared {
+                    key: key.clone(),
+                    ms: started.elapsed().as_millis() as u64,
+                });
+            }
+            Arc::new(prepared)
+        });
+        *guard = Some(result.clone());
+        result
+    }
+
+    async fn prepare_now(
+        &self,
+        sandbox: &Sandbox,
+        key: &str,
+        source: &SnapshotSource,
+        spec: &GuestSpec,
+        fuel: u64,
+        limit: Duration,
+    ) -> Result<(Prepared, bool), String> {
+        let wasm_path = self.dir.join(format!("prepared-{key}.wasm"));
+        let meta_path = self.dir.join(format!("prepared-{key}.json"));
+        if let (Ok(meta), Ok(wasm)) = (std::fs::read(&meta_path), std::fs::read(&wasm_path))
+            && let Ok(mut prepared) = serde_json::from_slice::<Prepared>(&meta)
+            && prepared.sha256 == sha256_hex(&wasm)
+        {
+            prepared.wasm = wasm;
+            return Ok((prepared, false));
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        let path = source.interpreter_path.clone();
+        let rewritten = blocking(move || {
+            let original = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            prepare::rewrite(&original)
+        })
+        .await?;
+        let module = compile(sandbox, rewritten.wasm.clone()).await?;
+        let paused = run_to_pause(sandbox, &module, spec, Hook::Discover, fuel, limit).await?;
+        let stack = match &paused.store.data().hook {
+            Hook::Discovered(stack) => stack.clone(),
+            _ => {
+                return Err(format!(
+                    "the interpreter never read stdin ({})",
+                    paused.result.err().unwrap_or_else(|| "it ended".into())
+                ));
+            }
+        };
+        drop(paused);
+        drop(module);
+        let names = prepare::binaryen_names(&stack, rewritten.func_imports)?;
+        let wasm_opt = self.wasm_opt();
+        let dir = self.dir.clone();
+        let wasm = blocking(move || {
+            let work = tempfile::tempdir_in(&dir).map_err(|e| e.to_string())?;
+            prepare::asyncify(&wasm_opt, &rewritten.wasm, &names, work.path())
+        })
+        .await?;
+        let prepared = Prepared {
+            sha256: sha256_hex(&wasm),
+            stack,
+            wasm,
+        };
+        let meta = serde_json::to_vec(&prepared).map_err(|e| e.to_string())?;
+        write_atomic(&wasm_path, &prepared.wasm).map_err(|e| e.to_string())?;
+        write_atomic(&meta_path, &meta).map_err(|e| e.to_string())?;
+        tracing::info!(
+            key,
+            functions = prepared.stack.len(),
+            "prepared the interpreter for snapshots"
+        );
+        Ok((prepared, true))
+    }
+
+    /// The snapshot `key` (from memory, the cache, or built now) and whether it already
+    /// existed.
+    pub(super) async fn restorable(
+        &self,
+        sandbox: &Sandbox,
+        key: &str,
+        prepared: &Prepared,
+        spec: &GuestSpec,
+        fuel: u64,
+        limit: Duration,
+    ) -> Result<(Arc<Restorable>, bool), String> {
+        let slot = Self::slot(&self.snapshots, key);
+        let mut guard = slot.lock().await;
+        if let Some(done) = &*guard {
+            return done.clone().map(|r| (r, true));
+        }
+        let started = Instant::now();
+        let work = CatchUnwind(Box::pin(
+            self.build_now(sandbox, key, prepared, spec, fuel, limit),
+        ));
+        let result = work.await.and_then(|r| r);
+        match result {
+            Ok((r, existed)) => {
+                if existed {
+                    self.record(SnapshotEvent::Loaded { key: key.into() });
+                } else {
+                    let ms = started.elapsed().as_millis() as u64;
+                    tracing::info!(key, ms, "built a snapshot");
+                    self.record(SnapshotEvent::Built {
+                        key: key.into(),
+                        ms,
+                    });
+                }
+                *guard = Some(Ok(r.clone()));
+                Ok((r, existed))
+            }
+            Err(e) => {
+                *guard = Some(Err(e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    async fn build_now(
+        &self,
+        sandbox: &Sandbox,
+        key: &str,
+        prepared: &Prepared,
+        spec: &GuestSpec,
+        fuel: u64,
+        limit: Duration,
+    ) -> Result<(Arc<Restorable>, bool), String> {
+        let cwasm = self.dir.join(format!("{key}.cwasm"));
+        let meta_path = self.dir.join(format!("{key}.json"));
+        if let Ok(meta) = std::fs::read(&meta_path)
+            && let Ok(meta) = serde_json::from_slice::<Meta>(&meta)
+            && cwasm.is_file()
+        {
+            match Restorable::load(sandbox, key, &cwasm, meta) {
+                Ok(r) => return Ok((Arc::new(r), true)),
+                Err(e) => tracing::warn!(key, "cached snapshot unusable, building again: {e}"),
+            }
+        }
+        let wizer = Wizer::new();
+        let (cx, instrumented) = wizer
+            .instrument(&prepared.wasm)
+            .map_err(|e| format!("cannot instrument: {e:#}"))?;
+        let module = compile(sandbox, instrumented).await?;
+        let hook = Hook::Unwind {
+            expected: prepared.stack.clone(),
+            since: Instant::now(),
+        };
+        let mut paused = run_to_pause(sandbox, &module, spec, hook, fuel, limit).await?;
+        let (data, clock_ns) = match &paused.store.data().hook {
+            Hook::Unwinding { data, clock_ns } => (*data, *clock_ns),
+            Hook::Refused(why) => return Err(why.clone()),
+            _ => {
+                return Err(format!(
+                    "the interpreter did not pause: {}; stderr: {}",
+                    match &paused.result {
+                        Ok(()) => "it ended".to_string(),
+                        Err(e) => e.clone(),
+                    },
+                    String::from_utf8_lossy(&paused.stderr).trim()
+                ));
+            }
+        };
+        paused.result.clone()?;
+        booted(&paused.stdout)?;
+        let instance = paused
+            .instance
+            .ok_or("the instance is gone after the pause")?;
+        instance
+            .get_typed_func::<(), ()>(&mut paused.store, "asyncify_stop_unwind")
+            .map_err(|e| format!("{e:#}"))?
+            .call_async(&mut paused.store, ())
+            .await
+            .map_err(|e| format!("cannot stop the unwind: {e:#}"))?;
+        let snapshot = wizer
+            .snapshot(
+                &cx,
+                &mut State {
+                    store: &mut paused.store,
+                    instance,
+                },
+            )
+            .await
+            .map_err(|e| format!("cannot snapshot: {e:#}"))?;
+        let meta = Meta {
+            data,
+            clock_ns,
+            stdout: base64::engine::general_purpose::STANDARD.encode(&paused.stdout),
+        };
+        drop(paused);
+        drop(module);
+        let module = compile(sandbox, snapshot).await?;
+        let path = cwasm.clone();
+        blocking(move || {
+            let bytes = module.serialize().map_err(|e| format!("{e:#}"))?;
+            write_atomic(&path, &bytes).map_err(|e| format!("{}: {e}", path.display()))
+        })
+        .await?;
+        let meta_bytes = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
+        write_atomic(&meta_path, &meta_bytes).map_err(|e| e.to_string())?;
+        Ok((
+            Arc::new(Restorable::load(sandbox, key, &cwasm, meta)?),
+            false,
+        ))
+    }
+}
+
+/// Removes a cached snapshot (its module and metadata), e.g. after it failed to restore.
+pub(super) fn forget(dir: &Path, key: &str) {
+    let _ = std::fs::remove_file(dir.join(format!("{key}.json")));
+    let _ = std::fs::remove_file(dir.join(format!("{key}.cwasm")));
+}

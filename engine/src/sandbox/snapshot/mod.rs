@@ -1,0 +1,374 @@
+//! Cold start by snapshot: an interpreter instance paused right after booting the program,
+//! captured once, and restored per instance in about a millisecond.
+//!
+//! An interpreter runtime's instance (`python -i boot.py`) boots the program and then blocks in
+//! a read of stdin with no frame of the bootstrap on the stack. This module captures exactly
+//! that point:
+//! - [`prepare`] (once per interpreter, cached by its key): the WASI build is rewritten so that
+//!   its reads of stdin call the host-owned import `aleph_wasm.checkpoint` first; a first run
+//!   finds the functions on the stack at that call; binaryen's Asyncify (`wasm-opt`) is applied
+//!   to exactly those functions;
+//! - [`build`] (once per program, lazily on its first boot, cached by [`snapshot_key`]): the
+//!   prepared interpreter boots the program with its preopens and variables; at the checkpoint
+//!   the host unwinds the stack (refusing an unexpected stack), and Wizer's snapshot turns the
+//!   paused instance into a new module, which is precompiled;
+//! - [`restore`] (per instance): the precompiled snapshot is mapped once (`InstancePre`); each
+//!   instance gets a new store with the same preopens in the same order and a monotonic clock
+//!   that continues from the snapshot's, starts rewinding, and calls `_start`: the checkpoint
+//!   sees the rewind, stops it, and the real `fd_read` reads the next event. The first event is
+//!   a reseed of `random` from host randomness.
+//!
+//! Anything that stops a snapshot (no `wasm-opt`, a writable mount, a failed build, an
+//! unexpected stack) is logged with its reason and the instance starts cold, as before.
+//! Frozen at snapshot time, so part of the key: argv, the environment (variables), the code and
+//! data, the preopen list. Also frozen: the string hash seed (`PYTHONHASHSEED`) of the
+//! interpreter. The design leaves room for a profile (e.g. reproducible mode): whatever it fixes
+//! enters the environment and so the key, and the reseed event carries its seed.
+
+pub mod build;
+pub mod prepare;
+pub mod restore;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use wasmtime::{Caller, Linker, WasmBacktrace};
+
+use super::{GuestSpec, GuestState, WASMTIME_VERSION};
+
+pub use restore::Restorable;
+
+/// The version of the snapshot protocol (rewrite, pause, restore); part of every cache key.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The module of the checkpoint import.
+pub const CHECKPOINT_MODULE: &str = "aleph_wasm";
+/// The name of the checkpoint import.
+pub const CHECKPOINT_NAME: &str = "checkpoint";
+/// The export name the prepared interpreter gives its stack-pointer global.
+pub const STACK_POINTER_EXPORT: &str = "aleph_wasm_stack_pointer";
+
+/// How snapshots are used.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotConfig {
+    /// Whether interpreter instances are restored from snapshots. By default false: a
+    /// program's first boot builds its snapshot (tens of seconds) and waits for it, until the
+    /// build moves to the background.
+    pub enabled: bool,
+    /// The `wasm-opt` binary (binaryen). By default `wasm-opt` on `PATH`.
+    pub wasm_opt: Option<PathBuf>,
+}
+
+/// Something that happened to snapshots in this process (for logs, tests and benchmarks).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SnapshotEvent {
+    /// An interpreter was prepared (rewritten, stack discovered, asyncified).
+    Prepared {
+        /// The prepared interpreter's key.
+        key: String,
+        /// How long it took.
+        ms: u64,
+    },
+    /// A snapshot was built and precompiled.
+    Built {
+        /// The snapshot key.
+        key: String,
+        /// How long it took.
+        ms: u64,
+    },
+    /// A snapshot was loaded from the on-disk cache.
+    Loaded {
+        /// The snapshot key.
+        key: String,
+    },
+    /// An instance was restored from a snapshot.
+    Restored {
+        /// The snapshot key.
+        key: String,
+    },
+    /// An instance started cold instead.
+    Fallback {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the checkpoint import does in one store.
+#[derive(Debug, Default)]
+pub(crate) enum Hook {
+    /// Nothing (every read of stdin after a restore, and cold instances).
+    #[default]
+    Off,
+    /// Record the stack at the first call, then stop the guest.
+    Discover,
+    /// The stack found by [`Hook::Discover`].
+    Discovered(Vec<u32>),
+    /// Unwind at the first call if the stack is `expected`.
+    Unwind {
+        /// The pause stack, innermost first.
+        expected: Vec<u32>,
+        /// When the store's WASI context was made (for the monotonic clock).
+        since: Instant,
+    },
+    /// The stack is being unwound from the checkpoint.
+    Unwinding {
+        /// Where the Asyncify data structure is.
+        data: i32,
+        /// The guest's monotonic clock at the pause, in nanoseconds (at least).
+        clock_ns: u64,
+    },
+    /// The build refused to unwind.
+    Refused(String),
+    /// Stop rewinding at the next call.
+    Rewind,
+}
+
+/// Bytes of the Asyncify buffer (the saved locals of the pause stack).
+const ASYNCIFY_BUFFER: i32 = 32 * 1024;
+/// Bytes left free between the stack pointer at the pause and the Asyncify data.
+const STACK_GAP: i32 = 1024;
+
+/// Adds `aleph_wasm.checkpoint` to `linker`.
+pub(super) fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
+    linker
+        .func_wrap_async(
+            CHECKPOINT_MODULE,
+            CHECKPOINT_NAME,
+            |mut caller: Caller<'_, GuestState>, (): ()| {
+                Box::new(async move { checkpoint(&mut caller).await })
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("cannot link the checkpoint: {e}"))?;
+    Ok(())
+}
+
+fn stack(caller: &Caller<'_, GuestState>) -> Vec<u32> {
+    WasmBacktrace::force_capture(caller)
+        .frames()
+        .iter()
+        .map(|f| f.func_index())
+        .collect()
+}
+
+async fn call_export(
+    caller: &mut Caller<'_, GuestState>,
+    name: &str,
+    arg: Option<i32>,
+) -> wasmtime::Result<()> {
+    let func = caller
+        .get_export(name)
+        .and_then(|e| e.into_func())
+        .ok_or_else(|| wasmtime::format_err!("the module does not export {name}"))?;
+    match arg {
+        Some(a) => {
+            func.typed::<i32, ()>(&*caller)?
+                .call_async(&mut *caller, a)
+                .await
+        }
+        None => {
+            func.typed::<(), ()>(&*caller)?
+                .call_async(&mut *caller, ())
+                .await
+        }
+    }
+}
+
+async fn checkpoint(caller: &mut Caller<'_, GuestState>) -> wasmtime::Result<()> {
+    match std::mem::take(&mut caller.data_mut().hook) {
+        Hook::Off => Ok(()),
+        Hook::Discover => {
+            let found = stack(caller);
+            caller.data_mut().hook = Hook::Discovered(found);
+            wasmtime::bail!("paused for stack discovery")
+        }
+        Hook::Unwind { expected, since } => {
+            let found = stack(caller);
+            if found != expected {
+                let why = format!(
+                    "unexpected stack at the checkpoint: {found:?}, prepared for {expected:?}"
+                );
+                caller.data_mut().hook = Hook::Refused(why.clone());
+                wasmtime::bail!(why);
+            }
+            let sp = match caller.get_export(STACK_POINTER_EXPORT) {
+                Some(wasmtime::Extern::Global(g)) => g.get(&mut *caller).i32(),
+                _ => None,
+            }
+            .ok_or_else(|| wasmtime::format_err!("no stack-pointer export"))?;
+            let data = (sp - STACK_GAP - ASYNCIFY_BUFFER - 8) & !15;
+            if data < 1024 {
+                let why = format!("too little stack below the pause (stack pointer {sp})");
+                caller.data_mut().hook = Hook::Refused(why.clone());
+                wasmtime::bail!(why);
+            }
+            let memory = caller
+                .get_export("memory")
+                .and_then(|e| e.into_memory())
+                .ok_or_else(|| wasmtime::format_err!("no memory export"))?;
+            let mut header = [0u8; 8];
+            header[..4].copy_from_slice(&(data + 8).to_le_bytes());
+            header[4..].copy_from_slice(&(data + 8 + ASYNCIFY_BUFFER).to_le_bytes());
+            memory.write(&mut *caller, data as usize, &header)?;
+            let clock_ns = since.elapsed().as_nanos() as u64;
+            call_export(caller, "asyncify_start_unwind", Some(data)).await?;
+            caller.data_mut().hook = Hook::Unwinding { data, clock_ns };
+            Ok(())
+        }
+        Hook::Rewind => call_export(caller, "asyncify_stop_rewind", None).await,
+        other => {
+            caller.data_mut().hook = other;
+            Ok(())
+        }
+    }
+}
+
+/// Where an instance's snapshot comes from: the interpreter and the identity of everything the
+/// boot reads besides what the [`GuestSpec`] says.
+#[derive(Debug, Clone)]
+pub struct SnapshotSource {
+    /// The sha256 of the interpreter module.
+    pub interpreter_sha256: String,
+    /// Where its bytes are.
+    pub interpreter_path: PathBuf,
+    /// Content identities (hashes) of the runtime, its bootstrap, the code, data and volumes.
+    pub content: Vec<String>,
+}
+
+/// The key of a snapshot: the prepared interpreter, the content, argv, environment, the preopen
+/// list (guest paths, order, permissions), the engine and the protocol. A change in any of them
+/// is a new snapshot.
+pub fn snapshot_key(
+    prepared_sha256: &str,
+    engine_key: &str,
+    content: &[String],
+    spec: &GuestSpec,
+) -> String {
+    let preopens: Vec<(&str, bool)> = spec
+        .preopens
+        .iter()
+        .map(|p| (p.guest.as_str(), p.writable))
+        .collect();
+    let doc = serde_json::json!({
+        "protocol": PROTOCOL_VERSION,
+        "wasmtime": WASMTIME_VERSION,
+        "engine": engine_key,
+        "prepared": prepared_sha256,
+        "content": content,
+        "argv": spec.args,
+        "env": spec.env,
+        "preopens": preopens,
+    });
+    hex::encode(Sha256::digest(doc.to_string().as_bytes()))
+}
+
+/// The key of a prepared interpreter.
+fn prepared_key(source: &SnapshotSource, spec: &GuestSpec, wasm_opt: &str) -> String {
+    let doc = serde_json::json!({
+        "protocol": PROTOCOL_VERSION,
+        "wasmtime": WASMTIME_VERSION,
+        "interpreter": source.interpreter_sha256,
+        "argv": spec.args,
+        "wasm_opt": wasm_opt,
+    });
+    hex::encode(Sha256::digest(doc.to_string().as_bytes()))
+}
+
+type Slot<T> = Arc<tokio::sync::Mutex<Option<Result<Arc<T>, String>>>>;
+
+/// The snapshots of one sandbox: prepared interpreters and program snapshots, in memory and in
+/// the cache directory.
+pub struct Snapshots {
+    config: SnapshotConfig,
+    dir: PathBuf,
+    engine_key: String,
+    prepared: Mutex<HashMap<String, Slot<prepare_cache::Prepared>>>,
+    snapshots: Mutex<HashMap<String, Slot<Restorable>>>,
+    events: Mutex<Vec<SnapshotEvent>>,
+    warned: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl Snapshots {
+    /// Snapshots cached under `dir` for the engine whose compatibility key is `engine_key`.
+    pub(super) fn new(config: SnapshotConfig, dir: PathBuf, engine_key: String) -> Self {
+        Snapshots {
+            config,
+            dir,
+            engine_key,
+            prepared: Mutex::new(HashMap::new()),
+            snapshots: Mutex::new(HashMap::new()),
+            events: Mutex::new(Vec::new()),
+            warned: Mutex::new(None),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SnapshotConfig {
+        &self.config
+    }
+
+    /// Where prepared interpreters and snapshots are cached.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What happened so far, oldest first.
+    pub fn events(&self) -> Vec<SnapshotEvent> {
+        lock(&self.events).clone()
+    }
+
+    fn record(&self, event: SnapshotEvent) {
+        lock(&self.events).push(event);
+    }
+
+    /// Records a fallback to a cold start; logs its reason (a warning the first time a given
+    /// reason is seen in a row, then at debug level).
+    pub(crate) fn fallback(&self, reason: String) {
+        let mut warned = lock(&self.warned);
+        if warned.as_deref() != Some(reason.as_str()) {
+            tracing::warn!("snapshot not used, starting cold: {reason}");
+            *warned = Some(reason.clone());
+        } else {
+            tracing::debug!("snapshot not used, starting cold: {reason}");
+        }
+        drop(warned);
+        self.record(SnapshotEvent::Fallback { reason });
+    }
+
+    fn wasm_opt(&self) -> PathBuf {
+        self.config
+            .wasm_opt
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("wasm-opt"))
+    }
+
+    fn slot<T>(map: &Mutex<HashMap<String, Slot<T>>>, key: &str) -> Slot<T> {
+        lock(map).entry(key.to_string()).or_default().clone()
+    }
+}
+
+pub(crate) mod prepare_cache {
+    //! The prepared interpreter as cached: the module and the pause stack it was made for.
+
+    use serde::{Deserialize, Serialize};
+
+    /// A prepared interpreter.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Prepared {
+        /// The sha256 of the prepared module.
+        pub sha256: String,
+        /// The pause stack (function indices, innermost first).
+        pub stack: Vec<u32>,
+        /// The prepared module's bytes (not in the JSON file).
+        #[serde(skip)]
+        pub wasm: Vec<u8>,
+    }
+}

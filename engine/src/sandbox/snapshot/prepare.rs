@@ -1,0 +1,400 @@
+//! The prepared interpreter: the WASI build rewritten so that it can pause in its read of stdin.
+//!
+//! Three steps, once per interpreter (cached by [`super::Snapshots`]):
+//! 1. [`rewrite`]: every call of the `fd_read` import goes through a new function
+//!    `hook(fd, …) { if fd == 0 { checkpoint() } return fd_read(fd, …) }`, where `checkpoint`
+//!    is the host-owned import `aleph_wasm.checkpoint`; the stack-pointer global is exported;
+//!    DWARF and the name section are dropped (their offsets and indices would be stale);
+//! 2. discovery: the rewritten module runs once up to its first read of stdin, where the host
+//!    captures the Wasm backtrace: the functions on the stack at the pause;
+//! 3. [`asyncify`]: binaryen's `wasm-opt --asyncify`, limited to exactly those functions, so the
+//!    stack can be unwound at the checkpoint and rewound later (a narrow list keeps the
+//!    interpreter's speed; a full Asyncify makes it ~40 % slower).
+
+use std::path::Path;
+use std::process::Command;
+
+use wasm_encoder::reencode::{Error as ReencodeError, Reencode, utils};
+use wasmparser::{KnownCustom, Parser, Payload, TypeRef};
+
+use super::{CHECKPOINT_MODULE, CHECKPOINT_NAME, STACK_POINTER_EXPORT};
+
+/// What [`rewrite`] produced.
+#[derive(Debug, Clone)]
+pub struct Rewritten {
+    /// The new module.
+    pub wasm: Vec<u8>,
+    /// How many functions the new module imports (binaryen names a defined function by its
+    /// index minus this number).
+    pub func_imports: u32,
+}
+
+/// Facts about the input module gathered before rewriting.
+struct Scan {
+    func_imports: u32,
+    fd_read: u32,
+    fd_read_type: u32,
+    types: u32,
+    defined_funcs: u32,
+    stack_pointer: u32,
+}
+
+fn scan(wasm: &[u8]) -> Result<Scan, String> {
+    let mut func_imports = 0u32;
+    let mut fd_read = None;
+    let mut types = 0u32;
+    let mut defined_funcs = 0u32;
+    let mut globals: Vec<(bool, bool)> = Vec::new(); // (mutable, i32) of defined globals
+    let mut global_imports = 0u32;
+    let mut named_sp = None;
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload.map_err(|e| format!("not valid WebAssembly: {e}"))? {
+            Payload::TypeSection(s) => types = s.count(),
+            Payload::ImportSection(s) => {
+                for imports in s {
+                    let imports = imports.map_err(|e| e.to_string())?;
+                    for item in imports {
+                        let (_, import) = item.map_err(|e| e.to_string())?;
+                        match import.ty {
+                            TypeRef::Func(ty) | TypeRef::FuncExact(ty) => {
+                                if import.module == "wasi_snapshot_preview1"
+                                    && import.name == "fd_read"
+                                {
+                                    fd_read = Some((func_imports, ty));
+                                }
+                                if import.module == CHECKPOINT_MODULE {
+                                    return Err("the module already imports the checkpoint".into());
+                                }
+                                func_imports += 1;
+                            }
+                            TypeRef::Global(_) => global_imports += 1,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            Payload::FunctionSection(s) => defined_funcs = s.count(),
+            Payload::GlobalSection(s) => {
+                for g in s {
+                    let g = g.map_err(|e| e.to_string())?;
+                    globals.push((g.ty.mutable, g.ty.content_type == wasmparser::ValType::I32));
+                }
+            }
+            Payload::CustomSection(c) => {
+                if let KnownCustom::Name(names) = c.as_known() {
+                    for sub in names.into_iter().flatten() {
+                        if let wasmparser::Name::Global(map) = sub {
+                            for naming in map.into_iter().flatten() {
+                                if naming.name == "__stack_pointer" {
+                                    named_sp = Some(naming.index);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let (fd_read, fd_read_type) =
+        fd_read.ok_or("the module does not import wasi_snapshot_preview1.fd_read")?;
+    // The stack pointer: named `__stack_pointer`, else (LLVM's layout) the first defined global.
+    let stack_pointer = named_sp.unwrap_or(global_imports);
+    let defined = stack_pointer
+        .checked_sub(global_imports)
+        .and_then(|i| globals.get(i as usize));
+    if defined != Some(&(true, true)) {
+        return Err("no mutable i32 stack-pointer global found".into());
+    }
+    Ok(Scan {
+        func_imports,
+        fd_read,
+        fd_read_type,
+        types,
+        defined_funcs,
+        stack_pointer,
+    })
+}
+
+/// The re-encoder: shifts defined functions by one (the new import), sends calls of `fd_read`
+/// to the hook, and appends the new type, import, function, body and export.
+struct Rewriter {
+    scan: Scan,
+}
+
+impl Rewriter {
+    fn checkpoint_index(&self) -> u32 {
+        self.scan.func_imports
+    }
+
+    fn hook_index(&self) -> u32 {
+        self.scan.func_imports + 1 + self.scan.defined_funcs
+    }
+}
+
+impl Reencode for Rewriter {
+    type Error = String;
+
+    fn function_index(&mut self, func: u32) -> Result<u32, ReencodeError<String>> {
+        Ok(if func == self.scan.fd_read {
+            self.hook_index()
+        } else if func < self.scan.func_imports {
+            func
+        } else {
+            func + 1
+        })
+    }
+
+    fn parse_type_section(
+        &mut self,
+        types: &mut wasm_encoder::TypeSection,
+        section: wasmparser::TypeSectionReader<'_>,
+    ) -> Result<(), ReencodeError<String>> {
+        utils::parse_type_section(self, types, section)?;
+        types.ty().function([], []);
+        Ok(())
+    }
+
+    fn parse_import_section(
+        &mut self,
+        imports: &mut wasm_encoder::ImportSection,
+        section: wasmparser::ImportSectionReader<'_>,
+    ) -> Result<(), ReencodeError<String>> {
+        utils::parse_import_section(self, imports, section)?;
+        imports.import(
+            CHECKPOINT_MODULE,
+            CHECKPOINT_NAME,
+            wasm_encoder::EntityType::Function(self.scan.types),
+        );
+        Ok(())
+    }
+
+    fn parse_function_section(
+        &mut self,
+        functions: &mut wasm_encoder::FunctionSection,
+        section: wasmparser::FunctionSectionReader<'_>,
+    ) -> Result<(), ReencodeError<String>> {
+        utils::parse_function_section(self, functions, section)?;
+        functions.function(self.scan.fd_read_type);
+        Ok(())
+    }
+
+    fn parse_code_section(
+        &mut self,
+        code: &mut wasm_encoder::CodeSection,
+        section: wasmparser::CodeSectionReader<'_>,
+    ) -> Result<(), ReencodeError<String>> {
+        utils::parse_code_section(self, code, section)?;
+        use wasm_encoder::Instruction as I;
+        let mut hook = wasm_encoder::Function::new([]);
+        hook.instruction(&I::LocalGet(0))
+            .instruction(&I::I32Eqz)
+            .instruction(&I::If(wasm_encoder::BlockType::Empty))
+            .instruction(&I::Call(self.checkpoint_index()))
+            .instruction(&I::End);
+        for i in 0..4 {
+            hook.instruction(&I::LocalGet(i));
+        }
+        hook.instruction(&I::Call(self.scan.fd_read))
+            .instruction(&I::End);
+        code.function(&hook);
+        Ok(())
+    }
+
+    fn parse_export_section(
+        &mut self,
+        exports: &mut wasm_encoder::ExportSection,
+        section: wasmparser::ExportSectionReader<'_>,
+    ) -> Result<(), ReencodeError<String>> {
+        utils::parse_export_section(self, exports, section)?;
+        exports.export(
+            STACK_POINTER_EXPORT,
+            wasm_encoder::ExportKind::Global,
+            self.scan.stack_pointer,
+        );
+        Ok(())
+    }
+
+    fn parse_custom_section(
+        &mut self,
+        module: &mut wasm_encoder::Module,
+        section: wasmparser::CustomSectionReader<'_>,
+    ) -> Result<(), ReencodeError<String>> {
+        // DWARF and names describe the old code; `target_features` and `producers` stay (wasm-opt
+        // reads the features from the former).
+        let name = section.name();
+        if name == "name" || name.starts_with(".debug") || name.starts_with("reloc.") {
+            return Ok(());
+        }
+        utils::parse_custom_section(self, module, section)
+    }
+}
+
+/// Rewrites a WASI command so that its reads of stdin pass through the checkpoint import, and
+/// exports its stack pointer. Fails (never panics) on a module it cannot handle.
+pub fn rewrite(wasm: &[u8]) -> Result<Rewritten, String> {
+    let scan = scan(wasm)?;
+    if scan.defined_funcs == 0 {
+        return Err("the module defines no function".into());
+    }
+    let func_imports = scan.func_imports + 1;
+    let mut rewriter = Rewriter { scan };
+    let mut module = wasm_encoder::Module::new();
+    rewriter
+        .parse_core_module(&mut module, Parser::new(0), wasm)
+        .map_err(|e| format!("cannot rewrite the module: {e:?}"))?;
+    let wasm = module.finish();
+    wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+        .validate_all(&wasm)
+        .map_err(|e| format!("the rewritten module is not valid: {e}"))?;
+    Ok(Rewritten { wasm, func_imports })
+}
+
+/// The function names binaryen gives the defined functions on the pause stack (`index minus
+/// imports`, in a module without a name section), deduplicated, in stack order.
+pub fn binaryen_names(stack: &[u32], func_imports: u32) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for &f in stack {
+        let n = f
+            .checked_sub(func_imports)
+            .ok_or_else(|| format!("an imported function (index {f}) is on the pause stack"))?
+            .to_string();
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
+
+/// The version line of `wasm-opt`, or why it cannot be run.
+pub fn wasm_opt_version(wasm_opt: &Path) -> Result<String, String> {
+    let out = Command::new(wasm_opt)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("wasm-opt ({}) cannot be run: {e}", wasm_opt.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`{} --version` failed: {}",
+            wasm_opt.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Runs binaryen's Asyncify on `wasm`, instrumenting exactly `names`, with the checkpoint as
+/// the only import that may unwind.
+pub fn asyncify(
+    wasm_opt: &Path,
+    wasm: &[u8],
+    names: &[String],
+    work: &Path,
+) -> Result<Vec<u8>, String> {
+    let input = work.join("rewritten.wasm");
+    let output = work.join("asyncified.wasm");
+    std::fs::write(&input, wasm).map_err(|e| format!("{}: {e}", input.display()))?;
+    let out = Command::new(wasm_opt)
+        .arg("--asyncify")
+        .arg(format!(
+            "--pass-arg=asyncify-imports@{CHECKPOINT_MODULE}.{CHECKPOINT_NAME}"
+        ))
+        .arg(format!("--pass-arg=asyncify-onlylist@{}", names.join(",")))
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .output()
+        .map_err(|e| format!("wasm-opt ({}) cannot be run: {e}", wasm_opt.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "wasm-opt --asyncify failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let result = std::fs::read(&output).map_err(|e| format!("{}: {e}", output.display()))?;
+    let mut exports = Vec::new();
+    for payload in Parser::new(0).parse_all(&result) {
+        if let Ok(Payload::ExportSection(s)) = payload {
+            for e in s.into_iter().flatten() {
+                exports.push(e.name.to_string());
+            }
+        }
+    }
+    for wanted in [
+        "asyncify_start_unwind",
+        "asyncify_stop_unwind",
+        "asyncify_start_rewind",
+        "asyncify_stop_rewind",
+        STACK_POINTER_EXPORT,
+        "_start",
+    ] {
+        if !exports.iter().any(|e| e == wanted) {
+            return Err(format!("the asyncified module does not export {wanted}"));
+        }
+    }
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GUEST: &str = r#"(module
+        (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+        (import "wasi_snapshot_preview1" "fd_read" (func $r (param i32 i32 i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (global $sp (mut i32) (i32.const 1024))
+        (func $read (result i32) (call $r (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (func (export "_start") (drop (call $read)) (drop (call $w (i32.const 1) (i32.const 0) (i32.const 0) (i32.const 0))))
+        (elem declare func $read)
+    )"#;
+
+    #[test]
+    fn calls_of_fd_read_go_through_the_hook() {
+        let wasm = wat::parse_str(GUEST).unwrap();
+        let out = rewrite(&wasm).unwrap();
+        assert_eq!(out.func_imports, 3);
+        let text = wasmprinter_like(&out.wasm);
+        assert!(text.contains(&format!("{CHECKPOINT_MODULE}.{CHECKPOINT_NAME}")));
+        assert!(text.contains(STACK_POINTER_EXPORT));
+    }
+
+    #[test]
+    fn a_module_without_fd_read_is_refused() {
+        let wasm = wat::parse_str("(module (func (export \"_start\")))").unwrap();
+        assert!(rewrite(&wasm).unwrap_err().contains("fd_read"));
+        assert!(rewrite(b"not wasm").is_err());
+    }
+
+    #[test]
+    fn binaryen_names_skip_imports_and_repeat() {
+        assert_eq!(
+            binaryen_names(&[7, 5, 7, 4], 3).unwrap(),
+            vec!["4", "2", "1"]
+        );
+        assert!(binaryen_names(&[1], 3).is_err());
+    }
+
+    /// Import and export names of a module, one a line.
+    fn wasmprinter_like(wasm: &[u8]) -> String {
+        let mut out = String::new();
+        for payload in Parser::new(0).parse_all(wasm) {
+            match payload.unwrap() {
+                Payload::ImportSection(s) => {
+                    for imports in s {
+                        for item in imports.unwrap() {
+                            let (_, i) = item.unwrap();
+                            out += &format!("{}.{}\n", i.module, i.name);
+                        }
+                    }
+                }
+                Payload::ExportSection(s) => {
+                    for e in s {
+                        out += &format!("{}\n", e.unwrap().name);
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}

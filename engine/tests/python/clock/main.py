@@ -1,0 +1,28 @@
+"""A raw ASGI app for the snapshot tests: random numbers, the monotonic clock, a variable."""
+
+import json
+import os
+import random
+import time
+
+# Taken while the program boots: inside the snapshot when the instance is restored.
+BOOT_MONOTONIC = time.monotonic()
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            kind = message["type"].rpartition(".")[2]
+            await send({"type": f"{message['type']}.complete"})
+            if kind == "shutdown":
+                return
+    body = json.dumps({
+        "random": random.random(),
+        "monotonic": time.monotonic(),
+        "boot_monotonic": BOOT_MONOTONIC,
+        "greeting": os.environ.get("GREETING"),
+    }).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
