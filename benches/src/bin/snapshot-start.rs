@@ -127,7 +127,9 @@ fn config(cache: &Path, snapshots: bool, keep_warm: bool) -> ExecutorConfig {
     config
 }
 
-/// Times `runs` requests, each on a new instance; returns (p50, p99) after one warm-up.
+/// Times `runs` requests, each on a new instance (start + one request; the instance is retired
+/// after the timing, so lifespan shutdown and exit are not counted); returns (p50, p99) after
+/// one warm-up.
 async fn starts(
     store: &Store,
     config: ExecutorConfig,
@@ -138,12 +140,15 @@ async fn starts(
     let req = Trigger::Http(HttpRequest::from_line("GET /").map_err(anyhow::Error::msg)?);
     let o = ex.execute(msg, &req).await;
     anyhow::ensure!(o.kind == OutcomeKind::Ok, "warm-up failed: {:?}", o.error);
+    ex.shutdown().await;
     let mut times = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
         let o = ex.execute(msg, &req).await;
         times.push(t.elapsed());
         anyhow::ensure!(o.kind == OutcomeKind::Ok, "request failed: {:?}", o.error);
+        anyhow::ensure!(o.cold_start, "the request reused a warm instance");
+        ex.shutdown().await;
     }
     times.sort();
     Ok((
@@ -202,10 +207,10 @@ async fn main() -> anyhow::Result<()> {
     for (name, code) in &apps {
         let msg = program(&store, code)?;
         let (cold50, cold99, _) =
-            starts(&store, config(&cache, false, false), &msg, COLD_RUNS).await?;
+            starts(&store, config(&cache, false, true), &msg, COLD_RUNS).await?;
         let t = Instant::now();
         let (snap50, snap99, events) =
-            starts(&store, config(&cache, true, false), &msg, RESTORED_RUNS).await?;
+            starts(&store, config(&cache, true, true), &msg, RESTORED_RUNS).await?;
         let total = t.elapsed();
         if let Some(reason) = events.iter().find_map(|e| match e {
             SnapshotEvent::Fallback { reason } => Some(reason.clone()),

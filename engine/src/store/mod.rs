@@ -3,7 +3,9 @@
 //! A store is one directory:
 //!
 //! ```text
-//! objects/sha256/<2 hex>/<sha256>   object bytes, re-hashed whenever they are read
+//! objects/sha256/<2 hex>/<sha256>   object bytes, re-hashed whenever they are read (for a
+//!                                   file handed out by path: on its first use in a process and
+//!                                   whenever its size, times or inode change)
 //! messages/<item hash>.json         a validated message, in the final envelope form
 //! amends/<ref>/<item hash>          marker: this STORE message amends <ref>
 //! cache/                            derived data (compiled modules, unpacked archives); safe to delete
@@ -116,6 +118,36 @@ pub struct Resolved {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// Objects [`Store::verify_object`] hashed in this process, with the file's metadata then:
+    /// a large object (an interpreter) is not hashed again on every execution while its file
+    /// is unchanged.
+    verified: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, FileStamp>>>,
+}
+
+/// What identifies one version of a file: any write or replacement changes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    ctime: (i64, i64),
+    #[cfg(unix)]
+    inode: (u64, u64),
+}
+
+impl FileStamp {
+    fn of(meta: &fs::Metadata) -> Self {
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt as _;
+        FileStamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            #[cfg(unix)]
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            #[cfg(unix)]
+            inode: (meta.dev(), meta.ino()),
+        }
+    }
 }
 
 impl Store {
@@ -144,7 +176,10 @@ impl Store {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(io_at(&dir))?;
         }
-        Ok(Store { root })
+        Ok(Store {
+            root,
+            verified: Default::default(),
+        })
     }
 
     /// The store's root directory.
@@ -253,7 +288,10 @@ impl Store {
         self.object_file(hash).map(|p| p.is_file()).unwrap_or(false)
     }
 
-    /// Re-hashes a stored object and returns its path when the bytes still match.
+    /// Re-hashes a stored object and returns its path when the bytes still match. An object
+    /// this store already hashed in this process is not hashed again while its file keeps the
+    /// same size, times and inode (an interpreter of 26 MB is verified once, not per
+    /// execution); any write or replacement makes it hashed again.
     pub fn verify_object(&self, hash: &str) -> Result<PathBuf, StoreError> {
         let path = self.object_file(hash)?;
         let mut file = match fs::File::open(&path) {
@@ -266,12 +304,23 @@ impl Store {
             }
             Err(e) => return Err(io_at(&path)(e)),
         };
+        let stamp = file.metadata().map(|m| FileStamp::of(&m)).ok();
+        let memo = |v: &mut std::collections::HashMap<String, FileStamp>| {
+            stamp.is_some() && v.get(hash) == stamp.as_ref()
+        };
+        if memo(&mut lock_map(&self.verified)) {
+            return Ok(path);
+        }
         let actual = sha256_reader(&mut file).map_err(io_at(&path))?;
         if actual != hash {
+            lock_map(&self.verified).remove(hash);
             return Err(StoreError::Corrupt {
                 hash: hash.to_string(),
                 actual,
             });
+        }
+        if let Some(stamp) = stamp {
+            lock_map(&self.verified).insert(hash.to_string(), stamp);
         }
         Ok(path)
     }
@@ -545,6 +594,13 @@ fn safe_component(name: &str) -> String {
     out
 }
 
+fn lock_map<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,6 +624,30 @@ mod tests {
         // Storing the right bytes again repairs the object.
         s.put_object(b"hello").unwrap();
         assert_eq!(s.read_object(&hash).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn a_verified_object_changed_afterwards_is_hashed_again() {
+        let (_d, s) = store();
+        let hash = s.put_object(b"interpreter").unwrap();
+        let path = s.verify_object(&hash).unwrap();
+        // Unchanged: the remembered verification stands.
+        assert_eq!(s.clone().verify_object(&hash).unwrap(), path);
+        // Same length, new bytes, in place: the file's times change, so it is hashed again.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        fs::write(&path, b"INTERPRETER").unwrap();
+        let err = s.verify_object(&hash).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        // And replaced by another file of the same length.
+        s.put_object(b"interpreter").unwrap();
+        s.verify_object(&hash).unwrap();
+        let other = path.with_extension("other");
+        fs::write(&other, b"Interpreter").unwrap();
+        fs::rename(&other, &path).unwrap();
+        assert!(matches!(
+            s.verify_object(&hash),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 
     #[test]
