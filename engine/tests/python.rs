@@ -995,9 +995,8 @@ fn starlette_wheels() -> Vec<PathBuf> {
     wheels
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_starlette_app_runs_unchanged_from_a_code_archive() {
-    let py = Py::new();
+/// The Starlette app with its packages unpacked into `packages/`, in `py`'s directory.
+fn starlette_code(py: &Py) -> PathBuf {
     let code = py.dir.path().join("starlette-code");
     let packages = code.join("packages");
     std::fs::create_dir_all(&packages).unwrap();
@@ -1012,6 +1011,13 @@ async fn a_starlette_app_runs_unchanged_from_a_code_archive() {
             .and_then(|mut z| z.extract(&packages))
             .unwrap_or_else(|e| panic!("{}: {e}", wheel.display()));
     }
+    code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starlette_app_runs_unchanged_from_a_code_archive() {
+    let py = Py::new();
+    let code = starlette_code(&py);
     let code_ref = py.code(&code);
     let msg = py.program(&code_ref, "main:app", json!({}));
     let ex = py.executor(config(true));

@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use aleph_wasm::message::{self, MessageType};
+use aleph_wasm::message;
 use aleph_wasm::sandbox::snapshot::SnapshotEvent;
-use aleph_wasm::volumes::archive::{self, PackFormat};
 use aleph_wasm::{Executor, ExecutorConfig, HttpRequest, OutcomeKind, Store, Trigger, runtime};
+use aleph_wasm_benches::{ms, percentile, python_program, workspace};
 
 const COLD_RUNS: usize = 10;
 const RESTORED_RUNS: usize = 40;
@@ -43,19 +43,6 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": str(n).encode()})
 "#;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -63,21 +50,7 @@ fn target_dir() -> PathBuf {
 }
 
 fn program(store: &Store, code_dir: &Path) -> anyhow::Result<message::Message> {
-    let runtime_ref = runtime::fetch_cached(store, "python-3.12")?;
-    let zip = tempfile::NamedTempFile::new_in(store.tmp_dir())?;
-    archive::pack(code_dir, PackFormat::Zip, zip.path())?;
-    let owner = "0x00000000000000000000000000000000000000b0";
-    let code = store.add_file(zip.path(), owner, 1.0)?;
-    let content = serde_json::json!({
-        "type": "vm-function", "address": owner, "time": 1.0, "allow_amend": false,
-        "code": {"encoding": "zip", "entrypoint": "main:app", "ref": code.item_hash},
-        "runtime": {"ref": runtime_ref, "use_latest": false, "comment": "python"},
-        "on": {"http": true}, "environment": {},
-        "resources": {"vcpus": 1, "memory": 128, "seconds": 10},
-    });
-    let msg = message::build_inline(MessageType::Program, "ETH", owner, 1.0, content);
-    store.put_message(&msg)?;
-    Ok(msg)
+    python_program(store, code_dir, "main:app", serde_json::json!({}))
 }
 
 /// The Starlette app of the tests with its packages unpacked next to it.

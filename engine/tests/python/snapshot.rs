@@ -74,20 +74,7 @@ async fn restored_instances_answer_the_hello_and_starlette_apps() {
     assert_eq!(snapshot_keys(&ex).len(), 1, "{:?}", events(&ex));
     assert!(fallbacks(&ex).is_empty(), "{:?}", events(&ex));
 
-    let code = py.dir.path().join("starlette-code");
-    let packages = code.join("packages");
-    std::fs::create_dir_all(&packages).unwrap();
-    std::fs::copy(
-        Path::new(STARLETTE_APP).join("main.py"),
-        code.join("main.py"),
-    )
-    .unwrap();
-    for wheel in starlette_wheels() {
-        let file = std::fs::File::open(&wheel).unwrap();
-        zip::ZipArchive::new(file)
-            .and_then(|mut z| z.extract(&packages))
-            .unwrap();
-    }
+    let code = starlette_code(&py);
     let starlette = py.program(&py.code(&code), "main:app", json!({}));
     let warm = py.executor({
         let mut c = snapshot_config();
