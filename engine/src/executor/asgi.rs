@@ -426,13 +426,10 @@ impl Executor {
             determinism,
         };
         let reproducible = spec.determinism.is_some();
-        let boot_limit = if reproducible {
-            self.config
-                .boot_timeout
-                .saturating_mul(self.sandbox.config().safety_net_factor.max(1))
-        } else {
-            self.config.boot_timeout
-        };
+        let boot_limit = self
+            .sandbox
+            .config()
+            .wall_limit(self.config.boot_timeout, reproducible);
         let boot_fuel = self
             .config
             .boot_timeout
@@ -550,14 +547,10 @@ impl Executor {
         body: Option<&[u8]>,
         is_event: bool,
     ) -> (Outcome, Fate) {
-        let seconds = program.resources.seconds.max(1);
-        let deadline = if warm.reproducible {
-            Duration::from_secs(
-                seconds.saturating_mul(self.sandbox.config().safety_net_factor.max(1) as u64),
-            )
-        } else {
-            Duration::from_secs(seconds)
-        };
+        let deadline = self.sandbox.config().wall_limit(
+            Duration::from_secs(program.resources.seconds.max(1)),
+            warm.reproducible,
+        );
         // The fuel count moves at each read of stdin: start from the guest's next read, so the
         // tail of the previous event is not counted against this one.
         let settle = if warm.reproducible {

@@ -68,6 +68,18 @@ pub struct SandboxConfig {
     pub safety_net_factor: u32,
 }
 
+impl SandboxConfig {
+    /// The wall-clock limit for work whose budget is `budget`: the budget itself, or for a
+    /// reproducible execution (where fuel decides) the safety net of `budget × factor`.
+    pub fn wall_limit(&self, budget: Duration, reproducible: bool) -> Duration {
+        if reproducible {
+            budget.saturating_mul(self.safety_net_factor.max(1))
+        } else {
+            budget
+        }
+    }
+}
+
 impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
@@ -117,13 +129,10 @@ impl GuestSpec {
     /// The wall-clock limit of one execution (or one request) under this spec: `seconds`, or
     /// for a reproducible execution the safety net of `seconds × factor`.
     pub fn wall_limit(&self, config: &SandboxConfig) -> Duration {
-        let seconds = self.seconds.max(1);
-        match self.determinism {
-            None => Duration::from_secs(seconds),
-            Some(_) => {
-                Duration::from_secs(seconds.saturating_mul(config.safety_net_factor.max(1) as u64))
-            }
-        }
+        config.wall_limit(
+            Duration::from_secs(self.seconds.max(1)),
+            self.determinism.is_some(),
+        )
     }
 }
 

@@ -170,3 +170,16 @@ pub fn code_object(receipt: &serde_json::Value) -> String {
         .unwrap()
         .to_string()
 }
+
+/// Asserts that every run wrote the same receipt bytes as the first, showing both when not.
+pub fn assert_identical_receipts(runs: &[PerturbedRun]) {
+    for (i, run) in runs.iter().enumerate() {
+        assert_eq!(
+            run.receipt,
+            runs[0].receipt,
+            "run {i}'s receipt differs from run 0's:\n{}\n{}",
+            String::from_utf8_lossy(&run.receipt),
+            String::from_utf8_lossy(&runs[0].receipt)
+        );
+    }
+}

@@ -58,15 +58,7 @@ fn ten_perturbed_runs_of_the_python_torture_app_give_identical_receipts_that_ver
     let first: Value = serde_json::from_slice(&runs[0].receipt).unwrap();
     assert_eq!(first["outputs"]["outcome"], "ok", "{first}");
     assert_eq!(first["outputs"]["status"], 200, "{first}");
-    for (i, run) in runs.iter().enumerate() {
-        assert_eq!(
-            run.receipt,
-            runs[0].receipt,
-            "run {i}'s receipt differs from run 0's:\n{}\n{}",
-            String::from_utf8_lossy(&run.receipt),
-            String::from_utf8_lossy(&runs[0].receipt)
-        );
-    }
+    perturb::assert_identical_receipts(&runs);
     for run in &runs {
         let stdout = verify(&run.store, &run.receipt_path, 0);
         assert!(stdout.contains("verdict: match"), "{stdout}");
