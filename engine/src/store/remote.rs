@@ -213,16 +213,9 @@ impl Remote {
                 reason: format!("HTTP {status}"),
             });
         }
-        let limit = self.config.max_listing_bytes;
-        let bytes =
-            read_limited(response, limit, &url)
-                .await?
-                .ok_or_else(|| RemoteError::TooLarge {
-                    what: "listing",
-                    hash: format!("{query:?}"),
-                    api: self.api.clone(),
-                    limit,
-                })?;
+        let bytes = self
+            .read_small(response, &url, "listing", format!("{query:?}"))
+            .await?;
         let mut body: Value = serde_json::from_slice(&bytes).map_err(|e| RemoteError::Http {
             url: url.clone(),
             reason: format!("the answer is not JSON: {e}"),
@@ -423,19 +416,32 @@ impl Remote {
         Ok((url, response))
     }
 
+    /// A small answer's body in memory, refused (naming `what` and `hash`) past
+    /// `max_listing_bytes`.
+    async fn read_small(
+        &self,
+        response: reqwest::Response,
+        url: &str,
+        what: &'static str,
+        hash: String,
+    ) -> Result<Vec<u8>, RemoteError> {
+        let limit = self.config.max_listing_bytes;
+        read_limited(response, limit, url)
+            .await?
+            .ok_or_else(|| RemoteError::TooLarge {
+                what,
+                hash,
+                api: self.api.clone(),
+                limit,
+            })
+    }
+
     /// A small object's bytes in memory (verified, not stored).
     async fn fetch_small(&self, sha256: &str) -> Result<Vec<u8>, RemoteError> {
         let (url, response) = self.get_raw(sha256).await?;
-        let limit = self.config.max_listing_bytes;
-        let bytes =
-            read_limited(response, limit, &url)
-                .await?
-                .ok_or_else(|| RemoteError::TooLarge {
-                    what: "object",
-                    hash: sha256.into(),
-                    api: self.api.clone(),
-                    limit,
-                })?;
+        let bytes = self
+            .read_small(response, &url, "object", sha256.into())
+            .await?;
         let actual = sha256_hex(&bytes);
         if actual != sha256 {
             return Err(RemoteError::HashMismatch {
