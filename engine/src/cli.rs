@@ -12,7 +12,7 @@ use crate::executor::{Executor, ExecutorConfig};
 use crate::interface::{HttpRequest, Trigger};
 use crate::message::{self, Message, MessageType};
 use crate::runtime;
-use crate::sandbox::snapshot::SnapshotConfig;
+use crate::sandbox::snapshot::{SnapshotBuild, SnapshotConfig};
 use crate::store::Store;
 use crate::volumes::archive::{self, PackFormat};
 
@@ -36,10 +36,21 @@ pub struct Cli {
     /// Where compiled modules are cached (default: the store's cache); stores can share one.
     #[arg(long, global = true, env = "ALEPH_WASM_MODULE_CACHE")]
     pub module_cache: Option<PathBuf>,
-    /// Restore interpreter instances from per-program snapshots (built on a program's first
-    /// boot, which then takes tens of seconds) instead of starting them cold.
-    #[arg(long, global = true, env = "ALEPH_WASM_SNAPSHOTS")]
-    pub snapshots: bool,
+    /// Interpreter snapshots: `off` (cold starts from the original interpreter), `wait` (a
+    /// missing snapshot is built on first use, which waits for it: tens of seconds once per
+    /// program version, plus once per machine to prepare the interpreter) or `background`
+    /// (built on a task of its own while instances start cold). Default: `background` for
+    /// `serve`, `off` for `run`; `verify` runs what the receipt was made with. A bare
+    /// `--snapshots` means `wait`.
+    #[arg(
+        long,
+        global = true,
+        env = "ALEPH_WASM_SNAPSHOTS",
+        num_args = 0..=1,
+        default_missing_value = "wait",
+        value_enum
+    )]
+    pub snapshots: Option<SnapshotMode>,
     /// The binaryen `wasm-opt` used to prepare interpreters for snapshots (default: on PATH).
     #[arg(long, global = true, env = "ALEPH_WASM_WASM_OPT")]
     pub wasm_opt: Option<PathBuf>,
@@ -73,6 +84,19 @@ pub enum Command {
     /// Re-execute a receipt's inputs and compare every field: exit 0 when all match, 1 on a
     /// mismatch (the fields are named), 2 when the rerun is inconclusive.
     Verify(VerifyArgs),
+}
+
+/// How a command uses interpreter snapshots (`--snapshots`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SnapshotMode {
+    /// Cold starts from the original interpreter.
+    #[value(alias = "false", alias = "0")]
+    Off,
+    /// Snapshots built on first use; that instance waits for the build.
+    #[value(alias = "on", alias = "true", alias = "1")]
+    Wait,
+    /// Snapshots built in the background; instances start cold meanwhile.
+    Background,
 }
 
 /// `aleph-wasm verify`
@@ -337,7 +361,7 @@ fn now() -> f64 {
 }
 
 fn run_cli(cli: Cli) -> CliResult {
-    let snapshot = snapshot_config(&cli);
+    let snapshots = (cli.snapshots, cli.wasm_opt.clone());
     match cli.command {
         Command::Message(MessageCommand::Check { file }) => check_message(&file),
         Command::Store(cmd) => {
@@ -394,26 +418,36 @@ fn run_cli(cli: Cli) -> CliResult {
         Command::Run(args) => {
             let store = open_store(&cli.store)?;
             let mut config = one_shot_config(&cli.module_cache);
-            config.sandbox.snapshot = snapshot;
+            config.sandbox.snapshot = snapshot_config(&snapshots, SnapshotMode::Off);
             run_program(store, config, &args)
         }
         Command::Verify(args) => {
             let store = open_store(&cli.store)?;
             let mut config = one_shot_config(&cli.module_cache);
-            config.sandbox.snapshot = snapshot;
+            config.sandbox.snapshot = snapshot_config(&snapshots, SnapshotMode::Off);
             verify_receipt(store, config, &args)
         }
         Command::Serve(args) => {
             let store = open_store(&cli.store)?;
+            let snapshot = snapshot_config(&snapshots, SnapshotMode::Background);
             serve_node(store, cli.module_cache.clone(), snapshot, &args)
         }
     }
 }
 
-fn snapshot_config(cli: &Cli) -> SnapshotConfig {
+/// The snapshot settings of a command whose default mode is `default`.
+fn snapshot_config(
+    (mode, wasm_opt): &(Option<SnapshotMode>, Option<PathBuf>),
+    default: SnapshotMode,
+) -> SnapshotConfig {
+    let mode = mode.unwrap_or(default);
     SnapshotConfig {
-        enabled: cli.snapshots,
-        wasm_opt: cli.wasm_opt.clone(),
+        enabled: mode != SnapshotMode::Off,
+        build: match mode {
+            SnapshotMode::Background => SnapshotBuild::Background,
+            _ => SnapshotBuild::Wait,
+        },
+        wasm_opt: wasm_opt.clone(),
     }
 }
 
@@ -764,12 +798,21 @@ fn run_program(store: Store, config: ExecutorConfig, a: &RunArgs) -> CliResult {
     })
 }
 
-fn verify_receipt(store: Store, config: ExecutorConfig, a: &VerifyArgs) -> CliResult {
+fn verify_receipt(store: Store, mut config: ExecutorConfig, a: &VerifyArgs) -> CliResult {
     use crate::receipt::verify::{self, Verdict};
     let text = std::fs::read_to_string(&a.receipt)
         .map_err(|e| UsageError(format!("{}: {e}", a.receipt.display())))?;
     let receipt: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| UsageError(format!("{}: not JSON: {e}", a.receipt.display())))?;
+    // The rerun runs the interpreter module the receipt was made on: the one prepared for
+    // snapshots (restored from a snapshot when possible) or the original.
+    if let Some(prepared) = receipt
+        .pointer("/engine/interpreter/prepared")
+        .and_then(serde_json::Value::as_bool)
+    {
+        config.sandbox.snapshot.enabled = prepared;
+        config.sandbox.snapshot.build = SnapshotBuild::Wait;
+    }
     let executor = Executor::new(store, config)?;
     let runtime = one_shot_runtime()?;
     let verdict = runtime

@@ -4,6 +4,7 @@ use base64::Engine as _;
 use serde::Serialize;
 
 use crate::sandbox::output::Captured;
+use crate::sandbox::snapshot::InterpreterModule;
 use crate::volumes::{ExportInfo, ResolvedInput};
 
 /// How an execution ended. Each kind is distinct; only `inconclusive` is the host's doing.
@@ -89,6 +90,9 @@ pub struct Outcome {
     /// Whether the execution started a new instance (a cold start) rather than reusing a warm
     /// one.
     pub cold_start: bool,
+    /// For an interpreter runtime, the interpreter module that ran (the original or the one
+    /// prepared for snapshots: fuel counts differ between them).
+    pub interpreter: Option<InterpreterModule>,
 }
 
 impl Outcome {
@@ -109,6 +113,7 @@ impl Outcome {
             module_cache: None,
             inputs: Vec::new(),
             cold_start: false,
+            interpreter: None,
         }
     }
 
@@ -147,6 +152,7 @@ impl Outcome {
             "export": self.export,
             "module_cache": self.module_cache,
             "cold_start": self.cold_start,
+            "interpreter": self.interpreter,
             "inputs": inputs,
         })
     }

@@ -1306,6 +1306,17 @@ fn usage_errors_exit_2() {
         .args(["store", "add"])
         .arg(t.path().join("does-not-exist"))
         .assert_usage_error();
+    t.cmd()
+        .args(["--snapshots", "sometimes", "run", &program])
+        .assert_usage_error()
+        .assert_stderr_has(&["--snapshots", "off", "wait", "background"]);
+    // A WASI program has no interpreter to snapshot: any mode runs it.
+    let echo = t.guest_program(&cgi_echo_guest(), &[]);
+    for mode in ["off", "wait", "background", "on"] {
+        t.cmd()
+            .args(["--snapshots", mode, "run", &echo, "--request", "GET /"])
+            .assert_ok();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

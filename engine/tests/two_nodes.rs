@@ -459,6 +459,8 @@ async fn serve_api_fetches_from_another_node() {
         .arg("--module-cache")
         .arg(Path::new(CACHE).join("modules"))
         .args(["serve", "--listen", "127.0.0.1:0", "--api", &a.url()])
+        // Snapshots have their own tests; no background builds compete with this one.
+        .env("ALEPH_WASM_SNAPSHOTS", "off")
         .env_remove("RUST_LOG")
         .env_remove("ALEPH_WASM_STORE")
         .env_remove("ALEPH_WASM_API")

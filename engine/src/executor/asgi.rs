@@ -30,7 +30,8 @@ use crate::sandbox::channel::Line;
 use crate::sandbox::determinism::Determinism;
 use crate::sandbox::instance::Instance;
 use crate::sandbox::output::Captured;
-use crate::sandbox::snapshot::SnapshotSource;
+use crate::sandbox::snapshot::restore::reseed;
+use crate::sandbox::snapshot::{InterpreterModule, SnapshotSource};
 use crate::sandbox::{GuestEnd, GuestSpec, Preopen};
 use crate::store::Resolved;
 use crate::volumes::{self, ExportInfo, ExportPlan, ResolvedInput};
@@ -50,6 +51,8 @@ pub(super) struct Warm {
     time: f64,
     inputs: Vec<ResolvedInput>,
     module_cache: ModuleCache,
+    /// The interpreter module the instance runs.
+    interpreter: InterpreterModule,
     /// Logs written before the first request (boot, lifespan startup).
     pending_stdout: Vec<u8>,
     pending_stderr: Vec<u8>,
@@ -206,6 +209,7 @@ impl Executor {
             .splice(0..0, std::mem::take(&mut warm.pending_stderr));
         outcome.inputs = warm.inputs.clone();
         outcome.module_cache = Some(warm.module_cache);
+        outcome.interpreter = Some(warm.interpreter.clone());
         warm.module_cache = ModuleCache::Hit;
         warm.served += 1;
         warm.last_used = Instant::now();
@@ -371,8 +375,9 @@ impl Executor {
             field: "content.runtime".into(),
             resolved: runtime.resolved.clone(),
         }];
-        let (code_dir, plain, code_input) = self.python_code(program)?;
-        inputs.extend(code_input);
+        let code = self.python_code(program)?;
+        inputs.extend(code.input.clone());
+        let (code_dir, plain) = (code.dir.clone(), code.plain);
         let boot_dir = self.bootstrap_dir(runtime)?;
         let exec_dir = tempfile::tempdir_in(self.store.tmp_dir())
             .map_err(|e| format!("cannot make the execution directory: {e}"))?;
@@ -440,33 +445,18 @@ impl Executor {
             .iter()
             .map(|i| i.resolved.file_hash.clone())
             .collect();
-        content.extend([code_dir, boot_dir].map(|d| d.display().to_string()));
+        content.push(code.identity.clone());
         let source = SnapshotSource {
             interpreter_sha256: interp.sha256.clone(),
             interpreter_path: interp.path.clone(),
             content,
         };
-        // A reproducible instance starts cold: snapshots are not taken under the profile yet.
-        let restored = if reproducible {
-            None
-        } else {
-            self.sandbox
-                .spawn_restored(&source, &spec, boot_fuel, self.config.boot_timeout)
-                .await
-        };
-        let (instance, from_cache) = match restored {
-            Some(restored) => restored,
-            None => {
-                let interp_path = interp.path.clone();
-                let loaded = self
-                    .sandbox
-                    .module_off_thread(&interp.sha256, move || Ok(std::fs::read(&interp_path)?))
-                    .await
-                    .map_err(|e| format!("content.runtime: {e:#}"))?;
-                let instance = self.sandbox.spawn(&loaded.module, spec, boot_fuel)?;
-                (instance, loaded.from_cache)
-            }
-        };
+        let determinism = spec.determinism.clone();
+        let started = self
+            .sandbox
+            .start_interpreter(&source, &spec, boot_fuel, self.config.boot_timeout)
+            .await?;
+        let (instance, from_cache) = (started.instance, started.from_cache);
         let mut warm = Warm {
             instance,
             _exec_dir: exec_dir,
@@ -479,6 +469,7 @@ impl Executor {
             } else {
                 ModuleCache::Miss
             },
+            interpreter: started.module,
             pending_stdout: Vec::new(),
             pending_stderr: Vec::new(),
             served: 0,
@@ -508,6 +499,13 @@ impl Executor {
                 &warm.instance,
                 reproducible,
             ));
+        }
+        // The first event of every instance; a restored one has had it.
+        if !started.restored
+            && let Err(e) = reseed(&warm.instance, determinism.as_ref()).await
+        {
+            warm.instance.kill();
+            return Err(BootError::Failed(format!("booting the interpreter: {e}")));
         }
         warm.instance
             .send(&asgi::event_line(&asgi::lifespan_event("startup")));
@@ -720,10 +718,7 @@ impl Executor {
     }
 
     /// The code directory (read-only, cached) and whether the code is a single plain file.
-    fn python_code(
-        &self,
-        program: &ProgramContent,
-    ) -> Result<(PathBuf, bool, Option<ResolvedInput>), String> {
+    fn python_code(&self, program: &ProgramContent) -> Result<PythonCode, String> {
         let code = &program.code;
         let resolved = match &code.source {
             CodeSource::Inline(text) => {
@@ -762,7 +757,12 @@ impl Executor {
             &self.config.volumes.unpack,
         )
         .map_err(|e| format!("content.code: {e}"))?;
-        Ok((dir, code.encoding == Encoding::Plain, input))
+        Ok(PythonCode {
+            dir,
+            plain: code.encoding == Encoding::Plain,
+            identity: format!("code {} {:?}", resolved.file_hash, code.encoding),
+            input,
+        })
     }
 
     /// The runtime's bootstrap files, laid out once in the cache (read-only mount).
@@ -796,6 +796,18 @@ impl Executor {
         }
         Ok(dir.join("root"))
     }
+}
+
+/// A program's code, unpacked for its mount.
+struct PythonCode {
+    /// Where it is unpacked.
+    dir: PathBuf,
+    /// Whether it is a single plain file.
+    plain: bool,
+    /// What it is, independent of where it is (its hash and encoding).
+    identity: String,
+    /// The resolved code object, for code given by ref.
+    input: Option<ResolvedInput>,
 }
 
 /// Extra `sys.path` entries: the library folders of read-only volumes (`M/packages`,

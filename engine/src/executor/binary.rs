@@ -146,7 +146,8 @@ impl Executor {
             preopens: mounts.preopens,
             memory_bytes: program.resources.memory_mib.saturating_mul(1 << 20),
             seconds: program.resources.seconds,
-            determinism,
+            // A WASI program has no boot phase of its own: the execution key throughout.
+            determinism: determinism.map(Determinism::without_boot_phase),
         };
         Ok(Prepared {
             loaded,

@@ -1,8 +1,8 @@
 //! Which executions are reproducible and what keys their determinism profile.
 //!
 //! A program with `environment.reproducible: true` runs under the sandbox's determinism
-//! profile, keyed by the message's item hash and the trigger, with clocks that start at the
-//! message's `time`. Capabilities whose results are not recorded inputs (`internet`,
+//! profile, keyed by the message's item hash while it boots and by the item hash and the
+//! trigger from its first event on, with clocks that start at the message's `time`. Capabilities whose results are not recorded inputs (`internet`,
 //! `aleph_api`) and state that lives outside the inputs (persistent volumes kept on the host)
 //! cannot be part of a reproducible execution: such a message is refused, naming the field.
 
@@ -45,7 +45,8 @@ pub fn profile(
     }
     let trigger = crate::receipt::canonical_hash(&trigger.describe());
     Ok(Some(Determinism::keyed(
-        &[&msg.item_hash, &trigger],
+        &[&msg.item_hash],
+        &[&trigger],
         program.time,
     )))
 }

@@ -8,8 +8,10 @@
 //! appear by their sha256 only.
 //!
 //! A receipt has three parts:
-//! - `engine`: crate name and version, wasmtime version, determinism-profile version and the
-//!   sha256 of the determinism-relevant settings ([`crate::sandbox::determinism::settings`]);
+//! - `engine`: crate name and version, wasmtime version, determinism-profile version, the
+//!   sha256 of the determinism-relevant settings ([`crate::sandbox::determinism::settings`]),
+//!   and for an interpreter runtime the interpreter module that ran (`interpreter`: its sha256
+//!   and whether it is the one prepared for snapshots — fuel counts differ between the two);
 //! - `inputs`: the message's item hash, every object the execution was made from (field, ref,
 //!   resolved message and file hash), and the trigger ([`Trigger::describe`]);
 //! - `outputs`: outcome kind, exit code, HTTP status, headers and body hash, stdout and stderr
@@ -84,6 +86,19 @@ pub fn engine_identity(config: &SandboxConfig) -> Value {
     })
 }
 
+/// The `engine` part of the receipt of `outcome`: [`engine_identity`] and the interpreter
+/// module that ran.
+pub fn engine_of(config: &SandboxConfig, outcome: &Outcome) -> Value {
+    let mut engine = engine_identity(config);
+    if let (Value::Object(map), Some(m)) = (&mut engine, &outcome.interpreter) {
+        map.insert(
+            "interpreter".into(),
+            json!({"sha256": m.sha256, "prepared": m.prepared}),
+        );
+    }
+    engine
+}
+
 /// What a receipt says about one execution, before its own hash is added.
 pub struct Execution<'a> {
     /// The message's item hash.
@@ -114,7 +129,7 @@ pub fn build(config: &SandboxConfig, e: &Execution<'_>) -> Value {
     let mut receipt = json!({
         "receipt_version": RECEIPT_VERSION,
         "reproducible": e.reproducible,
-        "engine": engine_identity(config),
+        "engine": engine_of(config, e.outcome),
         "inputs": {
             "message": e.message,
             "objects": objects,

@@ -88,8 +88,12 @@ pub async fn verify(executor: &Executor, receipt: &Value) -> Result<Verdict, Mal
 
     let config = executor.sandbox().config();
     let ours = super::engine_identity(config);
-    let theirs = field(receipt, "engine")?;
-    if theirs != &ours {
+    let mut theirs = field(receipt, "engine")?.clone();
+    let their_interpreter = theirs
+        .as_object_mut()
+        .and_then(|m| m.remove("interpreter"))
+        .unwrap_or(Value::Null);
+    if theirs != ours {
         return Ok(Verdict::Inconclusive(format!(
             "the receipt comes from engine {theirs}; this node runs {ours}"
         )));
@@ -137,6 +141,17 @@ pub async fn verify(executor: &Executor, receipt: &Value) -> Result<Verdict, Mal
             outcome: &outcome,
         },
     );
+    let our_interpreter = rerun
+        .pointer("/engine/interpreter")
+        .cloned()
+        .unwrap_or(Value::Null);
+    if their_interpreter != our_interpreter {
+        return Ok(Verdict::Inconclusive(format!(
+            "the receipt was made on interpreter module {their_interpreter} and the rerun ran \
+             {our_interpreter} (\"prepared\": the interpreter prepared for snapshots, which \
+             `--snapshots` and the same wasm-opt give; fuel counts differ between the two)"
+        )));
+    }
     let checks = compare(receipt, &rerun);
     let kinds = (
         receipt.pointer("/outputs/outcome"),

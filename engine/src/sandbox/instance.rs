@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use wasmtime::{InstancePre, Module};
 
 use super::channel::{ChannelInput, FrameOutput, Line};
+use super::determinism::{Determinism, Reseed};
 use super::meter::Meter;
 use super::output::{Sink, SinkStream};
 use super::{GuestEnd, GuestSpec, GuestState, Sandbox, Stdio, StoreExtras, exit_end, start};
@@ -38,6 +39,7 @@ pub struct Instance {
     started: Instant,
     peak_memory: Arc<std::sync::atomic::AtomicU64>,
     memory_refusals: Arc<std::sync::atomic::AtomicU64>,
+    reseed: Option<Reseed>,
 }
 
 impl Drop for Instance {
@@ -116,6 +118,14 @@ impl Instance {
         }
         drop(end);
         self.output.wake();
+    }
+
+    /// Re-keys a reproducible guest's random sources for the execution of `d` (call it while
+    /// the guest waits for its first event, before sending the reseed event).
+    pub(crate) fn rekey(&self, d: &Determinism) {
+        if let Some(r) = &self.reseed {
+            r.rekey(d);
+        }
     }
 
     /// Fuel the guest consumed up to its latest read of stdin.
@@ -199,6 +209,7 @@ impl Sandbox {
         let linker = self.linker_for(&store);
         let end: Arc<Mutex<Option<GuestEnd>>> = Arc::new(Mutex::new(None));
         let peak_memory = store.data().limiter.peak();
+        let reseed = store.data().det.as_ref().map(|d| d.random.clone());
         let task = {
             let end = end.clone();
             let output = output.clone();
@@ -232,6 +243,7 @@ impl Sandbox {
             started: Instant::now(),
             peak_memory,
             memory_refusals,
+            reseed,
         })
     }
 }

@@ -202,6 +202,7 @@ pub struct GuestState {
 #[derive(Debug, Default)]
 pub(crate) struct StoreExtras {
     pub(crate) hook: Hook,
+    /// Where the monotonic clock starts (a restored snapshot's clock), in nanoseconds.
     pub(crate) clock_offset_ns: Option<u64>,
 }
 
@@ -222,7 +223,9 @@ impl wasmtime_wasi::HostMonotonicClock for OffsetClock {
     }
 }
 
-/// One wasmtime engine, its linker and its module cache. Create one per process and share it.
+/// One wasmtime engine, its linker and its module cache. Create one per process and share it;
+/// a clone is a cheap handle to the same engine, caches and snapshots.
+#[derive(Clone)]
 pub struct Sandbox {
     engine: Engine,
     linker: Arc<Linker<GuestState>>,
@@ -230,14 +233,17 @@ pub struct Sandbox {
     det_linker: Arc<Linker<GuestState>>,
     config: SandboxConfig,
     cache_dir: PathBuf,
-    loaded: Mutex<HashMap<String, Module>>,
-    ticker_stop: Arc<AtomicBool>,
-    snapshots: Snapshots,
+    loaded: Arc<Mutex<HashMap<String, Module>>>,
+    _ticker: Arc<Ticker>,
+    snapshots: Arc<Snapshots>,
 }
 
-impl Drop for Sandbox {
+/// Stops the epoch ticker thread when the last handle to the sandbox is dropped.
+struct Ticker(Arc<AtomicBool>);
+
+impl Drop for Ticker {
     fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -300,9 +306,9 @@ impl Sandbox {
             det_linker: Arc::new(det_linker),
             config,
             cache_dir,
-            loaded: Mutex::new(HashMap::new()),
-            ticker_stop,
-            snapshots,
+            loaded: Arc::new(Mutex::new(HashMap::new())),
+            _ticker: Arc::new(Ticker(ticker_stop)),
+            snapshots: Arc::new(snapshots),
         })
     }
 
@@ -525,7 +531,10 @@ impl Sandbox {
                 );
             }
         }
-        let det = spec.determinism.as_ref().map(|d| d.apply(&mut wasi, roots));
+        let det = spec
+            .determinism
+            .as_ref()
+            .map(|d| d.apply(&mut wasi, roots, extras.clock_offset_ns));
         let state = GuestState {
             wasi: wasi.build_p1(),
             limiter: MemoryLimiter::new(spec.memory_bytes),
@@ -561,7 +570,7 @@ impl Sandbox {
     /// The linker a store needs: the plain WASI one, the one with the quota and meter
     /// interposers when the store uses either, or the one that also has the determinism
     /// interposers.
-    fn linker_for(&self, store: &Store<GuestState>) -> Arc<Linker<GuestState>> {
+    pub(crate) fn linker_for(&self, store: &Store<GuestState>) -> Arc<Linker<GuestState>> {
         if store.data().det.is_some() {
             self.det_linker.clone()
         } else if store.data().quota.any() || store.data().meter.is_some() {

@@ -98,7 +98,8 @@ pub struct ServerConfig {
     /// How long a shutdown waits for running executions before retiring instances anyway. By
     /// default [`DEFAULT_DRAIN_TIMEOUT`].
     pub drain_timeout: Duration,
-    /// How instances use snapshots. By default restored from snapshots when possible.
+    /// How instances use snapshots. By default off here; `aleph-wasm serve` builds them in the
+    /// background.
     pub snapshot: SnapshotConfig,
     /// Another node's API (`http://host:4020`, or an Aleph API node): a program missing from
     /// the store, and whatever it needs that is missing, is fetched from it on first use,

@@ -6,7 +6,7 @@
 //! discovery, Asyncify) into the shared module cache, the others reuse it.
 
 use super::*;
-use aleph_wasm::sandbox::snapshot::SnapshotEvent;
+use aleph_wasm::sandbox::snapshot::{SnapshotBuild, SnapshotEvent};
 
 /// Snapshot tests take turns: each build compiles the interpreter twice.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -186,4 +186,91 @@ async fn without_wasm_opt_instances_start_cold_with_a_reason() {
         "{reasons:?}"
     );
     assert_eq!(restored(&ex), 0);
+}
+
+/// The receipt of `o`, an execution of `msg` by `ex` on `trigger`.
+fn receipt(ex: &Executor, msg: &Message, trigger: &Trigger, o: &Outcome) -> Value {
+    aleph_wasm::receipt::build(
+        ex.sandbox().config(),
+        &aleph_wasm::receipt::Execution {
+            message: &msg.item_hash,
+            reproducible: true,
+            trigger,
+            outcome: o,
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reproducible_restored_instances_give_the_receipts_of_a_fresh_start() {
+    let _turn = TURN.lock().await;
+    let py = Py::new();
+    let mut config = snapshot_config();
+    config.sandbox.snapshot.build = SnapshotBuild::Background;
+    let ex = py.executor(config);
+    // A variable no earlier run used: a program version with no snapshot in the shared cache.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let msg = py.program(
+        &py.code(Path::new(CLOCK_APP)),
+        "main:app",
+        json!({
+            "variables": {"GREETING": format!("det-{nonce}")},
+            "environment": {
+                "reproducible": true,
+                "internet": false,
+                "aleph_api": false,
+                "shared_cache": false,
+            },
+        }),
+    );
+    let trigger = http("GET /");
+
+    // The first execution boots fresh (on the prepared interpreter) while the snapshot is
+    // built in the background.
+    let fresh = run(&ex, &msg, trigger.clone()).await;
+    assert_eq!(fresh.kind, OutcomeKind::Ok, "{}", show(&fresh));
+    assert_eq!(restored(&ex), 0, "{:?}", events(&ex));
+    let interpreter = fresh.interpreter.clone().expect("an interpreter module");
+    assert!(interpreter.prepared, "{interpreter:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    while snapshot_keys(&ex).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot built in the background: {:?}",
+            events(&ex)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Two restored instances: the same receipt as the fresh start, field for field.
+    let expected = receipt(&ex, &msg, &trigger, &fresh);
+    for _ in 0..2 {
+        let o = run(&ex, &msg, trigger.clone()).await;
+        assert_eq!(o.kind, OutcomeKind::Ok, "{}", show(&o));
+        assert_eq!(body(&o), body(&fresh), "{}", show(&o));
+        assert_eq!(o.interpreter.as_ref(), Some(&interpreter));
+        let got = receipt(&ex, &msg, &trigger, &o);
+        assert_eq!(
+            got, expected,
+            "a restored reproducible instance's receipt differs from a fresh start's"
+        );
+    }
+    assert_eq!(restored(&ex), 2, "{:?}", events(&ex));
+
+    // Another trigger re-keys the random sources: other values, still from the snapshot.
+    let other = run(&ex, &msg, http("GET /?other=1")).await;
+    let (a, b) = (ok_json(&fresh), ok_json(&other));
+    assert_ne!(a["random"], b["random"], "{a} {b}");
+    assert_eq!(a["boot_monotonic"], b["boot_monotonic"], "{a} {b}");
+    assert_eq!(restored(&ex), 3, "{:?}", events(&ex));
+    // This version's snapshot is of no use to later runs.
+    let dir = ex.sandbox().snapshots().dir().to_path_buf();
+    for key in snapshot_keys(&ex) {
+        for ext in ["cwasm", "json"] {
+            let _ = std::fs::remove_file(dir.join(format!("{key}.{ext}")));
+        }
+    }
 }

@@ -22,7 +22,7 @@ use wasmtime_wizer::{InstanceState, SnapshotVal, ValType, Wizer};
 
 use super::prepare_cache::Prepared;
 use super::restore::{Meta, Restorable};
-use super::{Hook, SnapshotEvent, SnapshotSource, Snapshots, prepare, prepared_key};
+use super::{Hook, SnapshotEvent, SnapshotSource, Snapshots, prepare};
 use crate::sandbox::channel::FRAME_PREFIX;
 use crate::sandbox::output::{CappedOutput, SinkStream};
 use crate::sandbox::{GuestSpec, GuestState, Sandbox, Stdio, StoreExtras, write_atomic};
@@ -100,7 +100,7 @@ async fn run_to_pause(
         clock_offset_ns: None,
     };
     let mut store = sandbox.new_store(spec, stdio, fuel, None, extras)?;
-    let linker = sandbox.linker.clone();
+    let linker = sandbox.linker_for(&store);
     let run = async {
         let instance = linker
             .instantiate_async(&mut store, module)
@@ -194,9 +194,7 @@ impl Snapshots {
         fuel: u64,
         limit: Duration,
     ) -> Result<Arc<Prepared>, String> {
-        let wasm_opt = self.wasm_opt();
-        let version = prepare::wasm_opt_version(&wasm_opt)?;
-        let key = prepared_key(source, spec, &version);
+        let key = self.prepared_key(source, spec)?;
         let slot = Self::slot(&self.prepared, &key);
         let mut guard = slot.lock().await;
         if let Some(done) = &*guard {
@@ -355,7 +353,11 @@ impl Snapshots {
         };
         let mut paused = run_to_pause(sandbox, &module, spec, hook, fuel, limit).await?;
         let (data, clock_ns) = match &paused.store.data().hook {
-            Hook::Unwinding { data, clock_ns } => (*data, *clock_ns),
+            // Under the determinism profile the clock at the pause is the virtual one.
+            Hook::Unwinding { data, clock_ns } => match &paused.store.data().det {
+                Some(det) => (*data, det.time.elapsed()),
+                None => (*data, *clock_ns),
+            },
             Hook::Refused(why) => return Err(why.clone()),
             _ => {
                 return Err(format!(
@@ -393,6 +395,7 @@ impl Snapshots {
             data,
             clock_ns,
             stdout: base64::engine::general_purpose::STANDARD.encode(&paused.stdout),
+            reproducible: spec.determinism.is_some(),
         };
         drop(paused);
         drop(module);

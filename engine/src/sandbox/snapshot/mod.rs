@@ -22,12 +22,19 @@
 //! unexpected stack) is logged with its reason and the instance starts cold, as before.
 //! Frozen at snapshot time, so part of the key: argv, the environment (variables), the code and
 //! data, the preopen list. Also frozen: the string hash seed (`PYTHONHASHSEED`) of the
-//! interpreter. The design leaves room for a profile (e.g. reproducible mode): whatever it fixes
-//! enters the environment and so the key, and the reseed event carries its seed.
+//! interpreter (in reproducible mode it is 0 anyway).
+//!
+//! Reproducible programs are snapshotted under the determinism profile: the build boots with
+//! the profile's boot key and virtual clocks (both in the key), the snapshot records the
+//! virtual time at the pause, and a restored instance continues from it; the reseed then
+//! re-keys the random sources for the trigger, exactly as it does after a fresh boot. With
+//! snapshots on, every interpreter instance runs the prepared interpreter, restored or cold, so
+//! fuel counts — and receipts — do not depend on whether a snapshot was used.
 
 pub mod build;
 pub mod prepare;
 pub mod restore;
+pub mod start;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +47,7 @@ use wasmtime::{Caller, Linker, WasmBacktrace};
 use super::{GuestSpec, GuestState, WASMTIME_VERSION};
 
 pub use restore::Restorable;
+pub use start::{InterpreterModule, Started};
 
 /// The version of the snapshot protocol (rewrite, pause, restore); part of every cache key.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -53,12 +61,28 @@ pub const STACK_POINTER_EXPORT: &str = "aleph_wasm_stack_pointer";
 /// How snapshots are used.
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotConfig {
-    /// Whether interpreter instances are restored from snapshots. By default false: a
-    /// program's first boot builds its snapshot (tens of seconds) and waits for it, until the
-    /// build moves to the background.
+    /// Whether interpreter instances run the prepared interpreter and are restored from
+    /// snapshots. By default false.
     pub enabled: bool,
+    /// When a missing prepared interpreter or snapshot is made.
+    pub build: SnapshotBuild,
     /// The `wasm-opt` binary (binaryen). By default `wasm-opt` on `PATH`.
     pub wasm_opt: Option<PathBuf>,
+}
+
+/// When a missing prepared interpreter (once per machine, tens of seconds) or program snapshot
+/// (once per program version, seconds to tens of seconds) is made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SnapshotBuild {
+    /// On first use, and the instance waits for it (one-shot runs, verification reruns: the
+    /// next run of the program is fast).
+    #[default]
+    Wait,
+    /// In the background: the instance that needs it starts cold meanwhile, and later ones are
+    /// restored (a node service: no request waits for a build). A reproducible instance still
+    /// waits for the prepared interpreter (not for the snapshot), so that its fuel count does
+    /// not depend on timing.
+    Background,
 }
 
 /// Something that happened to snapshots in this process (for logs, tests and benchmarks).
@@ -232,13 +256,15 @@ pub struct SnapshotSource {
     pub interpreter_sha256: String,
     /// Where its bytes are.
     pub interpreter_path: PathBuf,
-    /// Content identities (hashes) of the runtime, its bootstrap, the code, data and volumes.
+    /// Content identities (hashes, never host paths) of the runtime, its bootstrap, the code,
+    /// data and volumes.
     pub content: Vec<String>,
 }
 
 /// The key of a snapshot: the prepared interpreter, the content, argv, environment, the preopen
-/// list (guest paths, order, permissions), the engine and the protocol. A change in any of them
-/// is a new snapshot.
+/// list (guest paths, order, permissions), the determinism profile's boot inputs, the engine
+/// and the protocol. A change in any of them is a new snapshot. Nothing in it names a host
+/// path, so stores and nodes with the same engine build compute the same keys.
 pub fn snapshot_key(
     prepared_sha256: &str,
     engine_key: &str,
@@ -250,6 +276,15 @@ pub fn snapshot_key(
         .iter()
         .map(|p| (p.guest.as_str(), p.writable))
         .collect();
+    // What a reproducible boot sees besides the spec: the profile, its boot key and epoch
+    // (not the execution key, which only applies from the first event on).
+    let determinism = spec.determinism.as_ref().map(|d| {
+        serde_json::json!({
+            "profile": super::determinism::PROFILE_VERSION,
+            "boot_seed": hex::encode(d.boot_seed),
+            "epoch_ns": d.epoch_ns,
+        })
+    });
     let doc = serde_json::json!({
         "protocol": PROTOCOL_VERSION,
         "wasmtime": WASMTIME_VERSION,
@@ -259,6 +294,7 @@ pub fn snapshot_key(
         "argv": spec.args,
         "env": spec.env,
         "preopens": preopens,
+        "determinism": determinism,
     });
     hex::encode(Sha256::digest(doc.to_string().as_bytes()))
 }
@@ -287,6 +323,7 @@ pub struct Snapshots {
     snapshots: Mutex<HashMap<String, Slot<Restorable>>>,
     events: Mutex<Vec<SnapshotEvent>>,
     warned: Mutex<Option<String>>,
+    wasm_opt_version: Mutex<Option<Result<String, String>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -307,6 +344,7 @@ impl Snapshots {
             snapshots: Mutex::new(HashMap::new()),
             events: Mutex::new(Vec::new()),
             warned: Mutex::new(None),
+            wasm_opt_version: Mutex::new(None),
         }
     }
 
@@ -348,6 +386,26 @@ impl Snapshots {
             .wasm_opt
             .clone()
             .unwrap_or_else(|| PathBuf::from("wasm-opt"))
+    }
+
+    /// `wasm-opt --version`, asked once per process.
+    fn wasm_opt_version(&self) -> Result<String, String> {
+        let mut memo = lock(&self.wasm_opt_version);
+        memo.get_or_insert_with(|| prepare::wasm_opt_version(&self.wasm_opt()))
+            .clone()
+    }
+
+    /// The key of the prepared interpreter for `source` and `spec`.
+    fn prepared_key(&self, source: &SnapshotSource, spec: &GuestSpec) -> Result<String, String> {
+        Ok(prepared_key(source, spec, &self.wasm_opt_version()?))
+    }
+
+    /// What a slot holds, without waiting: `None` when nothing was made yet or it is being
+    /// made now.
+    fn peek<T>(map: &Mutex<HashMap<String, Slot<T>>>, key: &str) -> Option<Result<Arc<T>, String>> {
+        let slot = Self::slot(map, key);
+        let guard = slot.try_lock().ok()?;
+        guard.clone()
     }
 
     fn slot<T>(map: &Mutex<HashMap<String, Slot<T>>>, key: &str) -> Slot<T> {

@@ -4,7 +4,7 @@
 //! monotonic clock that starts where the snapshot's stopped (so `time.monotonic()` never goes
 //! backwards), instantiation from the `InstancePre` (copy-on-write memory image),
 //! `asyncify_start_rewind`, `_start`: the checkpoint sees the rewind and stops it, and the real
-//! `fd_read` reads the first event — a reseed of `random` from host randomness. The bootstrap's
+//! `fd_read` reads the first event — the reseed of `random` ([`reseed`]). The bootstrap's
 //! boot output (its `ready` frame and logs) was recorded at build time and is replayed, so the
 //! caller sees the same frames as from a cold boot.
 
@@ -16,9 +16,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use wasmtime::{InstancePre, Module, Store};
 
-use super::build::forget;
-use super::{Hook, SnapshotEvent, SnapshotSource, snapshot_key};
+use super::Hook;
 use crate::sandbox::channel::Line;
+use crate::sandbox::determinism::Determinism;
 use crate::sandbox::instance::{Entry, Instance};
 use crate::sandbox::{GuestSpec, GuestState, Sandbox, Stage, StoreExtras};
 
@@ -31,6 +31,10 @@ pub(crate) struct Meta {
     pub(crate) clock_ns: u64,
     /// What the boot wrote on stdout (base64).
     pub(crate) stdout: String,
+    /// Whether the snapshot was taken under the determinism profile (then `clock_ns` is the
+    /// virtual time at the pause).
+    #[serde(default)]
+    pub(crate) reproducible: bool,
 }
 
 /// A snapshot ready to be instantiated.
@@ -53,8 +57,12 @@ impl Restorable {
         // compatibility hash (it is in the cache path), through an atomic rename.
         let module = unsafe { Module::deserialize_file(sandbox.engine(), cwasm) }
             .map_err(|e| format!("{}: {e:#}", cwasm.display()))?;
-        let pre = sandbox
-            .full_linker
+        let linker = if meta.reproducible {
+            &sandbox.det_linker
+        } else {
+            &sandbox.full_linker
+        };
+        let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| format!("cannot link the snapshot: {e:#}"))?;
         let boot_stdout = base64::engine::general_purpose::STANDARD
@@ -100,82 +108,59 @@ pub(crate) async fn rewind(
         .map_err(|e| (Stage::Run, e))
 }
 
-/// The reseed event line: `random` gets 32 bytes of host randomness.
-fn reseed_line() -> Result<Vec<u8>, String> {
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| format!("no host randomness: {e}"))?;
-    let event = serde_json::json!({"type": "reseed", "seed": hex::encode(seed)});
-    Ok(crate::interface::asgi::event_line(&event))
+/// Sends an interpreter instance its first event, the reseed of its random module, and waits
+/// for the answer. A reproducible instance's seed and random sources come from the execution
+/// key (re-keyed now, while the guest waits); any other instance's from host randomness. Every
+/// interpreter instance gets this event first, whether restored or booted cold, so both paths
+/// are the same from the guest's point of view.
+pub(crate) async fn reseed(
+    instance: &Instance,
+    determinism: Option<&Determinism>,
+) -> Result<(), String> {
+    let seed = match determinism {
+        Some(d) => {
+            instance.rekey(d);
+            d.interpreter_seed()
+        }
+        None => {
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| format!("no host randomness: {e}"))?;
+            hex::encode(seed)
+        }
+    };
+    let event = serde_json::json!({"type": "reseed", "seed": seed});
+    instance.send(&crate::interface::asgi::event_line(&event));
+    let answer = async {
+        while let Some(line) = instance.next_line().await {
+            match line {
+                Line::Frame(frame) => {
+                    let v: serde_json::Value = serde_json::from_slice(&frame).unwrap_or_default();
+                    match v.get("t").and_then(|t| t.as_str()) {
+                        Some("done") => return Ok(()),
+                        Some("error") => {
+                            return Err(format!("the reseed failed: {}", v["message"]));
+                        }
+                        _ => {}
+                    }
+                }
+                Line::Log(_) => {}
+            }
+        }
+        Err(format!("the instance ended: {:?}", instance.ended()))
+    };
+    match tokio::time::timeout(RESEED_LIMIT, answer).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "no answer to the reseed within {} s",
+            RESEED_LIMIT.as_secs()
+        )),
+    }
 }
 
-impl Sandbox {
-    /// Starts a long-lived interpreter instance from the snapshot of `spec` (building the
-    /// snapshot first if there is none yet), or returns `None` when it cannot: then the reason
-    /// was logged and recorded, and the caller starts the instance cold. Also returns whether
-    /// the snapshot already existed. `boot_fuel` and `boot_limit` bound the build's boot.
-    pub async fn spawn_restored(
-        &self,
-        source: &SnapshotSource,
-        spec: &GuestSpec,
-        boot_fuel: u64,
-        boot_limit: Duration,
-    ) -> Option<(Instance, bool)> {
-        let snapshots = &self.snapshots;
-        if !snapshots.config.enabled {
-            return None;
-        }
-        if let Some(p) = spec.preopens.iter().find(|p| p.writable) {
-            snapshots.fallback(format!(
-                "the writable mount {} cannot be snapshotted",
-                p.guest
-            ));
-            return None;
-        }
-        let prepared = match snapshots
-            .prepared(self, source, spec, boot_fuel, boot_limit)
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                snapshots.fallback(format!("no prepared interpreter: {e}"));
-                return None;
-            }
-        };
-        let key = snapshot_key(
-            &prepared.sha256,
-            &snapshots.engine_key,
-            &source.content,
-            spec,
-        );
-        let (restorable, existed) = match snapshots
-            .restorable(self, &key, &prepared, spec, boot_fuel, boot_limit)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                snapshots.fallback(format!("no snapshot {key}: {e}"));
-                return None;
-            }
-        };
-        match self.restore(&restorable, spec.clone(), boot_fuel).await {
-            Ok(instance) => {
-                snapshots.record(SnapshotEvent::Restored { key });
-                Some((instance, existed))
-            }
-            Err(e) => {
-                // A snapshot that does not restore is not used again.
-                forget(&snapshots.dir, &key);
-                if let Some(slot) = super::lock(&snapshots.snapshots).get(&key)
-                    && let Ok(mut g) = slot.try_lock()
-                {
-                    *g = Some(Err(e.clone()));
-                }
-                snapshots.fallback(format!("snapshot {key} did not restore: {e}"));
-                None
-            }
-        }
-    }
+/// How long an instance may take to answer the reseed.
+const RESEED_LIMIT: Duration = Duration::from_secs(10);
 
+impl Sandbox {
     /// Instantiates `r` for `spec`: rewinds, reseeds `random`, replays the boot output.
     pub(crate) async fn restore(
         &self,
@@ -191,37 +176,11 @@ impl Sandbox {
             pre: r.pre.clone(),
             data: r.meta.data,
         };
+        let determinism = spec.determinism.clone();
         let instance = self.spawn_entry(entry, spec, boot_fuel, extras)?;
-        instance.send(&reseed_line()?);
-        let answer = async {
-            while let Some(line) = instance.next_line().await {
-                match line {
-                    Line::Frame(frame) => {
-                        let v: serde_json::Value =
-                            serde_json::from_slice(&frame).unwrap_or_default();
-                        match v.get("t").and_then(|t| t.as_str()) {
-                            Some("done") => return Ok(()),
-                            Some("error") => {
-                                return Err(format!("the reseed failed: {}", v["message"]));
-                            }
-                            _ => {}
-                        }
-                    }
-                    Line::Log(_) => {}
-                }
-            }
-            Err(format!("the instance ended: {:?}", instance.ended()))
-        };
-        match tokio::time::timeout(Duration::from_secs(10), answer).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                instance.kill();
-                return Err(e);
-            }
-            Err(_) => {
-                instance.kill();
-                return Err("no answer to the reseed".into());
-            }
+        if let Err(e) = reseed(&instance, determinism.as_ref()).await {
+            instance.kill();
+            return Err(e);
         }
         instance.replay_stdout(&r.boot_stdout);
         Ok(instance)
