@@ -93,6 +93,8 @@ pub struct Outcome {
     /// For an interpreter runtime, the interpreter module that ran (the original or the one
     /// prepared for snapshots: fuel counts differ between them).
     pub interpreter: Option<InterpreterModule>,
+    /// Whether the instance that ran it was restored from a snapshot rather than booted.
+    pub restored: bool,
 }
 
 impl Outcome {
@@ -114,6 +116,7 @@ impl Outcome {
             inputs: Vec::new(),
             cold_start: false,
             interpreter: None,
+            restored: false,
         }
     }
 
@@ -153,6 +156,7 @@ impl Outcome {
             "module_cache": self.module_cache,
             "cold_start": self.cold_start,
             "interpreter": self.interpreter,
+            "restored": self.restored,
             "inputs": inputs,
         })
     }

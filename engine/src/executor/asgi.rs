@@ -53,6 +53,8 @@ pub(super) struct Warm {
     module_cache: ModuleCache,
     /// The interpreter module the instance runs.
     interpreter: InterpreterModule,
+    /// Whether the instance was restored from a snapshot.
+    restored: bool,
     /// Logs written before the first request (boot, lifespan startup).
     pending_stdout: Vec<u8>,
     pending_stderr: Vec<u8>,
@@ -210,6 +212,7 @@ impl Executor {
         outcome.inputs = warm.inputs.clone();
         outcome.module_cache = Some(warm.module_cache);
         outcome.interpreter = Some(warm.interpreter.clone());
+        outcome.restored = warm.restored;
         warm.module_cache = ModuleCache::Hit;
         warm.served += 1;
         warm.last_used = Instant::now();
@@ -470,6 +473,7 @@ impl Executor {
                 ModuleCache::Miss
             },
             interpreter: started.module,
+            restored: started.restored,
             pending_stdout: Vec::new(),
             pending_stderr: Vec::new(),
             served: 0,

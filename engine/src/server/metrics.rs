@@ -1,6 +1,7 @@
 //! `/metrics`: the node's counters in the OpenMetrics text format (which Prometheus scrapes):
 //! executions by outcome, requests refused before execution, response codes of program
-//! routes, cold starts (executions that started a new instance) and module compilations, fuel,
+//! routes, cold starts (executions that started a new instance; how many of them restored a
+//! snapshot) and module compilations, fuel,
 //! an execution-latency histogram, the executions, idle warm instances and the memory budget
 //! at the time of the scrape, and the triggers: cron ticks
 //! (run or skipped), restarts of persistent instances (by reason), message deliveries (by
@@ -60,6 +61,7 @@ pub struct Metrics {
     responses: Family<CodeLabels, Counter>,
     compiles: Counter,
     cold_starts: Counter,
+    restored_starts: Counter,
     memory_budget: Gauge,
     memory_reserved: Gauge,
     fuel: Counter<u64, AtomicU64>,
@@ -117,6 +119,12 @@ impl Metrics {
             "cold_starts",
             "Executions that started a new instance rather than reusing a warm one",
             cold_starts.clone(),
+        );
+        let restored_starts = Counter::default();
+        registry.register(
+            "restored_starts",
+            "Cold starts whose new instance was restored from a snapshot rather than booted",
+            restored_starts.clone(),
         );
         let memory_budget = Gauge::default();
         registry.register(
@@ -189,6 +197,7 @@ impl Metrics {
             responses,
             compiles,
             cold_starts,
+            restored_starts,
             memory_budget,
             memory_reserved,
             fuel,
@@ -210,6 +219,9 @@ impl Metrics {
         }
         if outcome.cold_start {
             self.cold_starts.inc();
+            if outcome.restored {
+                self.restored_starts.inc();
+            }
         }
         self.fuel.inc_by(outcome.fuel_consumed);
         self.latency.observe(seconds);

@@ -233,6 +233,7 @@ async fn reproducible_restored_instances_give_the_receipts_of_a_fresh_start() {
     let fresh = run(&ex, &msg, trigger.clone()).await;
     assert_eq!(fresh.kind, OutcomeKind::Ok, "{}", show(&fresh));
     assert_eq!(restored(&ex), 0, "{:?}", events(&ex));
+    assert!(!fresh.restored && fresh.cold_start, "{}", show(&fresh));
     let interpreter = fresh.interpreter.clone().expect("an interpreter module");
     assert!(interpreter.prepared, "{interpreter:?}");
     let deadline = std::time::Instant::now() + Duration::from_secs(240);
@@ -252,6 +253,7 @@ async fn reproducible_restored_instances_give_the_receipts_of_a_fresh_start() {
         assert_eq!(o.kind, OutcomeKind::Ok, "{}", show(&o));
         assert_eq!(body(&o), body(&fresh), "{}", show(&o));
         assert_eq!(o.interpreter.as_ref(), Some(&interpreter));
+        assert!(o.restored, "{}", show(&o));
         let got = receipt(&ex, &msg, &trigger, &o);
         assert_eq!(
             got, expected,
