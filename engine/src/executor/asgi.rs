@@ -32,7 +32,7 @@ use crate::sandbox::instance::Instance;
 use crate::sandbox::output::Captured;
 use crate::sandbox::snapshot::restore::reseed;
 use crate::sandbox::snapshot::{InterpreterModule, SnapshotSource};
-use crate::sandbox::{GuestEnd, GuestSpec, Preopen};
+use crate::sandbox::{GuestEnd, GuestSpec, MountOrigin, Preopen};
 use crate::store::Resolved;
 use crate::volumes::{self, ExportInfo, ExportPlan, ResolvedInput};
 
@@ -401,6 +401,7 @@ impl Executor {
                 guest: interp.bootstrap_mount.clone(),
                 writable: false,
                 quota_bytes: None,
+                origin: MountOrigin::Shared,
             },
         );
         let entry = &program.code.entrypoint;

@@ -104,6 +104,24 @@ pub struct Preopen {
     pub writable: bool,
     /// The most bytes the directory may hold, when it has a size (writable mounts only).
     pub quota_bytes: Option<u64>,
+    /// Where its content comes from and how long it lives.
+    pub origin: MountOrigin,
+}
+
+/// Where a mount's content comes from and how long it lives (what a snapshot build may do
+/// with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MountOrigin {
+    /// Read-only content shared by executions (cached in the store by hash: code, runtime
+    /// bootstrap, immutable volumes).
+    #[default]
+    Shared,
+    /// Made for one execution from its inputs and dropped after it (a data archive's unpacked
+    /// copy, an export mount, an ephemeral volume): every execution starts with the same
+    /// content.
+    PerExecution,
+    /// State kept on the host between executions (a persistent volume).
+    Persistent,
 }
 
 /// Everything one execution of a guest needs besides its module.

@@ -18,7 +18,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::message::{Encoding, MountPath, ObjectRef, ProgramContent, Volume};
-use crate::sandbox::Preopen;
+use crate::sandbox::{MountOrigin, Preopen};
 use crate::store::{Resolved, Store};
 
 use self::archive::{ArchiveFormat, PackFormat, UnpackLimits};
@@ -205,6 +205,7 @@ pub fn prepare(
             guest: CODE_MOUNT.to_string(),
             writable: false,
             quota_bytes: None,
+            origin: MountOrigin::Shared,
         });
     }
     let export_mount = program
@@ -232,6 +233,7 @@ pub fn prepare(
             guest: data.mount.as_str().to_string(),
             writable: is_export,
             quota_bytes: is_export.then_some(limits.export_bytes),
+            origin: MountOrigin::PerExecution,
         });
         mounts.inputs.push(ResolvedInput {
             field: field.into(),
@@ -249,6 +251,7 @@ pub fn prepare(
             guest: export.mount.as_str().to_string(),
             writable: true,
             quota_bytes: Some(limits.export_bytes),
+            origin: MountOrigin::PerExecution,
         });
         mounts.export = Some(export_plan(program, dir)?);
     }
@@ -329,6 +332,7 @@ fn prepare_volume(
                     guest: mount.as_str().to_string(),
                     writable: false,
                     quota_bytes: None,
+                    origin: MountOrigin::Shared,
                 },
                 Some(resolved),
             ))
@@ -345,6 +349,7 @@ fn prepare_volume(
                     guest: mount.as_str().to_string(),
                     writable: true,
                     quota_bytes: Some(size_mib.saturating_mul(1 << 20)),
+                    origin: MountOrigin::PerExecution,
                 },
                 None,
             ))
@@ -372,6 +377,7 @@ fn prepare_volume(
                     guest: mount.as_str().to_string(),
                     writable: true,
                     quota_bytes: Some(size_mib.saturating_mul(1 << 20)),
+                    origin: MountOrigin::Persistent,
                 },
                 None,
             ))

@@ -165,6 +165,55 @@ async fn restored_instances_differ_in_randomness_and_keep_the_clock_monotonic() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn programs_with_fresh_writable_mounts_are_snapshotted_unless_the_boot_writes_there() {
+    let _turn = TURN.lock().await;
+    let py = Py::new();
+    let ex = py.executor(snapshot_config());
+    let code_ref = py.code(Path::new(CLOCK_APP));
+    let scratch = json!([{"ephemeral": true, "mount": "/scratch", "size_mib": 1}]);
+    // An ephemeral volume the boot leaves alone: snapshotted, and every restored instance sees
+    // its own empty volume.
+    let msg = py.program(
+        &code_ref,
+        "main:app",
+        json!({"variables": {"GREETING": "scratch"}, "volumes": scratch}),
+    );
+    for _ in 0..2 {
+        let o = run(&ex, &msg, http("GET /")).await;
+        let v = ok_json(&o);
+        assert_eq!(v["scratch"], json!([]), "{v}");
+        assert!(
+            o.restored,
+            "{}
+{:?}",
+            show(&o),
+            events(&ex)
+        );
+    }
+    assert!(fallbacks(&ex).is_empty(), "{:?}", events(&ex));
+
+    // A boot that writes there: not snapshotted (the reason names the mount); the instance
+    // boots cold and sees what its boot wrote.
+    let msg = py.program(
+        &code_ref,
+        "main:app",
+        json!({
+            "variables": {"GREETING": "scratch", "BOOT_WRITE": "/scratch/boot.txt"},
+            "volumes": scratch,
+        }),
+    );
+    let o = run(&ex, &msg, http("GET /")).await;
+    let v = ok_json(&o);
+    assert_eq!(v["scratch"], json!(["boot.txt"]), "{v}");
+    assert!(!o.restored, "{}", show(&o));
+    let reasons = fallbacks(&ex);
+    assert!(
+        reasons.len() == 1 && reasons[0].contains("wrote to /scratch"),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_wasm_opt_instances_start_cold_with_a_reason() {
     let py = Py::new();
     let mut config = snapshot_config();

@@ -2,7 +2,8 @@
 //! snapshot key), each cached on disk and built at most once at a time.
 //!
 //! A snapshot build boots the program on Wizer's instrumented copy of the prepared interpreter
-//! with the program's own preopens and environment; at the checkpoint the host checks the stack
+//! with the program's own preopens (private copies of the per-execution ones, [`super::mounts`])
+//! and environment; at the checkpoint the host checks the stack
 //! against the one the interpreter was prepared for, unwinds (`asyncify_start_unwind`), and once
 //! `_start` has returned stops the unwind; Wizer then writes the paused state into a new module,
 //! which is precompiled and cached next to its metadata (Asyncify data, clock, boot output).
@@ -20,6 +21,7 @@ use wasmtime::{Module, Store};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wizer::{InstanceState, SnapshotVal, ValType, Wizer};
 
+use super::mounts::BuildMounts;
 use super::prepare_cache::Prepared;
 use super::restore::{Meta, Restorable};
 use super::{Hook, SnapshotEvent, SnapshotSource, Snapshots, prepare};
@@ -243,7 +245,9 @@ impl Snapshots {
         })
         .await?;
         let module = compile(sandbox, rewritten.wasm.clone()).await?;
-        let paused = run_to_pause(sandbox, &module, spec, Hook::Discover, fuel, limit).await?;
+        let mounts = BuildMounts::new(spec, &self.dir.join("tmp"))?;
+        let paused =
+            run_to_pause(sandbox, &module, &mounts.spec, Hook::Discover, fuel, limit).await?;
         let stack = match &paused.store.data().hook {
             Hook::Discovered(stack) => stack.clone(),
             _ => {
@@ -351,7 +355,8 @@ impl Snapshots {
             expected: prepared.stack.clone(),
             since: Instant::now(),
         };
-        let mut paused = run_to_pause(sandbox, &module, spec, hook, fuel, limit).await?;
+        let mounts = BuildMounts::new(spec, &self.dir.join("tmp"))?;
+        let mut paused = run_to_pause(sandbox, &module, &mounts.spec, hook, fuel, limit).await?;
         let (data, clock_ns) = match &paused.store.data().hook {
             // Under the determinism profile the clock at the pause is the virtual one.
             Hook::Unwinding { data, clock_ns } => match &paused.store.data().det {
@@ -372,6 +377,7 @@ impl Snapshots {
         };
         paused.result.clone()?;
         booted(&paused.stdout)?;
+        mounts.check_unchanged()?;
         let instance = paused
             .instance
             .ok_or("the instance is gone after the pause")?;

@@ -18,8 +18,9 @@
 //!   sees the rewind, stops it, and the real `fd_read` reads the next event. The first event is
 //!   a reseed of `random` from host randomness.
 //!
-//! Anything that stops a snapshot (no `wasm-opt`, a writable mount, a failed build, an
-//! unexpected stack) is logged with its reason and the instance starts cold, as before.
+//! Anything that stops a snapshot (no `wasm-opt`, a persistent volume, a boot that writes to
+//! a writable mount, a failed build, an unexpected stack) is logged with its reason and the
+//! instance starts cold, as before.
 //! Frozen at snapshot time, so part of the key: argv, the environment (variables), the code and
 //! data, the preopen list. Also frozen: the string hash seed (`PYTHONHASHSEED`) of the
 //! interpreter (in reproducible mode it is 0 anyway).
@@ -32,6 +33,7 @@
 //! fuel counts — and receipts — do not depend on whether a snapshot was used.
 
 pub mod build;
+mod mounts;
 pub mod prepare;
 pub mod restore;
 pub mod start;

@@ -2,8 +2,8 @@
 //! else booted cold.
 //!
 //! With snapshots on, every instance runs the *prepared* interpreter — restored, or booted cold
-//! from the prepared module when the program cannot be snapshotted (a writable mount, a failed
-//! build) — so that what a program computes, and the fuel it takes, do not depend on whether a
+//! from the prepared module when the program cannot be snapshotted (a persistent volume, a
+//! failed build) — so that what a program computes, and the fuel it takes, do not depend on whether a
 //! snapshot was used. With snapshots off, or without `wasm-opt`, instances boot cold from the
 //! original interpreter. [`InterpreterModule`] says which module ran; receipts record it.
 
@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::build::forget;
+use super::mounts;
 use super::prepare_cache::Prepared;
 use super::{SnapshotBuild, SnapshotEvent, SnapshotSource, Snapshots, snapshot_key};
 use crate::sandbox::instance::Instance;
@@ -121,11 +122,8 @@ impl Sandbox {
         boot_limit: Duration,
     ) -> Option<(Instance, bool)> {
         let snapshots = &self.snapshots;
-        if let Some(p) = spec.preopens.iter().find(|p| p.writable) {
-            snapshots.fallback(format!(
-                "the writable mount {} cannot be snapshotted",
-                p.guest
-            ));
+        if let Some(why) = mounts::refusal(spec) {
+            snapshots.fallback(why);
             return None;
         }
         let key = snapshot_key(
@@ -232,7 +230,7 @@ impl Sandbox {
                     return;
                 }
             };
-            if spec.preopens.iter().any(|p| p.writable) {
+            if mounts::refusal(&spec).is_some() {
                 return;
             }
             let key = snapshot_key(

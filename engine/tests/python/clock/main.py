@@ -8,6 +8,11 @@ import time
 # Taken while the program boots: inside the snapshot when the instance is restored.
 BOOT_MONOTONIC = time.monotonic()
 
+# A program that writes a file while it boots (BOOT_WRITE names it).
+if os.environ.get("BOOT_WRITE"):
+    with open(os.environ["BOOT_WRITE"], "w") as f:
+        f.write("written at boot")
+
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
@@ -22,6 +27,7 @@ async def app(scope, receive, send):
         "monotonic": time.monotonic(),
         "boot_monotonic": BOOT_MONOTONIC,
         "greeting": os.environ.get("GREETING"),
+        "scratch": sorted(os.listdir("/scratch")) if os.path.isdir("/scratch") else None,
     }).encode()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json")]})
