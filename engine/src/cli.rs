@@ -40,16 +40,8 @@ pub struct Cli {
     /// missing snapshot is built on first use, which waits for it: tens of seconds once per
     /// program version, plus once per machine to prepare the interpreter) or `background`
     /// (built on a task of its own while instances start cold). Default: `background` for
-    /// `serve`, `off` for `run`; `verify` runs what the receipt was made with. A bare
-    /// `--snapshots` means `wait`.
-    #[arg(
-        long,
-        global = true,
-        env = "ALEPH_WASM_SNAPSHOTS",
-        num_args = 0..=1,
-        default_missing_value = "wait",
-        value_enum
-    )]
+    /// `serve`, `off` for `run`; `verify` runs what the receipt was made with.
+    #[arg(long, global = true, env = "ALEPH_WASM_SNAPSHOTS", value_enum)]
     pub snapshots: Option<SnapshotMode>,
     /// The binaryen `wasm-opt` used to prepare interpreters for snapshots (default: on PATH).
     #[arg(long, global = true, env = "ALEPH_WASM_WASM_OPT")]

@@ -149,7 +149,7 @@ pub async fn verify(executor: &Executor, receipt: &Value) -> Result<Verdict, Mal
         return Ok(Verdict::Inconclusive(format!(
             "the receipt was made on interpreter module {their_interpreter} and the rerun ran \
              {our_interpreter} (\"prepared\": the interpreter prepared for snapshots, which \
-             `--snapshots` and the same wasm-opt give; fuel counts differ between the two)"
+             `--snapshots wait` and the same wasm-opt give; fuel counts differ between the two)"
         )));
     }
     let checks = compare(receipt, &rerun);

@@ -163,3 +163,39 @@ fn without_reproducible_the_torture_app_differs_and_edited_receipts_fail_verific
         "{stdout}"
     );
 }
+
+#[test]
+fn receipts_made_with_snapshots_verify_with_the_interpreter_they_name() {
+    let py = Py::new();
+    let program = create(&py, true);
+    let run = |name: &str, snapshots: bool| -> (PathBuf, Value) {
+        let path = py.dir.path().join(name);
+        let mut args = vec!["run", &program, REQUEST[0], REQUEST[1], "--receipt"];
+        args.push(path.to_str().unwrap());
+        if snapshots {
+            args.splice(0..0, ["--snapshots", "wait"]);
+        }
+        py.cli(&args).ok();
+        let receipt = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        (path, receipt)
+    };
+    // With snapshots: the prepared interpreter (the first run builds the snapshot, both
+    // restore it), one receipt.
+    let (first_path, first) = run("snapshot-1.json", true);
+    let (_, second) = run("snapshot-2.json", true);
+    assert_eq!(first["engine"]["interpreter"]["prepared"], true, "{first}");
+    assert_eq!(first["outputs"]["outcome"], "ok", "{first}");
+    assert_eq!(first, second);
+    // Without: the original interpreter, named as such; the same answer.
+    let (plain_path, plain) = run("plain.json", false);
+    assert_eq!(plain["engine"]["interpreter"]["prepared"], false, "{plain}");
+    assert_eq!(
+        plain["outputs"]["body_sha256"],
+        first["outputs"]["body_sha256"]
+    );
+    // `verify` reruns each on the interpreter its receipt names.
+    for path in [&first_path, &plain_path] {
+        let stdout = verify(py.store.root(), path, 0);
+        assert!(stdout.contains("verdict: match"), "{stdout}");
+    }
+}
