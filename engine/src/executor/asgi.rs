@@ -7,7 +7,8 @@
 //! gives the instance back — unless it crashed, timed out or ran out of memory: then it is
 //! discarded and the next request gets a fresh one. Idle instances retire after
 //! [`ExecutorConfig::idle_timeout`](super::ExecutorConfig::idle_timeout): lifespan shutdown,
-//! end of stdin, export packed.
+//! end of stdin, export packed. Under [`Isolation::PerRequest`](super::Isolation::PerRequest)
+//! no instance goes back to the pool: each is retired right after its request.
 //!
 //! A persistent program's instance is *pinned* ([`Pin`], see `executor::persistent`): it sits
 //! in the same pool and serves requests and events like any other, but idle retirement passes
@@ -104,7 +105,7 @@ impl Warm {
             requests_served: self.served,
             peak_memory_bytes: self.instance.peak_memory_bytes(),
             fuel_consumed: self.instance.fuel_consumed(),
-            memory_reserved_mib: self._memory.as_ref().map_or(0, |p| p.num_permits() as u64),
+            memory_reserved_mib: self._memory.memory_mib(),
             persistent: self.pin.is_some(),
         }
     }
@@ -114,11 +115,12 @@ impl Warm {
         self.pin.as_ref().is_some_and(|p| !p.state.released())
     }
 
-    /// Whether a healthy instance goes back to the pool after serving.
-    fn kept(&self, keep_warm: bool) -> bool {
+    /// Whether a healthy instance goes back to the pool after serving: a pinned one while its
+    /// holder keeps it, any other only under warm isolation and when it is not reproducible.
+    fn kept(&self, isolation: super::Isolation) -> bool {
         match &self.pin {
             Some(pin) => !pin.state.released(),
-            None => keep_warm && !self.reproducible,
+            None => isolation == super::Isolation::Warm && !self.reproducible,
         }
     }
 }
@@ -137,6 +139,14 @@ pub(super) enum BootError {
     Failed(String),
     /// A reproducible boot reached the wall-clock safety net: an `inconclusive` outcome.
     SafetyNet(String),
+    /// The node had no room for another instance: an `error` outcome marked refused.
+    Refused(super::memory::Refused),
+}
+
+impl From<super::memory::Refused> for BootError {
+    fn from(r: super::memory::Refused) -> Self {
+        BootError::Refused(r)
+    }
 }
 
 impl From<String> for BootError {
@@ -149,6 +159,7 @@ impl From<BootError> for String {
     fn from(e: BootError) -> Self {
         match e {
             BootError::Failed(e) | BootError::SafetyNet(e) => e,
+            BootError::Refused(r) => r.message,
         }
     }
 }
@@ -166,6 +177,7 @@ impl Executor {
         let warm = match self.boot(program, &runtime, determinism).await {
             Ok(warm) => warm,
             Err(BootError::Failed(e)) => return Err(e),
+            Err(BootError::Refused(r)) => return Ok(r.outcome()),
             Err(BootError::SafetyNet(e)) => {
                 let mut outcome = Outcome::error(e);
                 outcome.kind = OutcomeKind::Inconclusive;
@@ -210,7 +222,7 @@ impl Executor {
         warm.served += 1;
         warm.last_used = Instant::now();
         match fate {
-            Fate::Keep if warm.kept(self.config.keep_warm) => self.put_idle(key, warm),
+            Fate::Keep if warm.kept(self.config.isolation) => self.put_idle(key, warm),
             Fate::Keep => {
                 let (export, logs) = self.retire(warm).await;
                 outcome.stderr.bytes.extend_from_slice(&logs);
