@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use aleph_wasm::message::{self, Message, MessageType};
 use aleph_wasm::sandbox::PoolingLimits;
+use aleph_wasm::sandbox::snapshot::SnapshotEvent;
 use aleph_wasm::server::{self, Server, ServerConfig};
 use aleph_wasm::volumes::archive::{self, PackFormat};
 use aleph_wasm::{Isolation, Store, runtime};
@@ -27,7 +28,7 @@ const CACHE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/aleph-wasm-test-cache
 const OWNER: &str = "0x00000000000000000000000000000000000000d7";
 
 /// Counts the requests its instance has served, and says whether the scratch file a request
-/// writes was already there.
+/// writes was already there (when it has a scratch volume).
 const COUNTER_APP: &str = r#"
 import os
 
@@ -43,8 +44,9 @@ async def app(scope, receive, send):
                 return
     served += 1
     seen = os.path.exists("/scratch/note")
-    with open("/scratch/note", "a") as f:
-        f.write("x")
+    if os.path.isdir("/scratch"):
+        with open("/scratch/note", "a") as f:
+            f.write("x")
     body = '{"served": %d, "seen": %s}' % (served, "true" if seen else "false")
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json")]})
@@ -120,6 +122,15 @@ fn binary_program(store: &Store, wat: &str) -> Message {
 
 /// The counter app on python-3.12, with a 1 MiB ephemeral volume at `/scratch`.
 fn counter_program(store: &Store, dir: &Path) -> Message {
+    counter_program_with(
+        store,
+        dir,
+        json!([{"ephemeral": true, "mount": "/scratch", "size_mib": 1}]),
+    )
+}
+
+/// The counter app on python-3.12 with `volumes`.
+fn counter_program_with(store: &Store, dir: &Path, volumes: Value) -> Message {
     let runtime_ref = common::python::python_runtime(store, Path::new(CACHE));
     let code_dir = dir.join("counter");
     std::fs::create_dir_all(&code_dir).unwrap();
@@ -138,7 +149,7 @@ fn counter_program(store: &Store, dir: &Path) -> Message {
             "environment": {},
             "resources": {"vcpus": 1, "memory": 128, "seconds": 10},
             "variables": {},
-            "volumes": [{"ephemeral": true, "mount": "/scratch", "size_mib": 1}],
+            "volumes": volumes,
         }),
     )
 }
@@ -343,6 +354,47 @@ async fn warm_isolation_lets_requests_share_an_instance() {
     assert_eq!(list[&msg.item_hash]["idle_instances"], 1, "{list}");
     let config = node.json("/about/config").await;
     assert_eq!(config["isolation"], "warm", "{config}");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_request_instances_are_restored_from_the_snapshot_in_pool_slots() {
+    let node = Node::new();
+    // No writable mount: the program can be snapshotted.
+    let msg = counter_program_with(&node.store, node.dir.path(), json!([]));
+    let node = node
+        .start(|c| {
+            c.isolation = Isolation::PerRequest;
+            c.snapshot.enabled = true;
+            c.pooling = Some(PoolingLimits::new(4, 256));
+        })
+        .await;
+    // Each restored instance starts from the snapshot taken at boot, not from the memory of
+    // the instance before it in the slot.
+    assert_eq!(
+        three_requests(&node, &msg).await,
+        vec![(1, false), (1, false), (1, false)]
+    );
+    let events = node
+        .server
+        .as_ref()
+        .unwrap()
+        .state()
+        .executor()
+        .sandbox()
+        .snapshots()
+        .events();
+    let restored = events
+        .iter()
+        .filter(|e| matches!(e, SnapshotEvent::Restored { .. }))
+        .count();
+    assert_eq!(restored, 3, "{events:?}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, SnapshotEvent::Fallback { .. })),
+        "{events:?}"
+    );
     node.shutdown().await;
 }
 

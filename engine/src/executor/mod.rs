@@ -214,6 +214,15 @@ impl Executor {
                 .unwrap_or_else(Outcome::error);
         }
         let mut outcome = self.execute_cold(msg, program, trigger, det).await;
+        if outcome.kind == crate::outcome::OutcomeKind::Error
+            && outcome
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains(crate::sandbox::POOL_FULL))
+        {
+            // The engine had no slot for the instance: the node's doing, not the program's.
+            outcome.refused = Some(crate::outcome::Refusal::InstancePool);
+        }
         outcome.cold_start = outcome.refused.is_none();
         outcome
     }

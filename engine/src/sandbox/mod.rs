@@ -110,6 +110,11 @@ pub struct PoolingLimits {
 /// the address space the engine reserves per memory).
 pub const MAX_POOLED_MEMORY: u64 = 4 << 30;
 
+/// How an instance that found no free slot in the engine's pool is reported: the start of its
+/// [`GuestEnd::Error`] (the executor counts slots so that this is rare; a snapshot build that
+/// outruns [`POOL_HEADROOM`] can still meet it).
+pub const POOL_FULL: &str = "the node's instance pool is full";
+
 /// Pool slots the executor leaves to snapshot builds, whose runs are not counted as
 /// instances.
 pub const POOL_HEADROOM: u32 = 2;
@@ -723,6 +728,9 @@ fn classify(
     if let Some(exit) = err.downcast_ref::<I32Exit>() {
         return exit_end(exit.0, limiter);
     }
+    if let Some(full) = err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+        return GuestEnd::Error(format!("{POOL_FULL} ({full})"));
+    }
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => {
             return GuestEnd::Timeout(format!("fuel budget of {fuel_budget} exhausted"));
@@ -864,5 +872,70 @@ mod tests {
         assert_eq!(small.instances, POOL_HEADROOM + 1);
         assert_eq!(small.executor_slots(), 1);
         assert_eq!(small.max_memory_bytes, 128 << 20);
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    /// Reads stdin until end of file, then exits.
+    const READER: &str = r#"(module
+      (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_start")
+        (i32.store (i32.const 0) (i32.const 64))
+        (i32.store (i32.const 4) (i32.const 64))
+        (loop $again
+          (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+          (br_if $again (i32.load (i32.const 8))))))"#;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_instance_beyond_the_pool_ends_with_an_error_naming_the_pool() {
+        let cache = tempfile::tempdir().unwrap();
+        let config = SandboxConfig {
+            pooling: Some(PoolingLimits::new(3, 16)),
+            ..SandboxConfig::default()
+        };
+        let sandbox = Sandbox::new(config, cache.path()).unwrap();
+        let bytes = wat::parse_str(READER).unwrap();
+        let module = sandbox.module("reader", || Ok(bytes)).unwrap().module;
+        let spec = GuestSpec {
+            memory_bytes: 16 << 20,
+            seconds: 5,
+            ..GuestSpec::default()
+        };
+        // Three instances waiting on stdin hold every slot.
+        let held: Vec<_> = (0..3)
+            .map(|_| sandbox.spawn(&module, spec.clone(), 1 << 30).unwrap())
+            .collect();
+        for instance in &held {
+            tokio::time::timeout(Duration::from_secs(5), instance.wait_idle())
+                .await
+                .expect("the instance never read stdin");
+        }
+        let run = sandbox.run(&module, spec.clone()).await;
+        match &run.end {
+            GuestEnd::Error(e) => assert!(e.contains(POOL_FULL), "{e}"),
+            other => panic!("expected a pool error, got {other:?}"),
+        }
+        // Their slots come back when they end (once their tasks have dropped their stores).
+        for instance in held {
+            instance.close_stdin();
+            assert!(instance.wait_end(Duration::from_secs(5)).await.is_some());
+        }
+        let started = Instant::now();
+        loop {
+            let run = sandbox.run(&module, spec.clone()).await;
+            if run.end == GuestEnd::Exited(0) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "no slot came back: {:?}",
+                run.end
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
