@@ -455,6 +455,12 @@ async fn a_full_instance_pool_answers_503_naming_the_pool() {
         .status(503)
         .has("instance pool is full");
     assert_eq!(full.retry_after.as_deref(), Some("1"), "{full}");
+    let metrics = node.get("/metrics").await.status(200).body;
+    assert_eq!(
+        metric(&metrics, "aleph_wasm_instance_pool_held"),
+        Some(1.0),
+        "{metrics}"
+    );
     first.await.unwrap().status(200).has("rested");
     // The slot came back with the instance.
     node.get(&format!("/vm/{}/", fast.item_hash))
