@@ -421,6 +421,19 @@ async fn pooled_instances_serve_python_and_binary_programs() {
             .status(200)
             .has("awake");
     }
+    // Each instance is retired after its answer; its slot comes back once it has ended.
+    let started = Instant::now();
+    loop {
+        let usage = node.json("/about/usage/system").await;
+        if usage["instance_pool"] == json!({"slots": 4, "held": 0}) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the instances were never retired: {usage}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let config = node.json("/about/config").await;
     assert_eq!(config["pooling"]["instances"], 6, "{config}");
     assert_eq!(

@@ -223,6 +223,28 @@ impl Executor {
         warm.last_used = Instant::now();
         match fate {
             Fate::Keep if warm.kept(self.config.isolation) => self.put_idle(key, warm),
+            Fate::Keep
+                if self.config.retire_after_answer
+                    && warm.export.is_none()
+                    && warm.pin.is_none()
+                    && !warm.reproducible =>
+            {
+                // Nothing of the retirement goes into the outcome: the answer does not wait
+                // for it. The instance keeps its memory and pool reservation until it is gone.
+                let limit = self.config.shutdown_timeout;
+                let program = key.to_string();
+                tokio::spawn(async move {
+                    let logs = end_gracefully(&warm.instance, limit).await;
+                    if !logs.is_empty() {
+                        tracing::debug!(
+                            program,
+                            "retired after its answer: {}",
+                            String::from_utf8_lossy(&logs)
+                        );
+                    }
+                    drop(warm);
+                });
+            }
             Fate::Keep => {
                 let (export, logs) = self.retire(warm).await;
                 outcome.stderr.bytes.extend_from_slice(&logs);
@@ -709,19 +731,7 @@ impl Executor {
     /// Stops an instance gracefully: lifespan shutdown, end of stdin, then its export.
     /// Returns the export and what the program logged meanwhile.
     pub(super) async fn retire(&self, warm: Warm) -> (Result<Option<ExportInfo>, String>, Vec<u8>) {
-        let mut logs = Vec::new();
-        if warm.instance.ended().is_none() {
-            warm.instance
-                .send(&asgi::event_line(&asgi::lifespan_event("shutdown")));
-            let got = collect(&warm.instance, self.config.shutdown_timeout, None, |x| {
-                x.done
-            })
-            .await;
-            logs.extend_from_slice(&got.exchange.stderr);
-            warm.instance.close_stdin();
-            let _ = warm.instance.wait_end(Duration::from_secs(2)).await;
-        }
-        warm.instance.kill();
+        let logs = end_gracefully(&warm.instance, self.config.shutdown_timeout).await;
         let export = match &warm.export {
             Some(plan) => volumes::collect_export(&self.store, plan, &warm.owner, warm.time)
                 .map(Some)
@@ -808,6 +818,22 @@ impl Executor {
         }
         Ok(dir.join("root"))
     }
+}
+
+/// Ends an instance gracefully: lifespan shutdown (within `limit`), end of stdin, at most 2 s
+/// for the interpreter to exit, then the instance is stopped. Returns what the program logged
+/// meanwhile.
+async fn end_gracefully(instance: &Instance, limit: Duration) -> Vec<u8> {
+    let mut logs = Vec::new();
+    if instance.ended().is_none() {
+        instance.send(&asgi::event_line(&asgi::lifespan_event("shutdown")));
+        let got = collect(instance, limit, None, |x| x.done).await;
+        logs.extend_from_slice(&got.exchange.stderr);
+        instance.close_stdin();
+        let _ = instance.wait_end(Duration::from_secs(2)).await;
+    }
+    instance.kill();
+    logs
 }
 
 /// Extra `sys.path` entries: the library folders of read-only volumes (`M/packages`,

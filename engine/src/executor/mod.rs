@@ -96,6 +96,13 @@ pub struct ExecutorConfig {
     /// [`Isolation::PerRequest`] (one instance per execution, retired right after it: what a
     /// one-shot `run` wants); the node service uses [`Isolation::Warm`] unless told otherwise.
     pub isolation: Isolation,
+    /// Whether an instance retired right after its request ([`Isolation::PerRequest`]) ends —
+    /// lifespan shutdown, interpreter exit, tens of milliseconds for CPython — after the
+    /// outcome is returned rather than before, when the outcome needs nothing from it (no
+    /// export mount, not reproducible; the shutdown's logs then go to the debug log). The
+    /// instance holds its memory and pool reservation until it is gone. By default false (a
+    /// one-shot `run` waits, so its output has the shutdown's logs); the node service sets it.
+    pub retire_after_answer: bool,
     /// How long an idle warm instance is kept. By default 5 minutes.
     pub idle_timeout: Duration,
     /// The wall-clock budget for booting an instance (interpreter start, app import, lifespan
@@ -115,6 +122,7 @@ impl Default for ExecutorConfig {
             volumes: VolumeLimits::default(),
             module_cache: None,
             isolation: Isolation::PerRequest,
+            retire_after_answer: false,
             idle_timeout: Duration::from_secs(300),
             boot_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),

@@ -171,6 +171,7 @@ impl ServerConfig {
         let mut config = ExecutorConfig {
             module_cache: self.module_cache.clone(),
             isolation: self.isolation,
+            retire_after_answer: true,
             idle_timeout: self.idle_timeout,
             memory_budget_mib: self.memory_budget_mib,
             ..ExecutorConfig::default()
