@@ -5,6 +5,9 @@
 //!   request, p50 / p99 — once starting cold, once restored from the snapshot;
 //! - restored start with the engine's instance pool (`serve --pooling`) against without it:
 //!   the two executors take turns, request by request, so both see the same machine;
+//! - what a client waits for under `--isolation per-request` (restored start, request, and the
+//!   retirement unless it happens after the answer, as a node does), the two taking turns with
+//!   a pause between requests;
 //! - the snapshot build: preparing the interpreter (once) and building the program's snapshot;
 //! - CPU speed of the prepared interpreter: a 1e6-iteration Python loop in a request, on a warm
 //!   instance of the original interpreter and on a restored one (median of several), as a ratio.
@@ -160,6 +163,40 @@ async fn paired_starts<const N: usize>(
     }))
 }
 
+/// Per-request answers (restored start + request + retirement) with the retirement before the
+/// answer and after it, taking turns with a pause between requests; returns the p50 of each.
+async fn per_request_answers(
+    store: &Store,
+    cache: &Path,
+    msg: &message::Message,
+    runs: usize,
+) -> anyhow::Result<[Duration; 2]> {
+    let mut executors = Vec::new();
+    for after in [false, true] {
+        let mut config = config(cache, true, None);
+        config.isolation = Isolation::PerRequest;
+        config.retire_after_answer = after;
+        executors.push(Executor::new(store.clone(), config)?);
+    }
+    let req = Trigger::Http(HttpRequest::from_line("GET /").map_err(anyhow::Error::msg)?);
+    let mut times = [Vec::new(), Vec::new()];
+    for i in 0..=runs {
+        for (ex, t) in executors.iter().zip(times.iter_mut()) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let started = Instant::now();
+            let o = ex.execute(msg, &req).await;
+            anyhow::ensure!(o.kind == OutcomeKind::Ok, "request failed: {:?}", o.error);
+            if i > 0 {
+                t.push(started.elapsed());
+            }
+        }
+    }
+    Ok(times.map(|mut t| {
+        t.sort();
+        percentile(&t, 0.5)
+    }))
+}
+
 /// Times `runs` requests, each on a new instance (start + one request; the instance is retired
 /// after the timing, so lifespan shutdown and exit are not counted); returns (p50, p99) after
 /// one warm-up.
@@ -233,6 +270,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut builds = Vec::new();
     let mut pooled = Vec::new();
+    let mut answers = Vec::new();
     for (name, code) in &apps {
         let msg = program(&store, code)?;
         let (cold50, cold99, _) =
@@ -273,6 +311,13 @@ async fn main() -> anyhow::Result<()> {
             RESTORED_RUNS,
         )
         .await?;
+        let [before, after] = per_request_answers(&store, &cache, &msg, LOOP_RUNS * 4).await?;
+        answers.push(format!(
+            "{name}: retired before the answer {:.2} ms, after it {:.2} ms, {:.1}x",
+            ms(before),
+            ms(after),
+            before.as_secs_f64() / after.as_secs_f64()
+        ));
         let ratio = |d: Duration| plain50.as_secs_f64() / d.as_secs_f64();
         pooled.push(format!(
             "{:<10} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>6.2}x {:>9.2} {:>9.2} {:>6.2}x",
@@ -307,6 +352,14 @@ async fn main() -> anyhow::Result<()> {
         "app", "od p50", "od p99", "pool p50", "pool p99", "gain", "res p50", "res p99", "gain"
     );
     for line in &pooled {
+        println!("{line}");
+    }
+    println!(
+        "--isolation per-request: what a client waits for (restored start + request + \
+         retirement before the answer, or after it as a node does), p50 of {}",
+        LOOP_RUNS * 4
+    );
+    for line in &answers {
         println!("{line}");
     }
     for line in &builds {
