@@ -285,10 +285,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ALEPH_WASM_ISOLATION", default_value = "warm",
           value_parser = ["warm", "per-request"])]
     pub isolation: String,
-    /// Allocate instances from a pool set up at start-up (faster starts and teardowns): one
-    /// slot per concurrent execution and as many for idle and persistent instances, memories
-    /// up to the memory budget (at most 4 GiB). A request that needs an instance while the
-    /// pool is full is answered 503.
+    /// Allocate instances from a pool reserved at start-up and reused (the node's instances
+    /// bounded up front): one slot per concurrent execution and as many for idle and
+    /// persistent instances, memories up to the memory budget (at most 4 GiB). A request that
+    /// needs an instance while the pool is full is answered 503.
     #[arg(long, env = "ALEPH_WASM_POOLING")]
     pub pooling: bool,
 }
