@@ -293,6 +293,20 @@ pub struct ServeArgs {
     /// delivered to subscribed programs.
     #[arg(long, env = "ALEPH_WASM_API")]
     pub api: Option<String>,
+    /// `warm`: an interpreter instance serves request after request (up to the program's
+    /// vcpus) until idle; `per-request`: every request or event gets a new instance (restored
+    /// from the program's snapshot with --snapshots, else started cold), retired right after
+    /// it, so no state carries from one request to the next. Persistent programs keep their
+    /// long-lived instance either way.
+    #[arg(long, env = "ALEPH_WASM_ISOLATION", default_value = "warm",
+          value_parser = ["warm", "per-request"])]
+    pub isolation: String,
+    /// Allocate instances from a pool reserved at start-up and reused (the node's instances
+    /// bounded up front): one slot per concurrent execution and as many for idle and
+    /// persistent instances, memories up to the memory budget (at most 4 GiB). A request that
+    /// needs an instance while the pool is full is answered 503.
+    #[arg(long, env = "ALEPH_WASM_POOLING")]
+    pub pooling: bool,
 }
 
 /// A failure to report with exit code 2.
@@ -465,7 +479,7 @@ fn serve_node(
     snapshot: SnapshotConfig,
     a: &ServeArgs,
 ) -> CliResult {
-    let config = crate::server::ServerConfig {
+    let mut config = crate::server::ServerConfig {
         listen: a.listen,
         domain: a.domain.clone(),
         token_file: a.token_file.clone(),
@@ -479,8 +493,12 @@ fn serve_node(
         },
         module_cache,
         snapshot,
+        isolation: a.isolation.parse().map_err(UsageError)?,
         ..crate::server::ServerConfig::default()
     };
+    if a.pooling {
+        config.pooling = Some(config.default_pooling());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

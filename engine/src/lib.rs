@@ -24,7 +24,7 @@ pub mod server;
 pub mod store;
 pub mod volumes;
 
-pub use executor::{Executor, ExecutorConfig};
+pub use executor::{Executor, ExecutorConfig, Isolation};
 pub use interface::{HttpRequest, Trigger};
-pub use outcome::{Outcome, OutcomeKind};
+pub use outcome::{Outcome, OutcomeKind, Refusal};
 pub use store::Store;

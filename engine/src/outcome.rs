@@ -48,6 +48,26 @@ impl OutcomeKind {
     }
 }
 
+/// What was full when the node, rather than the program, kept an execution from starting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// The node's memory budget could not hold the program's `resources.memory`.
+    MemoryBudget,
+    /// Every slot of the engine's instance pool is held by a live instance.
+    InstancePool,
+}
+
+impl Refusal {
+    /// The snake_case name used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::MemoryBudget => "memory_budget",
+            Refusal::InstancePool => "instance_pool",
+        }
+    }
+}
+
 /// Whether the compiled module came from the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -95,6 +115,9 @@ pub struct Outcome {
     pub interpreter: Option<InterpreterModule>,
     /// Whether the instance that ran it was restored from a snapshot rather than booted.
     pub restored: bool,
+    /// Set when the node had no room to start an instance (an `error` outcome that says
+    /// nothing about the program; the node service answers it 503).
+    pub refused: Option<Refusal>,
 }
 
 impl Outcome {
@@ -117,6 +140,7 @@ impl Outcome {
             cold_start: false,
             interpreter: None,
             restored: false,
+            refused: None,
         }
     }
 

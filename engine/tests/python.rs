@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use aleph_wasm::message::{self, Message, MessageType};
 use aleph_wasm::volumes::archive::{self, ArchiveFormat, PackFormat, UnpackLimits};
-use aleph_wasm::{Executor, ExecutorConfig, HttpRequest, Outcome, OutcomeKind, Store, Trigger};
+use aleph_wasm::{
+    Executor, ExecutorConfig, HttpRequest, Isolation, Outcome, OutcomeKind, Store, Trigger,
+};
 use aleph_wasm::{cli, runtime};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -139,7 +141,11 @@ fn keep_copy(from: &Path, to: &Path) {
 fn config(keep_warm: bool) -> ExecutorConfig {
     let mut config = ExecutorConfig {
         module_cache: Some(module_cache()),
-        keep_warm,
+        isolation: if keep_warm {
+            Isolation::Warm
+        } else {
+            Isolation::PerRequest
+        },
         ..ExecutorConfig::default()
     };
     config.sandbox.snapshot.enabled = false;

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aleph_wasm::message;
-use aleph_wasm::{Executor, ExecutorConfig, HttpRequest, OutcomeKind, Store, Trigger};
+use aleph_wasm::{Executor, ExecutorConfig, HttpRequest, Isolation, OutcomeKind, Store, Trigger};
 use aleph_wasm_benches::{bench_cache, ms, python_program, summary, workspace};
 
 const FIRST_RUNS: usize = 10;
@@ -86,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
     let msg = program(&store, &code_dir, &entrypoint)?;
     let mut config = ExecutorConfig {
         module_cache: Some(modules),
-        keep_warm: true,
+        isolation: Isolation::Warm,
         ..ExecutorConfig::default()
     };
     // Cold starts, as measured here; `snapshot-start` measures restored ones.

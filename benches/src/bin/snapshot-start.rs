@@ -1,8 +1,13 @@
 //! Cold start with and without snapshots, in the same run.
 //!
 //! Measures, for `examples/python-hello` and a Starlette app (Starlette fetched with pip once):
-//! - cold start: a new instance per request (`keep_warm` off), interpreter start + app import +
-//!   lifespan + one request, p50 / p99 — once starting cold, once restored from the snapshot;
+//! - cold start: a new instance per request, interpreter start + app import + lifespan + one
+//!   request, p50 / p99 — once starting cold, once restored from the snapshot;
+//! - restored start with the engine's instance pool (`serve --pooling`) against without it:
+//!   the two executors take turns, request by request, so both see the same machine;
+//! - what a client waits for under `--isolation per-request` (restored start, request, and the
+//!   retirement unless it happens after the answer, as a node does), the two taking turns with
+//!   a pause between requests;
 //! - the snapshot build: preparing the interpreter (once) and building the program's snapshot;
 //! - CPU speed of the prepared interpreter: a 1e6-iteration Python loop in a request, on a warm
 //!   instance of the original interpreter and on a restored one (median of several), as a ratio.
@@ -15,12 +20,26 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aleph_wasm::message;
+use aleph_wasm::sandbox::PoolingLimits;
 use aleph_wasm::sandbox::snapshot::SnapshotEvent;
-use aleph_wasm::{Executor, ExecutorConfig, HttpRequest, OutcomeKind, Store, Trigger, runtime};
+use aleph_wasm::{
+    Executor, ExecutorConfig, HttpRequest, Isolation, OutcomeKind, Store, Trigger, runtime,
+};
 use aleph_wasm_benches::{ms, percentile, python_program, workspace};
 
 const COLD_RUNS: usize = 10;
 const RESTORED_RUNS: usize = 40;
+/// The pool of the pooled executor: a node's default for 64 concurrent executions.
+const POOL: PoolingLimits = PoolingLimits {
+    instances: 130,
+    max_memory_bytes: 4 << 30,
+    keep_resident_bytes: 0,
+};
+/// The same pool keeping up to 128 MiB of each memory resident between instances.
+const POOL_RESIDENT: PoolingLimits = PoolingLimits {
+    keep_resident_bytes: 128 << 20,
+    ..POOL
+};
 const LOOP_RUNS: usize = 5;
 const STARLETTE_WHEELS: [&str; 4] = [
     "starlette==0.37.2",
@@ -90,14 +109,92 @@ fn starlette_code(cache: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(code)
 }
 
-fn config(cache: &Path, snapshots: bool, keep_warm: bool) -> ExecutorConfig {
+fn config(cache: &Path, snapshots: bool, pooling: Option<PoolingLimits>) -> ExecutorConfig {
     let mut config = ExecutorConfig {
         module_cache: Some(cache.join("modules")),
-        keep_warm,
+        isolation: Isolation::Warm,
         ..ExecutorConfig::default()
     };
     config.sandbox.snapshot.enabled = snapshots;
+    config.sandbox.pooling = pooling;
     config
+}
+
+/// One timed start + request on a new instance of `ex` (retired after the timing).
+async fn start_once(
+    ex: &Executor,
+    msg: &message::Message,
+    req: &Trigger,
+) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let o = ex.execute(msg, req).await;
+    let elapsed = t.elapsed();
+    anyhow::ensure!(o.kind == OutcomeKind::Ok, "request failed: {:?}", o.error);
+    anyhow::ensure!(o.cold_start, "the request reused a warm instance");
+    ex.shutdown().await;
+    Ok(elapsed)
+}
+
+/// Restored starts on two executors taking turns (one warm-up each); returns (p50, p99) of
+/// each.
+async fn paired_starts<const N: usize>(
+    store: &Store,
+    configs: [ExecutorConfig; N],
+    msg: &message::Message,
+    runs: usize,
+) -> anyhow::Result<[(Duration, Duration); N]> {
+    let mut executors = Vec::new();
+    for config in configs {
+        executors.push(Executor::new(store.clone(), config)?);
+    }
+    let req = Trigger::Http(HttpRequest::from_line("GET /").map_err(anyhow::Error::msg)?);
+    let mut times: [Vec<Duration>; N] = std::array::from_fn(|_| Vec::new());
+    for ex in &executors {
+        start_once(ex, msg, &req).await?;
+    }
+    for _ in 0..runs {
+        for (ex, t) in executors.iter().zip(times.iter_mut()) {
+            t.push(start_once(ex, msg, &req).await?);
+        }
+    }
+    Ok(times.map(|mut t| {
+        t.sort();
+        (percentile(&t, 0.5), percentile(&t, 0.99))
+    }))
+}
+
+/// Per-request answers (restored start + request + retirement) with the retirement before the
+/// answer and after it, taking turns with a pause between requests; returns the p50 of each.
+async fn per_request_answers(
+    store: &Store,
+    cache: &Path,
+    msg: &message::Message,
+    runs: usize,
+) -> anyhow::Result<[Duration; 2]> {
+    let mut executors = Vec::new();
+    for after in [false, true] {
+        let mut config = config(cache, true, None);
+        config.isolation = Isolation::PerRequest;
+        config.retire_after_answer = after;
+        executors.push(Executor::new(store.clone(), config)?);
+    }
+    let req = Trigger::Http(HttpRequest::from_line("GET /").map_err(anyhow::Error::msg)?);
+    let mut times = [Vec::new(), Vec::new()];
+    for i in 0..=runs {
+        for (ex, t) in executors.iter().zip(times.iter_mut()) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let started = Instant::now();
+            let o = ex.execute(msg, &req).await;
+            anyhow::ensure!(o.kind == OutcomeKind::Ok, "request failed: {:?}", o.error);
+            if i > 0 {
+                t.push(started.elapsed());
+            }
+        }
+    }
+    Ok(times.map(|mut t| {
+        t.sort();
+        percentile(&t, 0.5)
+    }))
 }
 
 /// Times `runs` requests, each on a new instance (start + one request; the instance is retired
@@ -116,12 +213,7 @@ async fn starts(
     ex.shutdown().await;
     let mut times = Vec::new();
     for _ in 0..runs {
-        let t = Instant::now();
-        let o = ex.execute(msg, &req).await;
-        times.push(t.elapsed());
-        anyhow::ensure!(o.kind == OutcomeKind::Ok, "request failed: {:?}", o.error);
-        anyhow::ensure!(o.cold_start, "the request reused a warm instance");
-        ex.shutdown().await;
+        times.push(start_once(&ex, msg, &req).await?);
     }
     times.sort();
     Ok((
@@ -177,13 +269,15 @@ async fn main() -> anyhow::Result<()> {
         "app", "cold p50", "cold p99", "snapshot p50", "snapshot p99", "speedup"
     );
     let mut builds = Vec::new();
+    let mut pooled = Vec::new();
+    let mut answers = Vec::new();
     for (name, code) in &apps {
         let msg = program(&store, code)?;
         let (cold50, cold99, _) =
-            starts(&store, config(&cache, false, true), &msg, COLD_RUNS).await?;
+            starts(&store, config(&cache, false, None), &msg, COLD_RUNS).await?;
         let t = Instant::now();
         let (snap50, snap99, events) =
-            starts(&store, config(&cache, true, true), &msg, RESTORED_RUNS).await?;
+            starts(&store, config(&cache, true, None), &msg, RESTORED_RUNS).await?;
         let total = t.elapsed();
         if let Some(reason) = events.iter().find_map(|e| match e {
             SnapshotEvent::Fallback { reason } => Some(reason.clone()),
@@ -206,6 +300,37 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         let _ = total;
+        let [(plain50, plain99), (pool50, pool99), (res50, res99)] = paired_starts(
+            &store,
+            [
+                config(&cache, true, None),
+                config(&cache, true, Some(POOL)),
+                config(&cache, true, Some(POOL_RESIDENT)),
+            ],
+            &msg,
+            RESTORED_RUNS,
+        )
+        .await?;
+        let [before, after] = per_request_answers(&store, &cache, &msg, LOOP_RUNS * 4).await?;
+        answers.push(format!(
+            "{name}: retired before the answer {:.2} ms, after it {:.2} ms, {:.1}x",
+            ms(before),
+            ms(after),
+            before.as_secs_f64() / after.as_secs_f64()
+        ));
+        let ratio = |d: Duration| plain50.as_secs_f64() / d.as_secs_f64();
+        pooled.push(format!(
+            "{:<10} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>6.2}x {:>9.2} {:>9.2} {:>6.2}x",
+            name,
+            ms(plain50),
+            ms(plain99),
+            ms(pool50),
+            ms(pool99),
+            ratio(pool50),
+            ms(res50),
+            ms(res99),
+            ratio(res50),
+        ));
         println!(
             "{:<10} {:>10.1} {:>10.1} {:>12.2} {:>12.2} {:>7.0}x",
             name,
@@ -216,12 +341,33 @@ async fn main() -> anyhow::Result<()> {
             cold50.as_secs_f64() / snap50.as_secs_f64()
         );
     }
+    println!(
+        "restored start (new instance + one request), on-demand against the instance pool ({} \
+         slots; then keeping {} MiB of each memory resident), executors taking turns, ms",
+        POOL.instances,
+        POOL_RESIDENT.keep_resident_bytes >> 20
+    );
+    println!(
+        "{:<10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7}",
+        "app", "od p50", "od p99", "pool p50", "pool p99", "gain", "res p50", "res p99", "gain"
+    );
+    for line in &pooled {
+        println!("{line}");
+    }
+    println!(
+        "--isolation per-request: what a client waits for (restored start + request + \
+         retirement before the answer, or after it as a node does), p50 of {}",
+        LOOP_RUNS * 4
+    );
+    for line in &answers {
+        println!("{line}");
+    }
     for line in &builds {
         println!("{line}");
     }
     let msg = program(&store, &loop_dir)?;
-    let original = loop_time(&store, config(&cache, false, true), &msg).await?;
-    let prepared = loop_time(&store, config(&cache, true, true), &msg).await?;
+    let original = loop_time(&store, config(&cache, false, None), &msg).await?;
+    let prepared = loop_time(&store, config(&cache, true, None), &msg).await?;
     println!(
         "1e6-iteration loop in a request, median of {LOOP_RUNS}: original interpreter {:.1} ms, prepared (restored) {:.1} ms, ratio {:.3}",
         ms(original),

@@ -7,7 +7,8 @@
 //! gives the instance back — unless it crashed, timed out or ran out of memory: then it is
 //! discarded and the next request gets a fresh one. Idle instances retire after
 //! [`ExecutorConfig::idle_timeout`](super::ExecutorConfig::idle_timeout): lifespan shutdown,
-//! end of stdin, export packed.
+//! end of stdin, export packed. Under [`Isolation::PerRequest`](super::Isolation::PerRequest)
+//! no instance goes back to the pool: each is retired right after its request.
 //!
 //! A persistent program's instance is *pinned* ([`Pin`], see `executor::persistent`): it sits
 //! in the same pool and serves requests and events like any other, but idle retirement passes
@@ -109,7 +110,7 @@ impl Warm {
             requests_served: self.served,
             peak_memory_bytes: self.instance.peak_memory_bytes(),
             fuel_consumed: self.instance.fuel_consumed(),
-            memory_reserved_mib: self._memory.as_ref().map_or(0, |p| p.num_permits() as u64),
+            memory_reserved_mib: self._memory.memory_mib(),
             persistent: self.pin.is_some(),
         }
     }
@@ -119,11 +120,12 @@ impl Warm {
         self.pin.as_ref().is_some_and(|p| !p.state.released())
     }
 
-    /// Whether a healthy instance goes back to the pool after serving.
-    fn kept(&self, keep_warm: bool) -> bool {
+    /// Whether a healthy instance goes back to the pool after serving: a pinned one while its
+    /// holder keeps it, any other only under warm isolation and when it is not reproducible.
+    fn kept(&self, isolation: super::Isolation) -> bool {
         match &self.pin {
             Some(pin) => !pin.state.released(),
-            None => keep_warm && !self.reproducible,
+            None => isolation == super::Isolation::Warm && !self.reproducible,
         }
     }
 }
@@ -142,6 +144,14 @@ pub(super) enum BootError {
     Failed(String),
     /// A reproducible boot reached the wall-clock safety net: an `inconclusive` outcome.
     SafetyNet(String),
+    /// The node had no room for another instance: an `error` outcome marked refused.
+    Refused(super::memory::Refused),
+}
+
+impl From<super::memory::Refused> for BootError {
+    fn from(r: super::memory::Refused) -> Self {
+        BootError::Refused(r)
+    }
 }
 
 impl From<String> for BootError {
@@ -154,6 +164,7 @@ impl From<BootError> for String {
     fn from(e: BootError) -> Self {
         match e {
             BootError::Failed(e) | BootError::SafetyNet(e) => e,
+            BootError::Refused(r) => r.message,
         }
     }
 }
@@ -171,6 +182,7 @@ impl Executor {
         let warm = match self.boot(program, &runtime, determinism).await {
             Ok(warm) => warm,
             Err(BootError::Failed(e)) => return Err(e),
+            Err(BootError::Refused(r)) => return Ok(r.outcome()),
             Err(BootError::SafetyNet(e)) => {
                 let mut outcome = Outcome::error(e);
                 outcome.kind = OutcomeKind::Inconclusive;
@@ -217,7 +229,29 @@ impl Executor {
         warm.served += 1;
         warm.last_used = Instant::now();
         match fate {
-            Fate::Keep if warm.kept(self.config.keep_warm) => self.put_idle(key, warm),
+            Fate::Keep if warm.kept(self.config.isolation) => self.put_idle(key, warm),
+            Fate::Keep
+                if self.config.retire_after_answer
+                    && warm.export.is_none()
+                    && warm.pin.is_none()
+                    && !warm.reproducible =>
+            {
+                // Nothing of the retirement goes into the outcome: the answer does not wait
+                // for it. The instance keeps its memory and pool reservation until it is gone.
+                let limit = self.config.shutdown_timeout;
+                let program = key.to_string();
+                tokio::spawn(async move {
+                    let logs = end_gracefully(&warm.instance, limit).await;
+                    if !logs.is_empty() {
+                        tracing::debug!(
+                            program,
+                            "retired after its answer: {}",
+                            String::from_utf8_lossy(&logs)
+                        );
+                    }
+                    drop(warm);
+                });
+            }
             Fate::Keep => {
                 let (export, logs) = self.retire(warm).await;
                 outcome.stderr.bytes.extend_from_slice(&logs);
@@ -700,19 +734,7 @@ impl Executor {
     /// Stops an instance gracefully: lifespan shutdown, end of stdin, then its export.
     /// Returns the export and what the program logged meanwhile.
     pub(super) async fn retire(&self, warm: Warm) -> (Result<Option<ExportInfo>, String>, Vec<u8>) {
-        let mut logs = Vec::new();
-        if warm.instance.ended().is_none() {
-            warm.instance
-                .send(&asgi::event_line(&asgi::lifespan_event("shutdown")));
-            let got = collect(&warm.instance, self.config.shutdown_timeout, None, |x| {
-                x.done
-            })
-            .await;
-            logs.extend_from_slice(&got.exchange.stderr);
-            warm.instance.close_stdin();
-            let _ = warm.instance.wait_end(Duration::from_secs(2)).await;
-        }
-        warm.instance.kill();
+        let logs = end_gracefully(&warm.instance, self.config.shutdown_timeout).await;
         let export = match &warm.export {
             Some(plan) => volumes::collect_export(&self.store, plan, &warm.owner, warm.time)
                 .map(Some)
@@ -813,6 +835,22 @@ struct PythonCode {
     identity: String,
     /// The resolved code object, for code given by ref.
     input: Option<ResolvedInput>,
+}
+
+/// Ends an instance gracefully: lifespan shutdown (within `limit`), end of stdin, at most 2 s
+/// for the interpreter to exit, then the instance is stopped. Returns what the program logged
+/// meanwhile.
+async fn end_gracefully(instance: &Instance, limit: Duration) -> Vec<u8> {
+    let mut logs = Vec::new();
+    if instance.ended().is_none() {
+        instance.send(&asgi::event_line(&asgi::lifespan_event("shutdown")));
+        let got = collect(instance, limit, None, |x| x.done).await;
+        logs.extend_from_slice(&got.exchange.stderr);
+        instance.close_stdin();
+        let _ = instance.wait_end(Duration::from_secs(2)).await;
+    }
+    instance.kill();
+    logs
 }
 
 /// Extra `sys.path` entries: the library folders of read-only volumes (`M/packages`,

@@ -41,7 +41,10 @@ impl Executor {
         trigger: &Trigger,
         determinism: Option<Determinism>,
     ) -> Result<Outcome, String> {
-        let _memory = self.reserve_memory(program.resources.memory_mib).await?;
+        let _memory = match self.reserve_memory(program.resources.memory_mib).await {
+            Ok(reservation) => reservation,
+            Err(refused) => return Ok(refused.outcome()),
+        };
         let prepared = self
             .prepare_binary(program, runtime, trigger, determinism)
             .await?;

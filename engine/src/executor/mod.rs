@@ -3,9 +3,10 @@
 //!
 //! It owns the process's [`Sandbox`], the per-program concurrency limits (at most
 //! `resources.vcpus` executions of one program run at once; further ones wait their turn) and
-//! the pool of warm interpreter instances. Reproducible programs get the determinism profile
-//! ([`reproducible`]) and a fresh instance for every execution. Persistent programs are
-//! started ahead of any request and kept as [`Running`] instances ([`persistent`]).
+//! the pool of warm interpreter instances, used or not according to [`Isolation`].
+//! Reproducible programs get the determinism profile ([`reproducible`]) and a fresh instance
+//! for every execution. Persistent programs are started ahead of any request and kept as
+//! [`Running`] instances ([`persistent`]).
 
 mod asgi;
 mod binary;
@@ -30,6 +31,57 @@ use crate::volumes::VolumeLimits;
 
 pub use persistent::Running;
 
+/// Whether an interpreter (ASGI) instance serves more than one request or event.
+///
+/// Whatever the isolation, a persistent program (`on.persistent`) keeps its one long-lived
+/// instance, which serves its requests and events in turn; a reproducible program never reuses
+/// an instance; a binary program runs once per trigger. Persistent volumes are shared by
+/// design under both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Instances stay alive between requests — at most `resources.vcpus` per program — and
+    /// retire after [`ExecutorConfig::idle_timeout`]: what a request leaves in the
+    /// interpreter's memory or in the instance's ephemeral mounts is seen by the next request
+    /// served on it. What the node service does unless told otherwise.
+    Warm,
+    /// Every request or event gets a new instance — restored from the program's snapshot when
+    /// snapshots are on and the program has one, else booted cold — which is retired right
+    /// after it (lifespan shutdown, end of stdin, export packed) and dropped with its
+    /// execution directory (ephemeral volumes, writable data): nothing one request leaves in
+    /// memory or in those directories is seen by the next. What a one-shot `run` does.
+    PerRequest,
+}
+
+impl Isolation {
+    /// The name used on the command line and in the node API: `warm` or `per-request`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Warm => "warm",
+            Isolation::PerRequest => "per-request",
+        }
+    }
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "warm" => Ok(Isolation::Warm),
+            "per-request" => Ok(Isolation::PerRequest),
+            other => Err(format!(
+                "unknown isolation {other:?}: expected \"warm\" or \"per-request\""
+            )),
+        }
+    }
+}
+
 /// How the executor is tuned.
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
@@ -40,10 +92,17 @@ pub struct ExecutorConfig {
     /// Where compiled modules are cached. By default `cache/modules` in the store; several
     /// stores (a test suite's) can share one directory.
     pub module_cache: Option<std::path::PathBuf>,
-    /// Whether interpreter instances stay alive between requests. By default false (one
-    /// instance per execution, retired right after it: what a one-shot `run` wants); a node
-    /// service sets it.
-    pub keep_warm: bool,
+    /// Whether interpreter instances stay alive between requests ([`Isolation`]). By default
+    /// [`Isolation::PerRequest`] (one instance per execution, retired right after it: what a
+    /// one-shot `run` wants); the node service uses [`Isolation::Warm`] unless told otherwise.
+    pub isolation: Isolation,
+    /// Whether an instance retired right after its request ([`Isolation::PerRequest`]) ends —
+    /// lifespan shutdown, interpreter exit, tens of milliseconds for CPython — after the
+    /// outcome is returned rather than before, when the outcome needs nothing from it (no
+    /// export mount, not reproducible; the shutdown's logs then go to the debug log). The
+    /// instance holds its memory and pool reservation until it is gone. By default false (a
+    /// one-shot `run` waits, so its output has the shutdown's logs); the node service sets it.
+    pub retire_after_answer: bool,
     /// How long an idle warm instance is kept. By default 5 minutes.
     pub idle_timeout: Duration,
     /// The wall-clock budget for booting an instance (interpreter start, app import, lifespan
@@ -62,7 +121,8 @@ impl Default for ExecutorConfig {
             sandbox: SandboxConfig::default(),
             volumes: VolumeLimits::default(),
             module_cache: None,
-            keep_warm: false,
+            isolation: Isolation::PerRequest,
+            retire_after_answer: false,
             idle_timeout: Duration::from_secs(300),
             boot_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
@@ -78,7 +138,9 @@ pub struct Executor {
     config: ExecutorConfig,
     permits: Mutex<HashMap<String, Arc<Semaphore>>>,
     pool: Mutex<HashMap<String, Vec<asgi::Warm>>>,
-    memory: Option<memory::MemoryBudget>,
+    memory: Option<memory::Budget>,
+    /// The engine's instance pool as slots, when it pools instances.
+    slots: Option<memory::Budget>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -96,7 +158,11 @@ impl Executor {
             None => store.cache_dir("modules")?,
         };
         let sandbox = Sandbox::new(config.sandbox.clone(), &cache)?;
-        let memory = config.memory_budget_mib.map(memory::MemoryBudget::new);
+        let memory = config.memory_budget_mib.map(memory::Budget::new);
+        let slots = config
+            .sandbox
+            .pooling
+            .map(|p| memory::Budget::new(p.executor_slots().into()));
         Ok(Executor {
             store,
             sandbox,
@@ -104,6 +170,7 @@ impl Executor {
             permits: Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
             memory,
+            slots,
         })
     }
 
@@ -155,7 +222,16 @@ impl Executor {
                 .unwrap_or_else(Outcome::error);
         }
         let mut outcome = self.execute_cold(msg, program, trigger, det).await;
-        outcome.cold_start = true;
+        if outcome.kind == crate::outcome::OutcomeKind::Error
+            && outcome
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains(crate::sandbox::POOL_FULL))
+        {
+            // The engine had no slot for the instance: the node's doing, not the program's.
+            outcome.refused = Some(crate::outcome::Refusal::InstancePool);
+        }
+        outcome.cold_start = outcome.refused.is_none();
         outcome
     }
 

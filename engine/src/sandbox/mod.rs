@@ -34,7 +34,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::{Config, Engine, Linker, Module, Store, Trap, UpdateDeadline};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig,
+    Store, Trap, UpdateDeadline,
+};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -66,6 +69,94 @@ pub struct SandboxConfig {
     /// `resources.seconds` (fuel decides the outcome; the net only catches a host far slower
     /// than the published fuel rate). By default 10.
     pub safety_net_factor: u32,
+    /// Whether instances are allocated from a pool sized once at start-up (wasmtime's pooling
+    /// allocator) rather than mapped and unmapped one by one. By default none (on demand:
+    /// what a one-shot command wants); `serve --pooling` sets it.
+    pub pooling: Option<PoolingLimits>,
+}
+
+/// The sizing of the engine's instance pool ([`SandboxConfig::pooling`]).
+///
+/// Every instance — a binary execution, an interpreter instance serving, idle or pinned, a
+/// snapshot build's run — takes one slot of each pool: core instance, linear memory, table
+/// and async stack. Slots are set up once (address space only; pages are committed when the
+/// guest touches them and given back when the instance ends) and reused, so a start is a
+/// few `madvise`/`mprotect` calls instead of fresh mappings.
+///
+/// The pool changes how instances are allocated, not what is compiled: the engine's
+/// compatibility hash, the compiled-module cache and the snapshots are the same with and
+/// without it. What it does refuse: a module with more than one linear memory or more than
+/// one table, a table over [`limits::MAX_TABLE_ELEMENTS`] elements, or an instance whose
+/// metadata is over 1 MiB (more functions and globals than any interpreter runtime has).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolingLimits {
+    /// How many instances may be alive at once. The executor keeps
+    /// [`POOL_HEADROOM`] of them for snapshot builds and refuses a new instance beyond the
+    /// rest (after retiring idle ones) with an error naming the pool.
+    pub instances: u32,
+    /// The largest a linear memory may grow to, in bytes; at most [`MAX_POOLED_MEMORY`]. It
+    /// must be at least the largest `resources.memory` the node admits, so that the memory
+    /// limit, not the pool, refuses a growth.
+    pub max_memory_bytes: u64,
+    /// How many bytes of a linear memory stay resident when its instance ends: the pages the
+    /// guest touched there are reset in place to the module's initial contents (only those,
+    /// found with Linux's `PAGEMAP_SCAN` where the kernel has it) instead of being given back,
+    /// so the next instance in the slot starts without page faults. 0: every page is given
+    /// back (`madvise`).
+    pub keep_resident_bytes: u64,
+}
+
+/// The largest linear memory a pool slot holds: 4 GiB, the whole 32-bit address space (and
+/// the address space the engine reserves per memory).
+pub const MAX_POOLED_MEMORY: u64 = 4 << 30;
+
+/// How an instance that found no free slot in the engine's pool is reported: the start of its
+/// [`GuestEnd::Error`] (the executor counts slots so that this is rare; a snapshot build that
+/// outruns [`POOL_HEADROOM`] can still meet it).
+pub const POOL_FULL: &str = "the node's instance pool is full";
+
+/// Pool slots the executor leaves to snapshot builds, whose runs are not counted as
+/// instances.
+pub const POOL_HEADROOM: u32 = 2;
+
+impl PoolingLimits {
+    /// A pool for `instances` live instances whose memories grow to at most
+    /// `max_memory_mib` MiB (capped at [`MAX_POOLED_MEMORY`]); at least
+    /// [`POOL_HEADROOM`] + 1 instances.
+    pub fn new(instances: u32, max_memory_mib: u64) -> Self {
+        PoolingLimits {
+            instances: instances.max(POOL_HEADROOM + 1),
+            max_memory_bytes: max_memory_mib
+                .saturating_mul(1 << 20)
+                .min(MAX_POOLED_MEMORY),
+            keep_resident_bytes: 0,
+        }
+    }
+
+    /// The slots the executor hands out to instances: all but [`POOL_HEADROOM`].
+    pub fn executor_slots(&self) -> u32 {
+        self.instances.saturating_sub(POOL_HEADROOM).max(1)
+    }
+
+    /// wasmtime's pooling configuration for these limits.
+    fn allocation_config(&self) -> PoolingAllocationConfig {
+        let mut p = PoolingAllocationConfig::new();
+        p.total_core_instances(self.instances)
+            .total_memories(self.instances)
+            .total_tables(self.instances)
+            .total_stacks(self.instances)
+            .max_memories_per_module(1)
+            .max_tables_per_module(1)
+            .table_elements(limits::MAX_TABLE_ELEMENTS)
+            .max_memory_size(usize::try_from(self.max_memory_bytes).unwrap_or(usize::MAX))
+            .linear_memory_keep_resident(
+                usize::try_from(self.keep_resident_bytes).unwrap_or(usize::MAX),
+            );
+        if self.keep_resident_bytes > 0 {
+            p.pagemap_scan(Enabled::Auto);
+        }
+        p
+    }
 }
 
 impl SandboxConfig {
@@ -89,6 +180,7 @@ impl Default for SandboxConfig {
             max_wasm_stack: 1 << 20,
             snapshot: SnapshotConfig::default(),
             safety_net_factor: 10,
+            pooling: None,
         }
     }
 }
@@ -268,6 +360,9 @@ impl Drop for Ticker {
 /// The engine configuration. It is the same for every execution, reproducible or not, so that
 /// a compiled module, a fuel count and a NaN bit pattern mean the same thing on every node.
 /// wasmtime is built without its `threads` feature, so shared memories are never available.
+/// The allocation strategy ([`SandboxConfig::pooling`]) is the one setting that may differ
+/// between nodes: it decides where instances live, not how code is compiled, so it leaves the
+/// compatibility hash (and so the module cache and snapshots) unchanged.
 pub fn engine_config(config: &SandboxConfig) -> Config {
     let mut c = Config::new();
     c.consume_fuel(true)
@@ -275,6 +370,11 @@ pub fn engine_config(config: &SandboxConfig) -> Config {
         .cranelift_nan_canonicalization(true)
         .relaxed_simd_deterministic(true)
         .max_wasm_stack(config.max_wasm_stack);
+    if let Some(pooling) = &config.pooling {
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(
+            pooling.allocation_config(),
+        ));
+    }
     c
 }
 
@@ -655,6 +755,9 @@ fn classify(
     if let Some(exit) = err.downcast_ref::<I32Exit>() {
         return exit_end(exit.0, limiter);
     }
+    if let Some(full) = err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+        return GuestEnd::Error(format!("{POOL_FULL} ({full})"));
+    }
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => {
             return GuestEnd::Timeout(format!("fuel budget of {fuel_budget} exhausted"));
@@ -731,4 +834,135 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODULE: &str = r#"(module (memory (export "memory") 1) (table 4 funcref)
+        (func (export "_start")))"#;
+
+    fn engines() -> (Engine, Engine) {
+        let on_demand = Engine::new(&engine_config(&SandboxConfig::default())).unwrap();
+        let pooled = Engine::new(&engine_config(&SandboxConfig {
+            pooling: Some(PoolingLimits::new(4, 64)),
+            ..SandboxConfig::default()
+        }))
+        .unwrap();
+        (on_demand, pooled)
+    }
+
+    #[test]
+    fn pooling_keeps_the_compatibility_hash_and_the_compiled_modules() {
+        let (on_demand, pooled) = engines();
+        // One cache directory for both: a module compiled by either loads in the other.
+        assert_eq!(compatibility_key(&on_demand), compatibility_key(&pooled));
+        let bytes = wat::parse_str(MODULE).unwrap();
+        let compiled = Module::new(&on_demand, &bytes)
+            .unwrap()
+            .serialize()
+            .unwrap();
+        // SAFETY: the bytes were serialised just above by an engine of the same build.
+        let loaded = unsafe { Module::deserialize(&pooled, &compiled) }.unwrap();
+        let mut store = Store::new(&pooled, ());
+        wasmtime::Instance::new(&mut store, &loaded, &[]).unwrap();
+    }
+
+    #[test]
+    fn a_full_pool_refuses_an_instance_with_an_error_naming_the_limit() {
+        let (_, pooled) = engines();
+        let module = Module::new(&pooled, wat::parse_str(MODULE).unwrap()).unwrap();
+        let mut stores: Vec<Store<()>> = (0..4).map(|_| Store::new(&pooled, ())).collect();
+        for store in &mut stores {
+            wasmtime::Instance::new(&mut *store, &module, &[]).unwrap();
+        }
+        let mut fifth = Store::new(&pooled, ());
+        let err = wasmtime::Instance::new(&mut fifth, &module, &[]).unwrap_err();
+        assert!(
+            err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                .is_some(),
+            "{err:#}"
+        );
+        // A slot comes back when its instance's store is dropped.
+        stores.pop();
+        wasmtime::Instance::new(&mut fifth, &module, &[]).unwrap();
+    }
+
+    #[test]
+    fn pool_limits_keep_headroom_and_cap_memories_at_four_gib() {
+        let p = PoolingLimits::new(130, 19_000);
+        assert_eq!(p.instances, 130);
+        assert_eq!(p.executor_slots(), 130 - POOL_HEADROOM);
+        assert_eq!(p.max_memory_bytes, MAX_POOLED_MEMORY);
+        let small = PoolingLimits::new(0, 128);
+        assert_eq!(small.instances, POOL_HEADROOM + 1);
+        assert_eq!(small.executor_slots(), 1);
+        assert_eq!(small.max_memory_bytes, 128 << 20);
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    /// Reads stdin until end of file, then exits.
+    const READER: &str = r#"(module
+      (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_start")
+        (i32.store (i32.const 0) (i32.const 64))
+        (i32.store (i32.const 4) (i32.const 64))
+        (loop $again
+          (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+          (br_if $again (i32.load (i32.const 8))))))"#;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_instance_beyond_the_pool_ends_with_an_error_naming_the_pool() {
+        let cache = tempfile::tempdir().unwrap();
+        let config = SandboxConfig {
+            pooling: Some(PoolingLimits::new(3, 16)),
+            ..SandboxConfig::default()
+        };
+        let sandbox = Sandbox::new(config, cache.path()).unwrap();
+        let bytes = wat::parse_str(READER).unwrap();
+        let module = sandbox.module("reader", || Ok(bytes)).unwrap().module;
+        let spec = GuestSpec {
+            memory_bytes: 16 << 20,
+            seconds: 5,
+            ..GuestSpec::default()
+        };
+        // Three instances waiting on stdin hold every slot.
+        let held: Vec<_> = (0..3)
+            .map(|_| sandbox.spawn(&module, spec.clone(), 1 << 30).unwrap())
+            .collect();
+        for instance in &held {
+            tokio::time::timeout(Duration::from_secs(5), instance.wait_idle())
+                .await
+                .expect("the instance never read stdin");
+        }
+        let run = sandbox.run(&module, spec.clone()).await;
+        match &run.end {
+            GuestEnd::Error(e) => assert!(e.contains(POOL_FULL), "{e}"),
+            other => panic!("expected a pool error, got {other:?}"),
+        }
+        // Their slots come back when they end (once their tasks have dropped their stores).
+        for instance in held {
+            instance.close_stdin();
+            assert!(instance.wait_end(Duration::from_secs(5)).await.is_some());
+        }
+        let started = Instant::now();
+        loop {
+            let run = sandbox.run(&module, spec.clone()).await;
+            if run.end == GuestEnd::Exited(0) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "no slot came back: {:?}",
+                run.end
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! What the node tells about itself: `/healthz`, `/about/config` (listen address, domain,
-//! limits), `/about/usage/system` (cores, load, memory from `/proc`, uptime) and
+//! isolation, instance pool, limits), `/about/usage/system` (cores, load, memory from `/proc`,
+//! uptime, the memory budget and instance pool in use) and
 //! `/about/executions/list` (each program the node knows to be active: executions started and
 //! running, idle warm instances, the state of a persistent program's instance). Read-only; no
 //! host paths.
@@ -36,7 +37,11 @@ async fn config(State(state): State<AppState>) -> Json<Value> {
         "bound": state.local_addr().map(|a| a.to_string()),
         "domain": state.domain(),
         "control_routes": state.token().is_some(),
-        "keep_warm": executor.keep_warm,
+        "isolation": executor.isolation.as_str(),
+        "pooling": executor.sandbox.pooling.map(|p| json!({
+            "instances": p.instances,
+            "max_memory_bytes": p.max_memory_bytes,
+        })),
         "limits": {
             "max_concurrent_executions": c.max_concurrent,
             "max_request_body_bytes": c.max_body_bytes,
@@ -101,6 +106,10 @@ async fn usage(State(state): State<AppState>) -> Json<Value> {
         "memory_budget": state.executor().memory_use().map(|m| json!({
             "total_mib": m.total_mib,
             "reserved_mib": m.reserved_mib,
+        })),
+        "instance_pool": state.executor().pool_use().map(|p| json!({
+            "slots": p.slots,
+            "held": p.held,
         })),
     }))
 }

@@ -5,6 +5,9 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::executor::memory::Refused;
+use crate::outcome::Refusal;
+
 /// Why a request was not answered by a program (or by a node route).
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -46,6 +49,10 @@ pub enum ServiceError {
     /// the node's memory budget, even after retiring idle instances.
     #[error("{0}; retry shortly")]
     MemoryFull(String),
+    /// 503 Service Unavailable (with `Retry-After: 1`): every slot of the engine's instance
+    /// pool is held by a live instance, even after retiring idle instances.
+    #[error("{0}; retry shortly")]
+    PoolFull(String),
     /// 504 Gateway Timeout: the program did not answer within `resources.seconds`.
     #[error("the program did not answer within its time limit ({seconds} s)")]
     Timeout {
@@ -79,12 +86,23 @@ impl ServiceError {
             ServiceError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ServiceError::Unauthorized => StatusCode::UNAUTHORIZED,
             ServiceError::ControlDisabled => StatusCode::FORBIDDEN,
-            ServiceError::NodeFull | ServiceError::MemoryFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServiceError::NodeFull | ServiceError::MemoryFull(_) | ServiceError::PoolFull(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ServiceError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ServiceError::ProgramFailed(_) | ServiceError::Unobtainable(_) => {
                 StatusCode::BAD_GATEWAY
             }
             ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<Refused> for ServiceError {
+    fn from(r: Refused) -> Self {
+        match r.cause {
+            Refusal::MemoryBudget => ServiceError::MemoryFull(r.message),
+            Refusal::InstancePool => ServiceError::PoolFull(r.message),
         }
     }
 }
@@ -101,7 +119,7 @@ impl IntoResponse for ServiceError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         match self {
-            ServiceError::NodeFull | ServiceError::MemoryFull(_) => {
+            ServiceError::NodeFull | ServiceError::MemoryFull(_) | ServiceError::PoolFull(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ServiceError::Unauthorized => {

@@ -1,9 +1,9 @@
 //! `/metrics`: the node's counters in the OpenMetrics text format (which Prometheus scrapes):
 //! executions by outcome, requests refused before execution, response codes of program
 //! routes, cold starts (executions that started a new instance; how many of them restored a
-//! snapshot) and module compilations, fuel,
-//! an execution-latency histogram, the executions, idle warm instances and the memory budget
-//! at the time of the scrape, and the triggers: cron ticks
+//! snapshot) and module compilations, fuel, an execution-latency histogram, the executions,
+//! idle warm instances, the memory budget and the instance pool at the time of the scrape, and
+//! the triggers: cron ticks
 //! (run or skipped), restarts of persistent instances (by reason), message deliveries (by
 //! result), persistent instances running at the time of the scrape.
 
@@ -64,6 +64,8 @@ pub struct Metrics {
     restored_starts: Counter,
     memory_budget: Gauge,
     memory_reserved: Gauge,
+    pool_slots: Gauge,
+    pool_held: Gauge,
     fuel: Counter<u64, AtomicU64>,
     latency: Histogram,
     in_flight: Gauge,
@@ -138,6 +140,18 @@ impl Metrics {
             "MiB of the memory budget held by live instances at the time of the scrape",
             memory_reserved.clone(),
         );
+        let pool_slots = Gauge::default();
+        registry.register(
+            "instance_pool_slots",
+            "Instance slots of the engine's pool that executions may take (0: no pool)",
+            pool_slots.clone(),
+        );
+        let pool_held = Gauge::default();
+        registry.register(
+            "instance_pool_held",
+            "Instance slots held by live instances at the time of the scrape",
+            pool_held.clone(),
+        );
         let fuel = Counter::<u64, AtomicU64>::default();
         registry.register(
             "fuel_consumed",
@@ -200,6 +214,8 @@ impl Metrics {
             restored_starts,
             memory_budget,
             memory_reserved,
+            pool_slots,
+            pool_held,
             fuel,
             latency,
             in_flight,
@@ -286,6 +302,13 @@ impl Metrics {
         self.memory_reserved.set(reserved as i64);
     }
 
+    /// Sets the instance-pool gauges (`None`: the engine allocates on demand).
+    pub fn set_pool(&self, pool: Option<crate::executor::memory::PoolUse>) {
+        let (slots, held) = pool.map_or((0, 0), |p| (p.slots, p.held));
+        self.pool_slots.set(slots as i64);
+        self.pool_held.set(held as i64);
+    }
+
     /// The text exposition, with the gauges set to `in_flight` and `idle_instances`.
     pub fn encode(&self, in_flight: usize, idle_instances: usize) -> Result<String, ServiceError> {
         self.in_flight.set(in_flight as i64);
@@ -308,6 +331,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ServiceError
         .metrics()
         .set_persistent_running(state.triggers().persistent_running());
     state.metrics().set_memory(state.executor().memory_use());
+    state.metrics().set_pool(state.executor().pool_use());
     let text = state.metrics().encode(state.in_flight(), idle)?;
     let mut response = text.into_response();
     response

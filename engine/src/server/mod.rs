@@ -51,7 +51,8 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tower::ServiceExt as _;
 
-use crate::executor::{Executor, ExecutorConfig};
+use crate::executor::{Executor, ExecutorConfig, Isolation};
+use crate::sandbox::PoolingLimits;
 use crate::sandbox::snapshot::SnapshotConfig;
 use crate::store::Store;
 use crate::store::prefetch::Prefetcher;
@@ -114,7 +115,19 @@ pub struct ServerConfig {
     /// `resources.memory`; a request whose program does not fit (after retiring idle
     /// instances) is answered 503. By default 80 % of the machine's memory (`None`: no budget).
     pub memory_budget_mib: Option<u64>,
+    /// Whether an interpreter instance serves one request or many ([`Isolation`]). By default
+    /// [`Isolation::Warm`]. Persistent programs keep their long-lived instance either way.
+    pub isolation: Isolation,
+    /// The engine's instance pool ([`PoolingLimits`]; [`ServerConfig::default_pooling`] sizes
+    /// one from the other settings). A request that needs a new instance while every slot is
+    /// held (after retiring idle instances) is answered 503 naming the pool. By default none:
+    /// instances are allocated on demand.
+    pub pooling: Option<PoolingLimits>,
 }
+
+/// How many pool slots the node keeps for idle warm and pinned (persistent) instances besides
+/// one per concurrent execution, as a multiple of [`ServerConfig::max_concurrent`].
+pub const POOL_IDLE_FACTOR: u32 = 1;
 
 /// 80 % of the machine's memory in MiB, when `/proc/meminfo` says how much there is.
 pub fn default_memory_budget_mib() -> Option<u64> {
@@ -145,23 +158,45 @@ impl Default for ServerConfig {
             api: None,
             triggers: triggers::TriggerConfig::default(),
             memory_budget_mib: default_memory_budget_mib(),
+            isolation: Isolation::Warm,
+            pooling: None,
         }
     }
 }
 
 impl ServerConfig {
-    /// The executor's configuration: warm instances kept for [`ServerConfig::idle_timeout`],
-    /// modules cached in [`ServerConfig::module_cache`], every other setting at its default.
+    /// The executor's configuration: instances kept warm for [`ServerConfig::idle_timeout`]
+    /// or not ([`ServerConfig::isolation`]), modules cached in [`ServerConfig::module_cache`],
+    /// the snapshot and pooling settings, every other setting at its default.
     pub fn executor_config(&self) -> ExecutorConfig {
         let mut config = ExecutorConfig {
             module_cache: self.module_cache.clone(),
-            keep_warm: true,
+            isolation: self.isolation,
+            retire_after_answer: true,
             idle_timeout: self.idle_timeout,
             memory_budget_mib: self.memory_budget_mib,
             ..ExecutorConfig::default()
         };
         config.sandbox.snapshot = self.snapshot.clone();
+        config.sandbox.pooling = self.pooling;
         config
+    }
+
+    /// An instance pool sized from the node's settings: one slot per concurrent execution
+    /// ([`ServerConfig::max_concurrent`]), as many again ([`POOL_IDLE_FACTOR`]) for idle warm
+    /// and pinned instances, and [`crate::sandbox::POOL_HEADROOM`] for snapshot builds; each
+    /// memory as large as the largest `resources.memory` the node admits (its memory budget,
+    /// else the message limit), capped at the 4 GiB a slot holds.
+    pub fn default_pooling(&self) -> PoolingLimits {
+        let running = u32::try_from(self.max_concurrent).unwrap_or(u32::MAX);
+        let instances = running
+            .saturating_mul(1 + POOL_IDLE_FACTOR)
+            .saturating_add(crate::sandbox::POOL_HEADROOM);
+        let largest = self
+            .memory_budget_mib
+            .unwrap_or(crate::message::MAX_MEMORY_MIB)
+            .min(crate::message::MAX_MEMORY_MIB);
+        PoolingLimits::new(instances, largest)
     }
 }
 

@@ -233,9 +233,9 @@ async fn execute(
         state.metrics().refused("node_full");
         return Err(ServiceError::NodeFull);
     };
-    if let Err(reason) = state.executor().admit(msg).await {
-        state.metrics().refused("memory_budget");
-        return Err(ServiceError::MemoryFull(reason));
+    if let Err(refused) = state.executor().admit(msg).await {
+        state.metrics().refused(refused.cause.as_str());
+        return Err(refused.into());
     }
     let (parts, body) = request.into_parts();
     let body = read_body(state, body).await?;
@@ -250,9 +250,11 @@ async fn execute(
             state.execution_started(&msg.item_hash);
             let started = Instant::now();
             let outcome = state.executor().execute(&msg, &trigger).await;
-            state
-                .metrics()
-                .execution(&outcome, started.elapsed().as_secs_f64());
+            if outcome.refused.is_none() {
+                state
+                    .metrics()
+                    .execution(&outcome, started.elapsed().as_secs_f64());
+            }
             state.execution_ended(&msg.item_hash, outcome.kind.as_str());
             outcome
         })
@@ -260,6 +262,12 @@ async fn execute(
     let outcome = task
         .await
         .map_err(|e| anyhow::anyhow!("the execution task of {} failed: {e}", msg.item_hash))?;
+    if let Some(cause) = outcome.refused {
+        // Admitted, but another execution took the room meanwhile.
+        state.metrics().refused(cause.as_str());
+        let message = outcome.error.clone().unwrap_or_default();
+        return Err(crate::executor::memory::Refused { cause, message }.into());
+    }
     if !outcome.is_ok() {
         tracing::warn!(
             program = %msg.item_hash,

@@ -78,7 +78,7 @@ async fn restored_instances_answer_the_hello_and_starlette_apps() {
     let starlette = py.program(&py.code(&code), "main:app", json!({}));
     let warm = py.executor({
         let mut c = snapshot_config();
-        c.keep_warm = true;
+        c.isolation = Isolation::Warm;
         c
     });
     let o = run(&warm, &starlette, http("GET /")).await;

@@ -1,0 +1,605 @@
+//! Node policies over a real server on a loopback port: instance isolation (`warm` against
+//! `per-request`) and the engine's instance pool (`--pooling`), sized small enough here to be
+//! filled.
+//!
+//! The Python app keeps a module-level counter and writes a file to an ephemeral volume; it
+//! runs on the python-3.12 runtime, sharing the interpreter copy and compiled-module cache of
+//! the other suites (`target/tmp/aleph-wasm-test-cache/`). The binary programs are small WAT
+//! guests. Each test has its own store.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aleph_wasm::message::{self, Message, MessageType};
+use aleph_wasm::sandbox::PoolingLimits;
+use aleph_wasm::sandbox::snapshot::SnapshotEvent;
+use aleph_wasm::server::{self, Server, ServerConfig};
+use aleph_wasm::volumes::archive::{self, PackFormat};
+use aleph_wasm::{Isolation, Store, runtime};
+use serde_json::{Value, json};
+
+/// The binary under test (for the `serve` command).
+const BIN: &str = env!("CARGO_BIN_EXE_aleph-wasm");
+/// What the suites keep between runs: the interpreter copy and compiled modules.
+const CACHE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/aleph-wasm-test-cache");
+/// The owner of the messages the tests write.
+const OWNER: &str = "0x00000000000000000000000000000000000000d7";
+
+/// Counts the requests its instance has served, and says whether the scratch file a request
+/// writes was already there (when it has a scratch volume).
+const COUNTER_APP: &str = r#"
+import os
+
+served = 0
+
+async def app(scope, receive, send):
+    global served
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"].endswith("shutdown"):
+                return
+    served += 1
+    seen = os.path.exists("/scratch/note")
+    if os.path.isdir("/scratch"):
+        with open("/scratch/note", "a") as f:
+            f.write("x")
+    body = '{"served": %d, "seen": %s}' % (served, "true" if seen else "false")
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body.encode()})
+"#;
+
+/// Answers "awake" at once.
+const HELLO: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "Content-Type: text/plain\0d\0a\0d\0aawake\0a")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 34))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+
+/// Sleeps `ms` milliseconds in the host (a WASI clock subscription), then answers "rested".
+fn sleeper(ms: u64) -> String {
+    format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 1024) "Content-Type: text/plain\0d\0a\0d\0arested\0a")
+  (func (export "_start")
+    (i64.store (i32.const 64) (i64.const 0))
+    (i32.store8 (i32.const 72) (i32.const 0))
+    (i32.store (i32.const 80) (i32.const 1))
+    (i64.store (i32.const 88) (i64.const {ns}))
+    (i64.store (i32.const 96) (i64.const 0))
+    (i32.store16 (i32.const 104) (i32.const 0))
+    (drop (call $poll (i32.const 64) (i32.const 256) (i32.const 1) (i32.const 512)))
+    (i32.store (i32.const 0) (i32.const 1024))
+    (i32.store (i32.const 4) (i32.const 35))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+        ns = ms * 1_000_000
+    )
+}
+
+// --- Programs --------------------------------------------------------------------------------
+
+/// Validates and stores a PROGRAM message with `content`.
+fn put_program(store: &Store, content: Value) -> Message {
+    let draft = message::build_inline(MessageType::Program, "ETH", OWNER, 2.0, content);
+    let msg = message::parse(&serde_json::to_vec(&draft.to_json()).unwrap())
+        .unwrap_or_else(|e| panic!("the test's program message is invalid: {e}"));
+    store.put_message(&msg).unwrap();
+    msg
+}
+
+/// A binary (CGI) program running the compiled `wat`.
+fn binary_program(store: &Store, wat: &str) -> Message {
+    let wasm = wat::parse_str(wat).unwrap_or_else(|e| panic!("guest does not compile: {e}"));
+    let code_hash = store.put_object(&wasm).unwrap();
+    let code = store
+        .add_store_message(&code_hash, wasm.len() as u64, OWNER, 1.0)
+        .unwrap();
+    let runtime_ref = runtime::add_builtin(store, "wasi").unwrap();
+    put_program(
+        store,
+        json!({
+            "type": "vm-function", "address": OWNER, "time": 2.0, "allow_amend": false,
+            "code": {"encoding": "plain", "entrypoint": "main.wasm", "ref": code.item_hash,
+                     "interface": "binary", "use_latest": false},
+            "runtime": {"ref": runtime_ref, "use_latest": false, "comment": "wasi"},
+            "on": {"http": true, "persistent": false},
+            "environment": {},
+            "resources": {"vcpus": 1, "memory": 16, "seconds": 10},
+            "variables": {}, "volumes": [],
+        }),
+    )
+}
+
+/// The counter app on python-3.12, with a 1 MiB ephemeral volume at `/scratch`.
+fn counter_program(store: &Store, dir: &Path) -> Message {
+    counter_program_with(
+        store,
+        dir,
+        json!([{"ephemeral": true, "mount": "/scratch", "size_mib": 1}]),
+    )
+}
+
+/// The counter app on python-3.12 with `volumes`.
+fn counter_program_with(store: &Store, dir: &Path, volumes: Value) -> Message {
+    let runtime_ref = common::python::python_runtime(store, Path::new(CACHE));
+    let code_dir = dir.join("counter");
+    std::fs::create_dir_all(&code_dir).unwrap();
+    std::fs::write(code_dir.join("main.py"), COUNTER_APP).unwrap();
+    let zip = dir.join("counter.zip");
+    archive::pack(&code_dir, PackFormat::Zip, &zip).unwrap();
+    let code = store.add_file(&zip, OWNER, 1.0).unwrap();
+    put_program(
+        store,
+        json!({
+            "type": "vm-function", "address": OWNER, "time": 2.0, "allow_amend": false,
+            "code": {"encoding": "zip", "entrypoint": "main:app", "ref": code.item_hash,
+                     "interface": "asgi", "use_latest": false},
+            "runtime": {"ref": runtime_ref, "use_latest": false, "comment": "python-3.12"},
+            "on": {"http": true, "persistent": false},
+            "environment": {},
+            "resources": {"vcpus": 1, "memory": 128, "seconds": 10},
+            "variables": {},
+            "volumes": volumes,
+        }),
+    )
+}
+
+// --- Servers and requests --------------------------------------------------------------------
+
+/// One test's directory, store and server.
+struct Node {
+    dir: tempfile::TempDir,
+    store: Store,
+    server: Option<Server>,
+}
+
+impl Node {
+    fn new() -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix("aleph-wasm-isolation-")
+            .tempdir()
+            .unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        Node {
+            dir,
+            store,
+            server: None,
+        }
+    }
+
+    /// Starts the server on a loopback port (instances start cold), `tune` applied.
+    async fn start(mut self, tune: impl FnOnce(&mut ServerConfig)) -> Node {
+        let mut config = ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            module_cache: Some(PathBuf::from(CACHE).join("modules")),
+            ..ServerConfig::default()
+        };
+        config.snapshot.enabled = false;
+        tune(&mut config);
+        let server = server::start(config, self.store.clone())
+            .await
+            .unwrap_or_else(|e| panic!("the server does not start: {e:#}"));
+        self.server = Some(server);
+        self
+    }
+
+    fn url(&self, path: &str) -> String {
+        let addr = self.server.as_ref().expect("not started").local_addr();
+        format!("http://{addr}{path}")
+    }
+
+    async fn get(&self, path: &str) -> Answer {
+        get(&self.url(path)).await
+    }
+
+    async fn json(&self, path: &str) -> Value {
+        self.get(path).await.status(200).json()
+    }
+
+    async fn shutdown(mut self) {
+        let server = self.server.take().expect("not started");
+        tokio::time::timeout(Duration::from_secs(60), server.shutdown())
+            .await
+            .expect("the shutdown hangs")
+            .unwrap();
+    }
+}
+
+/// A finished HTTP exchange, with readable failures.
+struct Answer {
+    what: String,
+    status: u16,
+    retry_after: Option<String>,
+    body: String,
+}
+
+async fn get(url: &str) -> Answer {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: no response: {e}"));
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    Answer {
+        what: format!("GET {url}"),
+        status,
+        retry_after,
+        body: response.text().await.unwrap_or_default(),
+    }
+}
+
+impl Answer {
+    fn status(self, want: u16) -> Self {
+        assert_eq!(self.status, want, "unexpected status\n{self}");
+        self
+    }
+
+    fn has(self, needle: &str) -> Self {
+        assert!(
+            self.body.contains(needle),
+            "the body lacks {needle:?}\n{self}"
+        );
+        self
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("the body is not JSON: {e}\n{self}"))
+    }
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "request: {}\nstatus: {}\n--- body ---\n{}\n---",
+            self.what, self.status, self.body
+        )
+    }
+}
+
+/// Waits until the node reports `n` executions running.
+async fn wait_running(node: &Node, n: u64) {
+    let started = Instant::now();
+    loop {
+        let usage = node.json("/about/usage/system").await;
+        if usage["executions"]["running"].as_u64() == Some(n) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never {n} executions running: {usage}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of the metric sample `name{labels}` in a Prometheus text exposition.
+fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The counter app's answer to three requests in a row, as (served, seen) pairs.
+async fn three_requests(node: &Node, msg: &Message) -> Vec<(u64, bool)> {
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let v = node.json(&format!("/vm/{}/", msg.item_hash)).await;
+        answers.push((
+            v["served"].as_u64().unwrap_or_else(|| panic!("{v}")),
+            v["seen"].as_bool().unwrap_or_else(|| panic!("{v}")),
+        ));
+    }
+    answers
+}
+
+// --- Isolation -------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_request_isolation_gives_every_request_a_fresh_instance() {
+    let node = Node::new();
+    let msg = counter_program(&node.store, node.dir.path());
+    let node = node.start(|c| c.isolation = Isolation::PerRequest).await;
+    // No request sees the counter or the scratch file of the one before.
+    assert_eq!(
+        three_requests(&node, &msg).await,
+        vec![(1, false), (1, false), (1, false)]
+    );
+    let list = node.json("/about/executions/list").await;
+    assert_eq!(list[&msg.item_hash]["requests"], 3, "{list}");
+    assert_eq!(list[&msg.item_hash]["idle_instances"], 0, "{list}");
+    let metrics = node.get("/metrics").await.status(200).body;
+    assert_eq!(
+        metric(&metrics, "aleph_wasm_cold_starts_total"),
+        Some(3.0),
+        "{metrics}"
+    );
+    let config = node.json("/about/config").await;
+    assert_eq!(config["isolation"], "per-request", "{config}");
+    assert_eq!(config["pooling"], Value::Null, "{config}");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_isolation_lets_requests_share_an_instance() {
+    let node = Node::new();
+    let msg = counter_program(&node.store, node.dir.path());
+    let node = node.start(|c| c.isolation = Isolation::Warm).await;
+    assert_eq!(
+        three_requests(&node, &msg).await,
+        vec![(1, false), (2, true), (3, true)]
+    );
+    let list = node.json("/about/executions/list").await;
+    assert_eq!(list[&msg.item_hash]["idle_instances"], 1, "{list}");
+    let config = node.json("/about/config").await;
+    assert_eq!(config["isolation"], "warm", "{config}");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_request_instances_are_restored_from_the_snapshot_in_pool_slots() {
+    let node = Node::new();
+    // No writable mount: the program can be snapshotted.
+    let msg = counter_program_with(&node.store, node.dir.path(), json!([]));
+    let node = node
+        .start(|c| {
+            c.isolation = Isolation::PerRequest;
+            c.snapshot.enabled = true;
+            c.pooling = Some(PoolingLimits::new(4, 256));
+        })
+        .await;
+    // Each restored instance starts from the snapshot taken at boot, not from the memory of
+    // the instance before it in the slot.
+    assert_eq!(
+        three_requests(&node, &msg).await,
+        vec![(1, false), (1, false), (1, false)]
+    );
+    let events = node
+        .server
+        .as_ref()
+        .unwrap()
+        .state()
+        .executor()
+        .sandbox()
+        .snapshots()
+        .events();
+    let restored = events
+        .iter()
+        .filter(|e| matches!(e, SnapshotEvent::Restored { .. }))
+        .count();
+    assert_eq!(restored, 3, "{events:?}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, SnapshotEvent::Fallback { .. })),
+        "{events:?}"
+    );
+    node.shutdown().await;
+}
+
+// --- The instance pool -----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_instances_serve_python_and_binary_programs() {
+    let node = Node::new();
+    let counter = counter_program(&node.store, node.dir.path());
+    let hello = binary_program(&node.store, HELLO);
+    let node = node
+        .start(|c| {
+            c.isolation = Isolation::PerRequest;
+            c.pooling = Some(PoolingLimits::new(6, 256));
+        })
+        .await;
+    assert_eq!(
+        three_requests(&node, &counter).await,
+        vec![(1, false), (1, false), (1, false)]
+    );
+    for _ in 0..5 {
+        node.get(&format!("/vm/{}/", hello.item_hash))
+            .await
+            .status(200)
+            .has("awake");
+    }
+    // Each instance is retired after its answer; its slot comes back once it has ended.
+    let started = Instant::now();
+    loop {
+        let usage = node.json("/about/usage/system").await;
+        if usage["instance_pool"] == json!({"slots": 4, "held": 0}) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the instances were never retired: {usage}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let config = node.json("/about/config").await;
+    assert_eq!(config["pooling"]["instances"], 6, "{config}");
+    assert_eq!(
+        config["pooling"]["max_memory_bytes"],
+        256u64 << 20,
+        "{config}"
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_instance_pool_answers_503_naming_the_pool() {
+    let node = Node::new();
+    let slow = binary_program(&node.store, &sleeper(1500));
+    let fast = binary_program(&node.store, HELLO);
+    // Three slots: one for executions, the rest kept for snapshot builds.
+    let node = node
+        .start(|c| c.pooling = Some(PoolingLimits::new(3, 64)))
+        .await;
+    let slow_url = node.url(&format!("/vm/{}/", slow.item_hash));
+    let first = tokio::spawn(async move { get(&slow_url).await });
+    wait_running(&node, 1).await;
+    let usage = node.json("/about/usage/system").await;
+    assert_eq!(
+        usage["instance_pool"],
+        json!({"slots": 1, "held": 1}),
+        "{usage}"
+    );
+    let full = node
+        .get(&format!("/vm/{}/", fast.item_hash))
+        .await
+        .status(503)
+        .has("instance pool is full");
+    assert_eq!(full.retry_after.as_deref(), Some("1"), "{full}");
+    let metrics = node.get("/metrics").await.status(200).body;
+    assert_eq!(
+        metric(&metrics, "aleph_wasm_instance_pool_held"),
+        Some(1.0),
+        "{metrics}"
+    );
+    first.await.unwrap().status(200).has("rested");
+    // The slot came back with the instance.
+    node.get(&format!("/vm/{}/", fast.item_hash))
+        .await
+        .status(200)
+        .has("awake");
+    let metrics = node.get("/metrics").await.status(200).body;
+    assert_eq!(
+        metric(
+            &metrics,
+            "aleph_wasm_refused_requests_total{reason=\"instance_pool\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_warm_instance_gives_its_pool_slot_to_another_program() {
+    let node = Node::new();
+    let counter = counter_program(&node.store, node.dir.path());
+    let hello = binary_program(&node.store, HELLO);
+    let node = node
+        .start(|c| c.pooling = Some(PoolingLimits::new(3, 256)))
+        .await;
+    node.get(&format!("/vm/{}/", counter.item_hash))
+        .await
+        .status(200);
+    let list = node.json("/about/executions/list").await;
+    assert_eq!(list[&counter.item_hash]["idle_instances"], 1, "{list}");
+    // The idle instance holds the only slot: it is retired to make room.
+    node.get(&format!("/vm/{}/", hello.item_hash))
+        .await
+        .status(200)
+        .has("awake");
+    let list = node.json("/about/executions/list").await;
+    assert_eq!(list[&counter.item_hash]["idle_instances"], 0, "{list}");
+    node.shutdown().await;
+}
+
+// --- The command line ------------------------------------------------------------------------
+
+#[test]
+fn serve_refuses_an_unknown_isolation() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("--store")
+        .arg(dir.path().join("store"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--isolation",
+            "sometimes",
+        ])
+        .env_remove("ALEPH_WASM_ISOLATION")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("per-request"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_takes_isolation_and_pooling_from_its_options() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .arg("--store")
+        .arg(dir.path().join("store"))
+        .arg("--module-cache")
+        .arg(PathBuf::from(CACHE).join("modules"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--max-concurrent", "5"])
+        .args(["--memory-budget", "512", "--pooling"])
+        .env("ALEPH_WASM_ISOLATION", "per-request")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    });
+    let line = tokio::time::timeout(Duration::from_secs(60), line)
+        .await
+        .expect("`serve` printed no address")
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    let config = get(&format!("{base}/about/config"))
+        .await
+        .status(200)
+        .json();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exited = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
+    let out = tokio::time::timeout(Duration::from_secs(60), exited)
+        .await
+        .expect("`serve` did not stop after SIGTERM")
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(config["isolation"], "per-request", "{config}");
+    // One slot per concurrent execution, as many for idle instances, two for snapshot builds;
+    // memories as large as the memory budget.
+    assert_eq!(config["pooling"]["instances"], 12, "{config}");
+    assert_eq!(
+        config["pooling"]["max_memory_bytes"],
+        512u64 << 20,
+        "{config}"
+    );
+}
