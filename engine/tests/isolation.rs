@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use aleph_wasm::message::{self, Message, MessageType};
 use aleph_wasm::sandbox::PoolingLimits;
-use aleph_wasm::sandbox::snapshot::SnapshotEvent;
+use aleph_wasm::sandbox::snapshot::{SnapshotBuild, SnapshotEvent};
 use aleph_wasm::server::{self, Server, ServerConfig};
 use aleph_wasm::volumes::archive::{self, PackFormat};
 use aleph_wasm::{Isolation, Store, runtime};
@@ -131,6 +131,11 @@ fn counter_program(store: &Store, dir: &Path) -> Message {
 
 /// The counter app on python-3.12 with `volumes`.
 fn counter_program_with(store: &Store, dir: &Path, volumes: Value) -> Message {
+    counter_program_version(store, dir, volumes, json!({}))
+}
+
+/// The counter app on python-3.12 with `volumes` and `variables`.
+fn counter_program_version(store: &Store, dir: &Path, volumes: Value, variables: Value) -> Message {
     let runtime_ref = common::python::python_runtime(store, Path::new(CACHE));
     let code_dir = dir.join("counter");
     std::fs::create_dir_all(&code_dir).unwrap();
@@ -148,7 +153,7 @@ fn counter_program_with(store: &Store, dir: &Path, volumes: Value) -> Message {
             "on": {"http": true, "persistent": false},
             "environment": {},
             "resources": {"vcpus": 1, "memory": 128, "seconds": 10},
-            "variables": {},
+            "variables": variables,
             "volumes": volumes,
         }),
     )
@@ -395,6 +400,61 @@ async fn per_request_instances_are_restored_from_the_snapshot_in_pool_slots() {
             .any(|e| matches!(e, SnapshotEvent::Fallback { .. })),
         "{events:?}"
     );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_builds_snapshots_in_the_background_while_requests_start_cold() {
+    let node = Node::new();
+    // A version of the program no earlier run snapshotted (the module cache is shared).
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        .to_string();
+    let msg = counter_program_version(
+        &node.store,
+        node.dir.path(),
+        json!([{"ephemeral": true, "mount": "/scratch", "size_mib": 1}]),
+        json!({"NONCE": nonce}),
+    );
+    let node = node
+        .start(|c| {
+            c.isolation = Isolation::PerRequest;
+            c.snapshot.enabled = true;
+            c.snapshot.build = SnapshotBuild::Background;
+        })
+        .await;
+    let path = format!("/vm/{}/", msg.item_hash);
+    // The first request does not wait for the build: it starts cold.
+    let v = node.json(&path).await;
+    assert_eq!(v["served"], 1, "{v}");
+    let restored = |text: &str| metric(text, "aleph_wasm_restored_starts_total").unwrap_or(0.0);
+    let metrics = node.get("/metrics").await.status(200).body;
+    assert_eq!(restored(&metrics), 0.0, "{metrics}");
+    // Later requests are restored once the snapshot is built.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let v = node.json(&path).await;
+        assert_eq!(v["served"], 1, "{v}");
+        let metrics = node.get("/metrics").await.status(200).body;
+        if restored(&metrics) >= 1.0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let events = node
+                .server
+                .as_ref()
+                .unwrap()
+                .state()
+                .executor()
+                .sandbox()
+                .snapshots()
+                .events();
+            panic!("no request was restored from a snapshot: {events:?}\n{metrics}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     node.shutdown().await;
 }
 

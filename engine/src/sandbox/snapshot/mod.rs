@@ -326,6 +326,8 @@ pub struct Snapshots {
     events: Mutex<Vec<SnapshotEvent>>,
     warned: Mutex<Option<String>>,
     wasm_opt_version: Mutex<Option<Result<String, String>>>,
+    /// The background jobs running now (prepared-interpreter and snapshot keys).
+    building: Mutex<std::collections::HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -347,6 +349,7 @@ impl Snapshots {
             events: Mutex::new(Vec::new()),
             warned: Mutex::new(None),
             wasm_opt_version: Mutex::new(None),
+            building: Mutex::new(Default::default()),
         }
     }
 

@@ -136,7 +136,7 @@ impl Sandbox {
             && Snapshots::peek(&snapshots.snapshots, &key).is_none()
             && !snapshots.dir.join(format!("{key}.cwasm")).is_file()
         {
-            self.build_in_background(source, spec, boot_fuel, boot_limit);
+            self.build_in_background(&key, source, spec, boot_fuel, boot_limit);
             snapshots.fallback(format!(
                 "the snapshot {key} is being built in the background"
             ));
@@ -195,7 +195,7 @@ impl Sandbox {
             if !cached {
                 let done = Snapshots::peek(&snapshots.prepared, &key);
                 if done.is_none() {
-                    self.build_in_background(source, spec, boot_fuel, boot_limit);
+                    self.build_in_background(&key, source, spec, boot_fuel, boot_limit);
                 }
                 return done;
             }
@@ -207,19 +207,37 @@ impl Sandbox {
         )
     }
 
-    /// Prepares the interpreter and builds the snapshot of `spec` on a task of their own; the
-    /// outcome is kept (and a failure is logged by the next instance that needs it).
+    /// Prepares the interpreter and builds the snapshot of `spec` on a task of their own (one
+    /// task per `job` at a time); the outcome is kept (and a failure is logged by the next
+    /// instance that needs it).
     fn build_in_background(
         &self,
+        job: &str,
         source: &SnapshotSource,
         spec: &GuestSpec,
         boot_fuel: u64,
         boot_limit: Duration,
     ) {
+        if !super::lock(&self.snapshots.building).insert(job.to_string()) {
+            return;
+        }
+        let job = job.to_string();
+        // The per-execution mounts are copied now: the execution that asked may be over (and
+        // its directories gone) before the build boots.
+        let mounts = match mounts::BuildMounts::new(spec, &self.snapshots.dir.join("tmp")) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("cannot build the snapshot: {e}");
+                super::lock(&self.snapshots.building).remove(&job);
+                return;
+            }
+        };
         let sandbox = self.clone();
-        let (source, spec) = (source.clone(), spec.clone());
+        let (source, spec) = (source.clone(), mounts.spec.clone());
         tokio::spawn(async move {
+            let _mounts = mounts;
             let snapshots = &sandbox.snapshots;
+            let _done = Finished(snapshots.clone(), job);
             let prepared = match snapshots
                 .prepared(&sandbox, &source, &spec, boot_fuel, boot_limit)
                 .await
@@ -246,5 +264,14 @@ impl Sandbox {
                 tracing::warn!(key, "cannot build the snapshot: {e}");
             }
         });
+    }
+}
+
+/// Takes a background job off the list of running ones when it ends (even by a panic).
+struct Finished(Arc<Snapshots>, String);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        super::lock(&self.0.building).remove(&self.1);
     }
 }
