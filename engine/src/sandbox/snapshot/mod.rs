@@ -52,7 +52,7 @@ pub use restore::Restorable;
 pub use start::{InterpreterModule, Started};
 
 /// The version of the snapshot protocol (rewrite, pause, restore); part of every cache key.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The module of the checkpoint import.
 pub const CHECKPOINT_MODULE: &str = "aleph_wasm";
 /// The name of the checkpoint import.

@@ -283,7 +283,7 @@ pub fn wasm_opt_version(wasm_opt: &Path) -> Result<String, String> {
 }
 
 /// Runs binaryen's Asyncify on `wasm`, instrumenting exactly `names`, with the checkpoint as
-/// the only import that may unwind.
+/// the only import that may unwind; the code Asyncify flattens is optimised again.
 pub fn asyncify(
     wasm_opt: &Path,
     wasm: &[u8],
@@ -299,6 +299,14 @@ pub fn asyncify(
             "--pass-arg=asyncify-imports@{CHECKPOINT_MODULE}.{CHECKPOINT_NAME}"
         ))
         .arg(format!("--pass-arg=asyncify-onlylist@{}", names.join(",")))
+        // Asyncify flattens code (binaryen 108: every function) and optimises it again only
+        // at an optimisation level. Without one the module is 2.5 times larger and does the
+        // same work in about 2.4 times the Wasm instructions, which fuel counts. Level 1 (for
+        // CPython, the same output as level 2 in less time) adds no pass of its own; Asyncify
+        // then runs function passes only, so function indices, and the pause stack with
+        // them, stay as they are.
+        .arg("--optimize-level")
+        .arg("1")
         .arg(&input)
         .arg("-o")
         .arg(&output)
