@@ -231,7 +231,7 @@ struct Answer {
 async fn get(url: &str) -> Answer {
     let client = reqwest::Client::builder()
         .no_proxy()
-        .timeout(Duration::from_secs(300))
+        .timeout(Duration::from_secs(600))
         .build()
         .unwrap();
     let response = client

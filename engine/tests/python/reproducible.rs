@@ -193,6 +193,14 @@ fn receipts_made_with_snapshots_verify_with_the_interpreter_they_name() {
         plain["outputs"]["body_sha256"],
         first["outputs"]["body_sha256"]
     );
+    // The prepared interpreter costs the fuel of the original (Asyncify instruments only the
+    // pause stack, and the code it flattens is optimised again).
+    let fuel = |r: &Value| r["outputs"]["fuel_consumed"].as_f64().unwrap();
+    let ratio = fuel(&first) / fuel(&plain);
+    assert!(
+        (0.95..1.05).contains(&ratio),
+        "fuel on the prepared interpreter is {ratio:.3} × the original's"
+    );
     // `verify` reruns each on the interpreter its receipt names.
     for path in [&first_path, &plain_path] {
         let stdout = verify(py.store.root(), path, 0);
