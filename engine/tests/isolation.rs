@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::serve::ServeProcess;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -600,53 +602,21 @@ fn serve_refuses_an_unknown_isolation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_takes_isolation_and_pooling_from_its_options() {
-    use std::io::BufRead as _;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(BIN)
-        .arg("--store")
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("--store")
         .arg(dir.path().join("store"))
         .arg("--module-cache")
         .arg(PathBuf::from(CACHE).join("modules"))
         .args(["serve", "--listen", "127.0.0.1:0", "--max-concurrent", "5"])
         .args(["--memory-budget", "512", "--pooling"])
-        .env("ALEPH_WASM_ISOLATION", "per-request")
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap();
-        line
-    });
-    let line = tokio::time::timeout(Duration::from_secs(60), line)
-        .await
-        .expect("`serve` printed no address")
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    let config = get(&format!("{base}/about/config"))
+        .env("ALEPH_WASM_ISOLATION", "per-request");
+    let serve = ServeProcess::start(cmd).await;
+    let config = get(&format!("{}/about/config", serve.base))
         .await
         .status(200)
         .json();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let exited = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
-    let out = tokio::time::timeout(Duration::from_secs(60), exited)
-        .await
-        .expect("`serve` did not stop after SIGTERM")
-        .unwrap();
+    let out = serve.stop().await;
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::serve::ServeProcess;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -984,56 +986,24 @@ async fn the_router_answers_without_a_socket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_prints_its_address_and_stops_on_sigterm() {
-    use std::io::BufRead as _;
     let dir = test_dir();
     let store = Store::open(dir.path().join("store")).unwrap();
     let msg = binary_program(&store, CGI_HELLO, 5, true);
-    let mut child = std::process::Command::new(BIN)
-        .arg("--store")
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("--store")
         .arg(store.root())
         .arg("--module-cache")
         .arg(PathBuf::from(CACHE).join("modules"))
         .args(["serve", "--listen", "127.0.0.1:0"])
-        .env_remove("RUST_LOG")
-        .env_remove("ALEPH_WASM_STORE")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap();
-        line
-    });
-    let line = tokio::time::timeout(Duration::from_secs(60), line)
-        .await
-        .expect("`serve` printed no address")
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+        .env_remove("ALEPH_WASM_STORE");
+    let serve = ServeProcess::start(cmd).await;
     let client = client();
-    let answer = Answer::of(client.get(format!("{base}/vm/{}/cli", msg.item_hash)))
+    let answer = Answer::of(client.get(format!("{}/vm/{}/cli", serve.base, msg.item_hash)))
         .await
         .status(200)
         .has("PATH_INFO=/cli");
     drop(answer);
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let exited = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
-    let out = tokio::time::timeout(Duration::from_secs(60), exited)
-        .await
-        .expect("`serve` did not stop after SIGTERM")
-        .unwrap();
+    let out = serve.stop().await;
     assert_eq!(
         out.status.code(),
         Some(0),

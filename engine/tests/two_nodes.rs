@@ -8,6 +8,8 @@
 //! The programs are binary WebAssembly-text guests compiled here with `wat`: CGI ones for
 //! requests, a job recording the messages it is given for subscriptions.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use aleph_wasm::{Store, runtime};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
+use common::serve::ServeProcess;
 use serde_json::{Value, json};
 
 /// What the suites keep between runs: compiled modules.
@@ -448,50 +451,23 @@ async fn use_latest_code_follows_the_owners_newest_amend_on_node_a() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_api_fetches_from_another_node() {
-    use std::io::BufRead as _;
     let a = Node::new();
     let (msg, _) = hello(&a.store);
     let a = a.start(None).await;
     let b = Node::new();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aleph-wasm"))
-        .arg("--store")
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_aleph-wasm"));
+    cmd.arg("--store")
         .arg(b.store.root())
         .arg("--module-cache")
         .arg(Path::new(CACHE).join("modules"))
         .args(["serve", "--listen", "127.0.0.1:0", "--api", &a.url()])
         // Snapshots have their own tests; no background builds compete with this one.
         .env("ALEPH_WASM_SNAPSHOTS", "off")
-        .env_remove("RUST_LOG")
         .env_remove("ALEPH_WASM_STORE")
-        .env_remove("ALEPH_WASM_API")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        line
-    });
-    let line = tokio::time::timeout(Duration::from_secs(60), line)
-        .await
-        .expect("`serve` printed no address")
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .map(str::to_string);
-    let answer = match &base {
-        Some(base) => Some(get(&format!("{base}/vm/{}/cli", msg.item_hash)).await),
-        None => None,
-    };
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
-    let (status, body) = answer.unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        .env_remove("ALEPH_WASM_API");
+    let serve = ServeProcess::start(cmd).await;
+    let (status, body) = get(&format!("{}/vm/{}/cli", serve.base, msg.item_hash)).await;
+    serve.stop().await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("PATH_INFO=/cli"), "{body}");
     assert!(b.store.has_message(&msg.item_hash));

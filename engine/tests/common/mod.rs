@@ -6,6 +6,7 @@
 
 pub mod perturb;
 pub mod python;
+pub mod serve;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
