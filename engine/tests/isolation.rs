@@ -9,8 +9,6 @@
 
 mod common;
 
-use common::serve::ServeProcess;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -20,6 +18,8 @@ use aleph_wasm::sandbox::snapshot::{SnapshotBuild, SnapshotEvent};
 use aleph_wasm::server::{self, Server, ServerConfig};
 use aleph_wasm::volumes::archive::{self, PackFormat};
 use aleph_wasm::{Isolation, Store, runtime};
+use common::http::{Answer, get};
+use common::serve::ServeProcess;
 use serde_json::{Value, json};
 
 /// The binary under test (for the `serve` command).
@@ -219,69 +219,6 @@ impl Node {
             .await
             .expect("the shutdown hangs")
             .unwrap();
-    }
-}
-
-/// A finished HTTP exchange, with readable failures.
-struct Answer {
-    what: String,
-    status: u16,
-    retry_after: Option<String>,
-    body: String,
-}
-
-async fn get(url: &str) -> Answer {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(600))
-        .build()
-        .unwrap();
-    let response = client
-        .get(url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: no response: {e}"));
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    Answer {
-        what: format!("GET {url}"),
-        status,
-        retry_after,
-        body: response.text().await.unwrap_or_default(),
-    }
-}
-
-impl Answer {
-    fn status(self, want: u16) -> Self {
-        assert_eq!(self.status, want, "unexpected status\n{self}");
-        self
-    }
-
-    fn has(self, needle: &str) -> Self {
-        assert!(
-            self.body.contains(needle),
-            "the body lacks {needle:?}\n{self}"
-        );
-        self
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("the body is not JSON: {e}\n{self}"))
-    }
-}
-
-impl std::fmt::Display for Answer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "request: {}\nstatus: {}\n--- body ---\n{}\n---",
-            self.what, self.status, self.body
-        )
     }
 }
 
@@ -529,7 +466,7 @@ async fn a_full_instance_pool_answers_503_naming_the_pool() {
         .await
         .status(503)
         .has("instance pool is full");
-    assert_eq!(full.retry_after.as_deref(), Some("1"), "{full}");
+    assert_eq!(full.header("retry-after"), Some("1"), "{full}");
     let metrics = node.get("/metrics").await.status(200).body;
     assert_eq!(
         metric(&metrics, "aleph_wasm_instance_pool_held"),

@@ -8,8 +8,6 @@
 
 mod common;
 
-use common::serve::ServeProcess;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +17,8 @@ use aleph_wasm::message::{self, Message, MessageType};
 use aleph_wasm::server::{self, Server, ServerConfig};
 use aleph_wasm::volumes::archive::{self, PackFormat};
 use aleph_wasm::{Store, runtime};
+use common::http::{Answer, client};
+use common::serve::ServeProcess;
 use serde_json::{Value, json};
 
 /// The binary under test (for the `serve` command).
@@ -229,94 +229,6 @@ impl Node {
             .await
             .expect("the shutdown hangs")
             .unwrap();
-    }
-}
-
-/// A client that never uses a proxy; requests are built with it and sent by [`Answer::of`].
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(300))
-        .build()
-        .unwrap()
-}
-
-/// A finished HTTP exchange, with readable failures.
-struct Answer {
-    what: String,
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    /// Sends the request; names below [`DOMAIN`] resolve to the loopback address.
-    async fn of(request: reqwest::RequestBuilder) -> Answer {
-        let request = request.build().unwrap();
-        let what = format!("{} {}", request.method(), request.url());
-        let host = request.url().host_str().unwrap_or_default().to_string();
-        let port = request.url().port().unwrap_or(80);
-        let mut builder = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(300));
-        if host.ends_with(DOMAIN) {
-            builder = builder.resolve(&host, SocketAddr::from(([127, 0, 0, 1], port)));
-        }
-        let response = builder
-            .build()
-            .unwrap()
-            .execute(request)
-            .await
-            .unwrap_or_else(|e| panic!("{what}: no response: {e}"));
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.text().await.unwrap_or_default();
-        Answer {
-            what,
-            status,
-            headers,
-            body,
-        }
-    }
-
-    fn status(self, want: u16) -> Self {
-        assert_eq!(self.status, want, "unexpected status\n{self}");
-        self
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn has(self, needle: &str) -> Self {
-        assert!(
-            self.body.contains(needle),
-            "the body lacks {needle:?}\n{self}"
-        );
-        self
-    }
-
-    fn lacks(self, needle: &str) -> Self {
-        assert!(
-            !self.body.contains(needle),
-            "the body has {needle:?}\n{self}"
-        );
-        self
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("the body is not JSON: {e}\n{self}"))
-    }
-}
-
-impl std::fmt::Display for Answer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "request: {}\nstatus: {}", self.what, self.status)?;
-        for (k, v) in &self.headers {
-            writeln!(f, "{k}: {}", v.to_str().unwrap_or("(binary)"))?;
-        }
-        write!(f, "--- body ---\n{}\n---", self.body)
     }
 }
 

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod http;
 pub mod perturb;
 pub mod python;
 pub mod serve;
