@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use aleph_wasm::message::{self, Message, MessageType};
 use aleph_wasm::sandbox::PoolingLimits;
 use aleph_wasm::sandbox::snapshot::{SnapshotBuild, SnapshotEvent};
-use aleph_wasm::server::{self, Server, ServerConfig};
 use aleph_wasm::volumes::archive::{self, PackFormat};
 use aleph_wasm::{Isolation, Store, runtime};
-use common::http::{Answer, get};
+use common::http::get;
+use common::node::{Node, wait_running};
 use common::serve::ServeProcess;
 use serde_json::{Value, json};
 
@@ -163,81 +163,6 @@ fn counter_program_version(store: &Store, dir: &Path, volumes: Value, variables:
 
 // --- Servers and requests --------------------------------------------------------------------
 
-/// One test's directory, store and server.
-struct Node {
-    dir: tempfile::TempDir,
-    store: Store,
-    server: Option<Server>,
-}
-
-impl Node {
-    fn new() -> Node {
-        let dir = tempfile::Builder::new()
-            .prefix("aleph-wasm-isolation-")
-            .tempdir()
-            .unwrap();
-        let store = Store::open(dir.path().join("store")).unwrap();
-        Node {
-            dir,
-            store,
-            server: None,
-        }
-    }
-
-    /// Starts the server on a loopback port (instances start cold), `tune` applied.
-    async fn start(mut self, tune: impl FnOnce(&mut ServerConfig)) -> Node {
-        let mut config = ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            module_cache: Some(PathBuf::from(CACHE).join("modules")),
-            ..ServerConfig::default()
-        };
-        config.snapshot.enabled = false;
-        tune(&mut config);
-        let server = server::start(config, self.store.clone())
-            .await
-            .unwrap_or_else(|e| panic!("the server does not start: {e:#}"));
-        self.server = Some(server);
-        self
-    }
-
-    fn url(&self, path: &str) -> String {
-        let addr = self.server.as_ref().expect("not started").local_addr();
-        format!("http://{addr}{path}")
-    }
-
-    async fn get(&self, path: &str) -> Answer {
-        get(&self.url(path)).await
-    }
-
-    async fn json(&self, path: &str) -> Value {
-        self.get(path).await.status(200).json()
-    }
-
-    async fn shutdown(mut self) {
-        let server = self.server.take().expect("not started");
-        tokio::time::timeout(Duration::from_secs(60), server.shutdown())
-            .await
-            .expect("the shutdown hangs")
-            .unwrap();
-    }
-}
-
-/// Waits until the node reports `n` executions running.
-async fn wait_running(node: &Node, n: u64) {
-    let started = Instant::now();
-    loop {
-        let usage = node.json("/about/usage/system").await;
-        if usage["executions"]["running"].as_u64() == Some(n) {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "never {n} executions running: {usage}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The value of the metric sample `name{labels}` in a Prometheus text exposition.
 fn metric(text: &str, sample: &str) -> Option<f64> {
     text.lines()
@@ -264,7 +189,7 @@ async fn three_requests(node: &Node, msg: &Message) -> Vec<(u64, bool)> {
 async fn per_request_isolation_gives_every_request_a_fresh_instance() {
     let node = Node::new();
     let msg = counter_program(&node.store, node.dir.path());
-    let node = node.start(|c| c.isolation = Isolation::PerRequest).await;
+    let node = node.start(|c, _| c.isolation = Isolation::PerRequest).await;
     // No request sees the counter or the scratch file of the one before.
     assert_eq!(
         three_requests(&node, &msg).await,
@@ -289,7 +214,7 @@ async fn per_request_isolation_gives_every_request_a_fresh_instance() {
 async fn warm_isolation_lets_requests_share_an_instance() {
     let node = Node::new();
     let msg = counter_program(&node.store, node.dir.path());
-    let node = node.start(|c| c.isolation = Isolation::Warm).await;
+    let node = node.start(|c, _| c.isolation = Isolation::Warm).await;
     assert_eq!(
         three_requests(&node, &msg).await,
         vec![(1, false), (2, true), (3, true)]
@@ -307,7 +232,7 @@ async fn per_request_instances_are_restored_from_the_snapshot_in_pool_slots() {
     // No writable mount: the program can be snapshotted.
     let msg = counter_program_with(&node.store, node.dir.path(), json!([]));
     let node = node
-        .start(|c| {
+        .start(|c, _| {
             c.isolation = Isolation::PerRequest;
             c.snapshot.enabled = true;
             c.pooling = Some(PoolingLimits::new(4, 256));
@@ -358,7 +283,7 @@ async fn a_node_builds_snapshots_in_the_background_while_requests_start_cold() {
         json!({"NONCE": nonce}),
     );
     let node = node
-        .start(|c| {
+        .start(|c, _| {
             c.isolation = Isolation::PerRequest;
             c.snapshot.enabled = true;
             c.snapshot.build = SnapshotBuild::Background;
@@ -405,7 +330,7 @@ async fn pooled_instances_serve_python_and_binary_programs() {
     let counter = counter_program(&node.store, node.dir.path());
     let hello = binary_program(&node.store, HELLO);
     let node = node
-        .start(|c| {
+        .start(|c, _| {
             c.isolation = Isolation::PerRequest;
             c.pooling = Some(PoolingLimits::new(6, 256));
         })
@@ -450,7 +375,7 @@ async fn a_full_instance_pool_answers_503_naming_the_pool() {
     let fast = binary_program(&node.store, HELLO);
     // Three slots: one for executions, the rest kept for snapshot builds.
     let node = node
-        .start(|c| c.pooling = Some(PoolingLimits::new(3, 64)))
+        .start(|c, _| c.pooling = Some(PoolingLimits::new(3, 64)))
         .await;
     let slow_url = node.url(&format!("/vm/{}/", slow.item_hash));
     let first = tokio::spawn(async move { get(&slow_url).await });
@@ -497,7 +422,7 @@ async fn an_idle_warm_instance_gives_its_pool_slot_to_another_program() {
     let counter = counter_program(&node.store, node.dir.path());
     let hello = binary_program(&node.store, HELLO);
     let node = node
-        .start(|c| c.pooling = Some(PoolingLimits::new(3, 256)))
+        .start(|c, _| c.pooling = Some(PoolingLimits::new(3, 256)))
         .await;
     node.get(&format!("/vm/{}/", counter.item_hash))
         .await

@@ -9,15 +9,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aleph_wasm::message::{self, Message, MessageType};
-use aleph_wasm::server::{self, Server, ServerConfig};
+use aleph_wasm::server::{self, ServerConfig};
 use aleph_wasm::volumes::archive::{self, PackFormat};
 use aleph_wasm::{Store, runtime};
 use common::http::{Answer, client};
+use common::node::{Node, wait_running};
 use common::serve::ServeProcess;
 use serde_json::{Value, json};
 
@@ -149,14 +149,6 @@ fn code_ref(msg: &Message) -> String {
 
 // --- Servers and requests --------------------------------------------------------------------
 
-/// One test's store and server.
-struct Node {
-    dir: tempfile::TempDir,
-    store: Store,
-    server: Option<Server>,
-    client: reqwest::Client,
-}
-
 fn test_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("aleph-wasm-server-")
@@ -164,88 +156,10 @@ fn test_dir() -> tempfile::TempDir {
         .unwrap()
 }
 
-impl Node {
-    /// A fresh store; call [`Node::start`] once programs are stored (or before: the server
-    /// reads the store on each request).
-    fn new() -> Node {
-        let dir = test_dir();
-        let store = Store::open(dir.path().join("store")).unwrap();
-        Node {
-            dir,
-            store,
-            server: None,
-            client: client(),
-        }
-    }
-
-    /// Starts the server on a loopback port, with `tune` applied to the configuration.
-    async fn start(mut self, tune: impl FnOnce(&mut ServerConfig, &Path)) -> Node {
-        let mut config = ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            module_cache: Some(PathBuf::from(CACHE).join("modules")),
-            ..ServerConfig::default()
-        };
-        // Instances start cold here; snapshots have their own tests (python.rs, `snapshot`).
-        config.snapshot.enabled = false;
-        tune(&mut config, self.dir.path());
-        let server = server::start(config, self.store.clone())
-            .await
-            .unwrap_or_else(|e| panic!("the server does not start: {e:#}"));
-        let addr = server.local_addr();
-        assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
-        self.server = Some(server);
-        self
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.server.as_ref().expect("not started").local_addr()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr())
-    }
-
-    /// `http://<label of item_hash>.<DOMAIN>:<port><path>`.
-    fn host_url(&self, item_hash: &str, path: &str) -> String {
-        let label = server::vm::host_label(item_hash).unwrap();
-        format!("http://{label}.{DOMAIN}:{}{path}", self.addr().port())
-    }
-
-    async fn get(&self, path: &str) -> Answer {
-        Answer::of(self.client.get(self.url(path))).await
-    }
-
-    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> Answer {
-        Answer::of(self.client.post(self.url(path)).body(body)).await
-    }
-
-    async fn json(&self, path: &str) -> Value {
-        self.get(path).await.status(200).json()
-    }
-
-    async fn shutdown(mut self) {
-        let server = self.server.take().expect("not started");
-        tokio::time::timeout(Duration::from_secs(60), server.shutdown())
-            .await
-            .expect("the shutdown hangs")
-            .unwrap();
-    }
-}
-
-/// Waits until the node reports `n` executions running.
-async fn wait_running(node: &Node, n: u64) {
-    let started = Instant::now();
-    loop {
-        let usage = node.json("/about/usage/system").await;
-        if usage["executions"]["running"].as_u64() == Some(n) {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "never {n} executions running: {usage}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// `http://<label of item_hash>.<DOMAIN>:<port><path>`: the host-based route to a program.
+fn host_url(node: &Node, item_hash: &str, path: &str) -> String {
+    let label = server::vm::host_label(item_hash).unwrap();
+    format!("http://{label}.{DOMAIN}:{}{path}", node.addr().port())
 }
 
 // --- Prometheus text -------------------------------------------------------------------------
@@ -460,7 +374,7 @@ async fn host_based_routing_reaches_the_program_named_by_the_label() {
 
     let a = Answer::of(
         node.client
-            .get(node.host_url(&msg.item_hash, "/deep/path?x=1"))
+            .get(host_url(&node, &msg.item_hash, "/deep/path?x=1"))
             .header("X-Via", "host"),
     )
     .await
@@ -479,7 +393,7 @@ async fn host_based_routing_reaches_the_program_named_by_the_label() {
     );
     // Node routes below the program's host are the program's, not the node's.
     node.get("/healthz").await.status(200);
-    Answer::of(node.client.get(node.host_url(&msg.item_hash, "/healthz")))
+    Answer::of(node.client.get(host_url(&node, &msg.item_hash, "/healthz")))
         .await
         .status(200)
         .has("PATH_INFO=/healthz");
@@ -991,11 +905,11 @@ async fn the_python_hello_app_over_http_by_path_and_by_host() {
         "{a}"
     );
     // The warm instance serves the host-routed request too.
-    let b = Answer::of(node.client.get(node.host_url(hash, "/?name=host")))
+    let b = Answer::of(node.client.get(host_url(&node, hash, "/?name=host")))
         .await
         .status(200);
     assert_eq!(b.body, "Hello, host!\n", "{b}");
-    Answer::of(node.client.get(node.host_url(hash, "/missing")))
+    Answer::of(node.client.get(host_url(&node, hash, "/missing")))
         .await
         .status(404)
         .has("Not found");

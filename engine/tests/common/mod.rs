@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod node;
 pub mod perturb;
 pub mod python;
 pub mod serve;
