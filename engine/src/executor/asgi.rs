@@ -37,7 +37,7 @@ use crate::sandbox::{GuestEnd, GuestSpec, MountOrigin, Preopen};
 use crate::store::Resolved;
 use crate::volumes::{self, ExportInfo, ExportPlan, ResolvedInput};
 
-use super::Executor;
+use super::{Executor, memory};
 
 /// The file name plain (single-file) Python code gets in the code directory.
 pub const PLAIN_CODE_FILE: &str = "main.py";
@@ -240,7 +240,9 @@ impl Executor {
                 // for it. The instance keeps its memory and pool reservation until it is gone.
                 let limit = self.config.shutdown_timeout;
                 let program = key.to_string();
+                let retiring = memory::Retiring::start(&self.retiring);
                 tokio::spawn(async move {
+                    let _retiring = retiring;
                     let logs = end_gracefully(&warm.instance, limit).await;
                     if !logs.is_empty() {
                         tracing::debug!(

@@ -7,6 +7,8 @@
 //! fail to allocate. Without a budget or a pool nothing is counted.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -49,6 +51,26 @@ impl Refused {
 impl From<Refused> for String {
     fn from(r: Refused) -> Self {
         r.message
+    }
+}
+
+/// How long past the shutdown budget a reservation waits for retiring instances.
+const RETIRE_GRACE: Duration = Duration::from_secs(2);
+
+/// One instance being retired after its answer, counted while it lives.
+pub(super) struct Retiring(Arc<AtomicUsize>);
+
+impl Retiring {
+    /// Counts one more retirement in `count` until the returned value is dropped.
+    pub(super) fn start(count: &Arc<AtomicUsize>) -> Retiring {
+        count.fetch_add(1, Ordering::SeqCst);
+        Retiring(count.clone())
+    }
+}
+
+impl Drop for Retiring {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -119,6 +141,7 @@ impl Executor {
     /// (least recently used first) when that makes room. Refuses, naming what is full, when it
     /// cannot.
     pub(super) async fn reserve_memory(&self, mib: u64) -> Result<Reservation, Refused> {
+        let mut waiting_since: Option<Instant> = None;
         loop {
             let cause = match self.try_reserve(mib) {
                 Ok(reservation) => return Ok(reservation),
@@ -131,6 +154,15 @@ impl Executor {
                         cause.as_str()
                     );
                     let _ = self.retire(warm).await;
+                }
+                // Instances retiring after their answers hold their reservations until they
+                // are gone, within the shutdown budget: room that is about to be free is
+                // waited for, not refused.
+                None if self.retiring.load(Ordering::SeqCst) > 0
+                    && waiting_since.get_or_insert_with(Instant::now).elapsed()
+                        < self.config.shutdown_timeout + RETIRE_GRACE =>
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 None => return Err(self.refusal(cause, mib)),
             }

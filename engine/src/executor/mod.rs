@@ -141,6 +141,8 @@ pub struct Executor {
     memory: Option<memory::Budget>,
     /// The engine's instance pool as slots, when it pools instances.
     slots: Option<memory::Budget>,
+    /// Instances being retired after their answers (they still hold their reservations).
+    retiring: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -171,6 +173,7 @@ impl Executor {
             pool: Mutex::new(HashMap::new()),
             memory,
             slots,
+            retiring: Arc::default(),
         })
     }
 
