@@ -370,7 +370,9 @@ impl Store {
             path: dest.clone(),
             source: io::Error::other(e),
         })?;
-        self.write_atomic(&dest, &text)?;
+        // The amend marker goes first and the message file last: whoever sees the message
+        // (a node polling the store) also sees it in the amends of its original. A marker
+        // whose message is missing (a write in progress, or one cut short) is skipped.
         if let Content::Store(store) = &msg.content
             && let Some(original) = &store.reference
         {
@@ -378,7 +380,7 @@ impl Store {
             fs::create_dir_all(&dir).map_err(io_at(&dir))?;
             self.write_atomic(&dir.join(safe_component(&msg.item_hash)), b"")?;
         }
-        Ok(())
+        self.write_atomic(&dest, &text)
     }
 
     /// Whether a message is present (not validated).
@@ -452,12 +454,18 @@ impl Store {
         Ok(out)
     }
 
-    /// The STORE messages that amend `original`, from any owner.
+    /// The stored STORE messages that amend `original`, from any owner (a marker whose
+    /// message is not stored yet is skipped).
     fn amends_of(&self, original: &str) -> Result<Vec<Message>, StoreError> {
-        self.amend_hashes(original)?
-            .iter()
-            .map(|hash| self.get_message(hash))
-            .collect()
+        let mut out = Vec::new();
+        for hash in self.amend_hashes(original)? {
+            match self.get_message(&hash) {
+                Ok(msg) => out.push(msg),
+                Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// Resolves a `ref` to the STORE message to use, following `use_latest` to the newest amend
@@ -721,6 +729,30 @@ mod tests {
         };
         assert_eq!(fs::read(s.resolve(&exact).unwrap().path).unwrap(), b"v1");
         assert_eq!(fs::read(s.resolve(&latest).unwrap().path).unwrap(), b"v2");
+    }
+
+    #[test]
+    fn an_amend_is_indexed_before_its_message_is_visible() {
+        let (d, s) = store();
+        let f = d.path().join("f");
+        fs::write(&f, b"v1").unwrap();
+        let original = s.add_file(&f, "0xowner", 10.0).unwrap();
+        let v2 = s.put_object(b"v2").unwrap();
+        let content = serde_json::json!({
+            "address": "0xowner", "time": 20.0, "item_type": "storage",
+            "item_hash": v2, "ref": original.item_hash,
+        });
+        let m = message::build_inline(MessageType::Store, "ETH", "0xowner", 20.0, content);
+        s.put_message(&m).unwrap();
+        let latest = ObjectRef {
+            reference: original.item_hash.clone(),
+            use_latest: true,
+        };
+        assert_eq!(fs::read(s.resolve(&latest).unwrap().path).unwrap(), b"v2");
+        // A marker whose message file is not there (yet, or ever) is skipped, not an error.
+        fs::remove_file(s.message_file(&m.item_hash).unwrap()).unwrap();
+        assert_eq!(s.amend_hashes(&original.item_hash).unwrap(), [m.item_hash]);
+        assert_eq!(fs::read(s.resolve(&latest).unwrap().path).unwrap(), b"v1");
     }
 
     #[test]
