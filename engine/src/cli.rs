@@ -454,6 +454,7 @@ fn snapshot_config(
             _ => SnapshotBuild::Wait,
         },
         wasm_opt: wasm_opt.clone(),
+        ..SnapshotConfig::default()
     }
 }
 

@@ -10,7 +10,8 @@
 //!   a pause between requests;
 //! - the snapshot build: preparing the interpreter (once) and building the program's snapshot;
 //! - CPU speed of the prepared interpreter: a 1e6-iteration Python loop in a request, on a warm
-//!   instance of the original interpreter and on a restored one (median of several), as a ratio.
+//!   instance of the original interpreter and on a restored one, the two taking turns (median
+//!   of each, as a ratio), with the fuel of one request on each.
 //!
 //! Run: `cargo run -p aleph-wasm-benches --bin snapshot-start` (needs binaryen's `wasm-opt`).
 //! Caches live in `$CARGO_TARGET_DIR/aleph-wasm-bench-cache` (default `target/`).
@@ -40,7 +41,8 @@ const POOL_RESIDENT: PoolingLimits = PoolingLimits {
     keep_resident_bytes: 128 << 20,
     ..POOL
 };
-const LOOP_RUNS: usize = 5;
+const LOOP_RUNS: usize = 15;
+const ANSWER_RUNS: usize = 20;
 const STARLETTE_WHEELS: [&str; 4] = [
     "starlette==0.37.2",
     "anyio==4.4.0",
@@ -223,27 +225,42 @@ async fn starts(
     ))
 }
 
-/// The median time of the loop request on a warm instance.
-async fn loop_time(
+/// The loop request on a warm instance of each interpreter, the two taking turns request by
+/// request (one warm-up each, which boots the instance); returns the median time and the fuel
+/// of one request, for the original interpreter and then the prepared one (restored).
+async fn loop_times(
     store: &Store,
-    config: ExecutorConfig,
+    cache: &Path,
     msg: &message::Message,
-) -> anyhow::Result<Duration> {
-    let ex = Executor::new(store.clone(), config)?;
+) -> anyhow::Result<[(Duration, u64); 2]> {
+    let executors = [
+        Executor::new(store.clone(), config(cache, false, None))?,
+        Executor::new(store.clone(), config(cache, true, None))?,
+    ];
     let req = Trigger::Http(HttpRequest::from_line("GET /").map_err(anyhow::Error::msg)?);
-    let mut times = Vec::new();
+    let mut times = [Vec::new(), Vec::new()];
+    let mut fuel = [0, 0];
     for i in 0..=LOOP_RUNS {
-        let t = Instant::now();
-        let o = ex.execute(msg, &req).await;
-        anyhow::ensure!(o.kind == OutcomeKind::Ok, "loop failed: {:?}", o.error);
-        if i > 0 {
-            // The first one booted the instance.
-            times.push(t.elapsed());
+        for (k, ex) in executors.iter().enumerate() {
+            let t = Instant::now();
+            let o = ex.execute(msg, &req).await;
+            let elapsed = t.elapsed();
+            anyhow::ensure!(o.kind == OutcomeKind::Ok, "loop failed: {:?}", o.error);
+            if i > 0 {
+                anyhow::ensure!(!o.cold_start, "the loop request started a new instance");
+                times[k].push(elapsed);
+                fuel[k] = o.fuel_consumed;
+            }
         }
     }
-    ex.shutdown().await;
-    times.sort();
-    Ok(percentile(&times, 0.5))
+    for ex in &executors {
+        ex.shutdown().await;
+    }
+    let [a, b] = times.map(|mut t| {
+        t.sort();
+        percentile(&t, 0.5)
+    });
+    Ok([(a, fuel[0]), (b, fuel[1])])
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -311,7 +328,7 @@ async fn main() -> anyhow::Result<()> {
             RESTORED_RUNS,
         )
         .await?;
-        let [before, after] = per_request_answers(&store, &cache, &msg, LOOP_RUNS * 4).await?;
+        let [before, after] = per_request_answers(&store, &cache, &msg, ANSWER_RUNS).await?;
         answers.push(format!(
             "{name}: retired before the answer {:.2} ms, after it {:.2} ms, {:.1}x",
             ms(before),
@@ -357,7 +374,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "--isolation per-request: what a client waits for (restored start + request + \
          retirement before the answer, or after it as a node does), p50 of {}",
-        LOOP_RUNS * 4
+        ANSWER_RUNS
     );
     for line in &answers {
         println!("{line}");
@@ -366,13 +383,16 @@ async fn main() -> anyhow::Result<()> {
         println!("{line}");
     }
     let msg = program(&store, &loop_dir)?;
-    let original = loop_time(&store, config(&cache, false, None), &msg).await?;
-    let prepared = loop_time(&store, config(&cache, true, None), &msg).await?;
+    let [(original, fuel_original), (prepared, fuel_prepared)] =
+        loop_times(&store, &cache, &msg).await?;
     println!(
-        "1e6-iteration loop in a request, median of {LOOP_RUNS}: original interpreter {:.1} ms, prepared (restored) {:.1} ms, ratio {:.3}",
+        "1e6-iteration loop in a request on a warm instance, the two taking turns, median of \
+         {LOOP_RUNS}: original interpreter {:.1} ms, prepared (restored) {:.1} ms, ratio {:.3}; \
+         fuel {fuel_original} and {fuel_prepared}, ratio {:.4}",
         ms(original),
         ms(prepared),
-        prepared.as_secs_f64() / original.as_secs_f64()
+        prepared.as_secs_f64() / original.as_secs_f64(),
+        fuel_prepared as f64 / fuel_original as f64
     );
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Snapshots (`sandbox::snapshot`): instances restored from a program's snapshot answer like
 //! cold ones, get their own randomness, never see the monotonic clock go backwards; a new
-//! variable or code is a new snapshot; without `wasm-opt` instances start cold, with a reason.
+//! variable or code is a new snapshot; without `wasm-opt` instances start cold, with a reason,
+//! until it is installed.
 //!
 //! The tests take turns (one lock): the first one prepares the interpreter (rewrite, stack
 //! discovery, Asyncify) into the shared module cache, the others reuse it.
@@ -213,11 +214,22 @@ async fn programs_with_fresh_writable_mounts_are_snapshotted_unless_the_boot_wri
     );
 }
 
+/// The `wasm-opt` on `PATH`.
+fn wasm_opt_on_path() -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("wasm-opt"))
+        .find(|p| p.is_file())
+        .expect("wasm-opt on PATH (binaryen; .ci/run installs it)")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_wasm_opt_instances_start_cold_with_a_reason() {
+async fn without_wasm_opt_instances_start_cold_with_a_reason_until_it_is_installed() {
+    let _turn = TURN.lock().await;
     let py = Py::new();
+    let wasm_opt = py.dir.path().join("bin/wasm-opt");
     let mut config = snapshot_config();
-    config.sandbox.snapshot.wasm_opt = Some(py.dir.path().join("no-such-wasm-opt"));
+    config.sandbox.snapshot.wasm_opt = Some(wasm_opt.clone());
+    config.sandbox.snapshot.retry_after = Duration::from_millis(300);
     let ex = py.executor(config);
     let msg = py.program(
         &py.code(&Path::new(REPO).join("examples/python-hello")),
@@ -227,14 +239,25 @@ async fn without_wasm_opt_instances_start_cold_with_a_reason() {
     let o = run(&ex, &msg, http("GET /?name=cold")).await;
     assert_eq!(o.kind, OutcomeKind::Ok, "{}", show(&o));
     assert_eq!(body(&o), "Hello, cold!\n", "{}", show(&o));
+    assert!(!o.restored);
     let reasons = fallbacks(&ex);
     assert!(
         reasons.len() == 1
             && reasons[0].contains("wasm-opt")
-            && reasons[0].contains("no-such-wasm-opt"),
+            && reasons[0].contains(&*wasm_opt.to_string_lossy()),
         "{reasons:?}"
     );
     assert_eq!(restored(&ex), 0);
+
+    // binaryen is installed while the executor runs: once the failure is old enough, the next
+    // instance prepares (or finds) the interpreter and is restored from a snapshot.
+    std::fs::create_dir_all(wasm_opt.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(wasm_opt_on_path(), &wasm_opt).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let o = run(&ex, &msg, http("GET /?name=restored")).await;
+    assert_eq!(body(&o), "Hello, restored!\n", "{}", show(&o));
+    assert!(o.restored, "{:?}", events(&ex));
+    assert_eq!(restored(&ex), 1);
 }
 
 /// The receipt of `o`, an execution of `msg` by `ex` on `trigger`.

@@ -24,7 +24,7 @@ use wasmtime_wizer::{InstanceState, SnapshotVal, ValType, Wizer};
 use super::mounts::BuildMounts;
 use super::prepare_cache::Prepared;
 use super::restore::{Meta, Restorable};
-use super::{Hook, SnapshotEvent, SnapshotSource, Snapshots, prepare};
+use super::{Hook, Made, SnapshotEvent, SnapshotSource, Snapshots, prepare};
 use crate::sandbox::channel::FRAME_PREFIX;
 use crate::sandbox::output::{CappedOutput, SinkStream};
 use crate::sandbox::{GuestSpec, GuestState, Sandbox, Stdio, StoreExtras, write_atomic};
@@ -199,8 +199,8 @@ impl Snapshots {
         let key = self.prepared_key(source, spec)?;
         let slot = Self::slot(&self.prepared, &key);
         let mut guard = slot.lock().await;
-        if let Some(done) = &*guard {
-            return done.clone();
+        if let Some(done) = self.current(&guard) {
+            return done;
         }
         let started = Instant::now();
         let work = CatchUnwind(Box::pin(
@@ -215,7 +215,7 @@ impl Snapshots {
             }
             Arc::new(prepared)
         });
-        *guard = Some(result.clone());
+        *guard = Some(Made::now(result.clone()));
         result
     }
 
@@ -296,8 +296,8 @@ impl Snapshots {
     ) -> Result<(Arc<Restorable>, bool), String> {
         let slot = Self::slot(&self.snapshots, key);
         let mut guard = slot.lock().await;
-        if let Some(done) = &*guard {
-            return done.clone().map(|r| (r, true));
+        if let Some(done) = self.current(&guard) {
+            return done.map(|r| (r, true));
         }
         let started = Instant::now();
         let work = CatchUnwind(Box::pin(
@@ -316,11 +316,11 @@ impl Snapshots {
                         ms,
                     });
                 }
-                *guard = Some(Ok(r.clone()));
+                *guard = Some(Made::now(Ok(r.clone())));
                 Ok((r, existed))
             }
             Err(e) => {
-                *guard = Some(Err(e.clone()));
+                *guard = Some(Made::now(Err(e.clone())));
                 Err(e)
             }
         }

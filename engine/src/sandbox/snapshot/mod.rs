@@ -20,7 +20,8 @@
 //!
 //! Anything that stops a snapshot (no `wasm-opt`, a persistent volume, a boot that writes to
 //! a writable mount, a failed build, an unexpected stack) is logged with its reason and the
-//! instance starts cold, as before.
+//! instance starts cold, as before. A failure is kept for [`SnapshotConfig::retry_after`]; the
+//! next instance that needs the thing after that tries again.
 //! Frozen at snapshot time, so part of the key: argv, the environment (variables), the code and
 //! data, the preopen list. Also frozen: the string hash seed (`PYTHONHASHSEED`) of the
 //! interpreter (in reproducible mode it is 0 anyway).
@@ -41,7 +42,7 @@ pub mod start;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::{Caller, Linker, WasmBacktrace};
@@ -61,7 +62,7 @@ pub const CHECKPOINT_NAME: &str = "checkpoint";
 pub const STACK_POINTER_EXPORT: &str = "aleph_wasm_stack_pointer";
 
 /// How snapshots are used.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SnapshotConfig {
     /// Whether interpreter instances run the prepared interpreter and are restored from
     /// snapshots. By default false.
@@ -70,6 +71,27 @@ pub struct SnapshotConfig {
     pub build: SnapshotBuild,
     /// The `wasm-opt` binary (binaryen). By default `wasm-opt` on `PATH`.
     pub wasm_opt: Option<PathBuf>,
+    /// How long a failure is kept — to find `wasm-opt`, prepare the interpreter, build or
+    /// restore a snapshot — before the next instance that needs the thing tries again (a
+    /// node need not restart after binaryen is installed or a full pool drains). Until then
+    /// instances start cold at once. By default [`SnapshotConfig::RETRY_AFTER`].
+    pub retry_after: Duration,
+}
+
+impl SnapshotConfig {
+    /// The default [`SnapshotConfig::retry_after`]: ten minutes.
+    pub const RETRY_AFTER: Duration = Duration::from_secs(600);
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            enabled: false,
+            build: SnapshotBuild::default(),
+            wasm_opt: None,
+            retry_after: Self::RETRY_AFTER,
+        }
+    }
 }
 
 /// When a missing prepared interpreter (once per machine, tens of seconds) or program snapshot
@@ -313,7 +335,30 @@ fn prepared_key(source: &SnapshotSource, spec: &GuestSpec, wasm_opt: &str) -> St
     hex::encode(Sha256::digest(doc.to_string().as_bytes()))
 }
 
-type Slot<T> = Arc<tokio::sync::Mutex<Option<Result<Arc<T>, String>>>>;
+/// What was made for one key, or why it could not be, and when.
+struct Made<T> {
+    result: Result<T, String>,
+    at: Instant,
+}
+
+impl<T: Clone> Made<T> {
+    fn now(result: Result<T, String>) -> Self {
+        Made {
+            result,
+            at: Instant::now(),
+        }
+    }
+
+    /// The result, unless it is a failure older than `retry_after` (then it is tried again).
+    fn current(&self, retry_after: Duration) -> Option<Result<T, String>> {
+        match &self.result {
+            Err(_) if self.at.elapsed() >= retry_after => None,
+            r => Some(r.clone()),
+        }
+    }
+}
+
+type Slot<T> = Arc<tokio::sync::Mutex<Option<Made<Arc<T>>>>>;
 
 /// The snapshots of one sandbox: prepared interpreters and program snapshots, in memory and in
 /// the cache directory.
@@ -325,7 +370,7 @@ pub struct Snapshots {
     snapshots: Mutex<HashMap<String, Slot<Restorable>>>,
     events: Mutex<Vec<SnapshotEvent>>,
     warned: Mutex<Option<String>>,
-    wasm_opt_version: Mutex<Option<Result<String, String>>>,
+    wasm_opt_version: Mutex<Option<Made<String>>>,
     /// The background jobs running now (prepared-interpreter and snapshot keys).
     building: Mutex<std::collections::HashSet<String>>,
 }
@@ -393,11 +438,19 @@ impl Snapshots {
             .unwrap_or_else(|| PathBuf::from("wasm-opt"))
     }
 
-    /// `wasm-opt --version`, asked once per process.
+    /// `wasm-opt --version`, asked once per process (again after a failure older than
+    /// [`SnapshotConfig::retry_after`]).
     fn wasm_opt_version(&self) -> Result<String, String> {
         let mut memo = lock(&self.wasm_opt_version);
-        memo.get_or_insert_with(|| prepare::wasm_opt_version(&self.wasm_opt()))
-            .clone()
+        if let Some(known) = memo
+            .as_ref()
+            .and_then(|m| m.current(self.config.retry_after))
+        {
+            return known;
+        }
+        let asked = prepare::wasm_opt_version(&self.wasm_opt());
+        *memo = Some(Made::now(asked.clone()));
+        asked
     }
 
     /// The key of the prepared interpreter for `source` and `spec`.
@@ -405,12 +458,21 @@ impl Snapshots {
         Ok(prepared_key(source, spec, &self.wasm_opt_version()?))
     }
 
-    /// What a slot holds, without waiting: `None` when nothing was made yet or it is being
-    /// made now.
-    fn peek<T>(map: &Mutex<HashMap<String, Slot<T>>>, key: &str) -> Option<Result<Arc<T>, String>> {
+    /// What a slot holds, without waiting: `None` when nothing was made yet, it is being
+    /// made now, or it failed long enough ago to be tried again.
+    fn peek<T>(
+        &self,
+        map: &Mutex<HashMap<String, Slot<T>>>,
+        key: &str,
+    ) -> Option<Result<Arc<T>, String>> {
         let slot = Self::slot(map, key);
         let guard = slot.try_lock().ok()?;
-        guard.clone()
+        guard.as_ref()?.current(self.config.retry_after)
+    }
+
+    /// What the slot `held` holds now (see [`Snapshots::peek`]).
+    fn current<T>(&self, held: &Option<Made<Arc<T>>>) -> Option<Result<Arc<T>, String>> {
+        held.as_ref()?.current(self.config.retry_after)
     }
 
     fn slot<T>(map: &Mutex<HashMap<String, Slot<T>>>, key: &str) -> Slot<T> {

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::build::forget;
 use super::mounts;
 use super::prepare_cache::Prepared;
-use super::{SnapshotBuild, SnapshotEvent, SnapshotSource, Snapshots, snapshot_key};
+use super::{Made, SnapshotBuild, SnapshotEvent, SnapshotSource, Snapshots, snapshot_key};
 use crate::sandbox::instance::Instance;
 use crate::sandbox::{GuestSpec, Sandbox};
 
@@ -133,7 +133,7 @@ impl Sandbox {
             spec,
         );
         if self.in_background()
-            && Snapshots::peek(&snapshots.snapshots, &key).is_none()
+            && snapshots.peek(&snapshots.snapshots, &key).is_none()
             && !snapshots.dir.join(format!("{key}.cwasm")).is_file()
         {
             self.build_in_background(&key, source, spec, boot_fuel, boot_limit);
@@ -163,7 +163,7 @@ impl Sandbox {
                 if let Some(slot) = super::lock(&snapshots.snapshots).get(&key)
                     && let Ok(mut g) = slot.try_lock()
                 {
-                    *g = Some(Err(e.clone()));
+                    *g = Some(Made::now(Err(e.clone())));
                 }
                 snapshots.fallback(format!("snapshot {key} did not restore: {e}"));
                 None
@@ -193,7 +193,7 @@ impl Sandbox {
             };
             let cached = snapshots.dir.join(format!("prepared-{key}.wasm")).is_file();
             if !cached {
-                let done = Snapshots::peek(&snapshots.prepared, &key);
+                let done = snapshots.peek(&snapshots.prepared, &key);
                 if done.is_none() {
                     self.build_in_background(&key, source, spec, boot_fuel, boot_limit);
                 }
@@ -208,8 +208,8 @@ impl Sandbox {
     }
 
     /// Prepares the interpreter and builds the snapshot of `spec` on a task of their own (one
-    /// task per `job` at a time); the outcome is kept (and a failure is logged by the next
-    /// instance that needs it).
+    /// task per `job` at a time); the outcome is kept (a failure is logged by the next
+    /// instance that needs it, and tried again after [`super::SnapshotConfig::retry_after`]).
     fn build_in_background(
         &self,
         job: &str,
