@@ -13,7 +13,8 @@
 //!   instance of the original interpreter and on a restored one, the two taking turns (median
 //!   of each, as a ratio), with the fuel of one request on each.
 //!
-//! Run: `cargo run -p aleph-wasm-benches --bin snapshot-start` (needs binaryen's `wasm-opt`).
+//! Run: `cargo run -p aleph-wasm-benches --bin snapshot-start [-- --loop-only]` (needs
+//! binaryen's `wasm-opt`); `--loop-only` runs only the CPU-bound comparison.
 //! Caches live in `$CARGO_TARGET_DIR/aleph-wasm-bench-cache` (default `target/`).
 
 use std::path::{Path, PathBuf};
@@ -263,6 +264,23 @@ async fn loop_times(
     Ok([(a, fuel[0]), (b, fuel[1])])
 }
 
+/// Prints the loop comparison of [`loop_times`].
+async fn print_loop(store: &Store, cache: &Path, loop_dir: &Path) -> anyhow::Result<()> {
+    let msg = program(store, loop_dir)?;
+    let [(original, fuel_original), (prepared, fuel_prepared)] =
+        loop_times(store, cache, &msg).await?;
+    println!(
+        "1e6-iteration loop in a request on a warm instance, the two taking turns, median of \
+         {LOOP_RUNS}: original interpreter {:.1} ms, prepared (restored) {:.1} ms, ratio {:.3}; \
+         fuel {fuel_original} and {fuel_prepared}, ratio {:.4}",
+        ms(original),
+        ms(prepared),
+        prepared.as_secs_f64() / original.as_secs_f64(),
+        fuel_prepared as f64 / fuel_original as f64
+    );
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let cache = target_dir().join("aleph-wasm-bench-cache");
@@ -276,6 +294,9 @@ async fn main() -> anyhow::Result<()> {
     let loop_dir = dir.path().join("loop");
     std::fs::create_dir_all(&loop_dir)?;
     std::fs::write(loop_dir.join("main.py"), LOOP_APP)?;
+    if std::env::args().any(|a| a == "--loop-only") {
+        return print_loop(&store, &cache, &loop_dir).await;
+    }
     let apps = [
         ("hello", workspace().join("examples/python-hello")),
         ("starlette", starlette_code(&cache, dir.path())?),
@@ -382,17 +403,5 @@ async fn main() -> anyhow::Result<()> {
     for line in &builds {
         println!("{line}");
     }
-    let msg = program(&store, &loop_dir)?;
-    let [(original, fuel_original), (prepared, fuel_prepared)] =
-        loop_times(&store, &cache, &msg).await?;
-    println!(
-        "1e6-iteration loop in a request on a warm instance, the two taking turns, median of \
-         {LOOP_RUNS}: original interpreter {:.1} ms, prepared (restored) {:.1} ms, ratio {:.3}; \
-         fuel {fuel_original} and {fuel_prepared}, ratio {:.4}",
-        ms(original),
-        ms(prepared),
-        prepared.as_secs_f64() / original.as_secs_f64(),
-        fuel_prepared as f64 / fuel_original as f64
-    );
-    Ok(())
+    print_loop(&store, &cache, &loop_dir).await
 }
