@@ -9,9 +9,9 @@
 //!   retirement unless it happens after the answer, as a node does), the two taking turns with
 //!   a pause between requests;
 //! - the snapshot build: preparing the interpreter (once) and building the program's snapshot;
-//! - CPU speed of the prepared interpreter: a 1e6-iteration Python loop in a request, on a warm
-//!   instance of the original interpreter and on a restored one, the two taking turns (median
-//!   of each, as a ratio), with the fuel of one request on each.
+//! - CPU speed of the prepared interpreter: a 1e6-iteration Python loop in a request, the
+//!   second request on a new instance of the original interpreter and on a restored one, the
+//!   two taking turns (median of each, as a ratio), with the fuel of one request on each.
 //!
 //! Run: `cargo run -p aleph-wasm-benches --bin snapshot-start [-- --loop-only]` (needs
 //! binaryen's `wasm-opt`); `--loop-only` runs only the CPU-bound comparison.
@@ -42,7 +42,7 @@ const POOL_RESIDENT: PoolingLimits = PoolingLimits {
     keep_resident_bytes: 128 << 20,
     ..POOL
 };
-const LOOP_RUNS: usize = 15;
+const LOOP_RUNS: usize = 21;
 const ANSWER_RUNS: usize = 20;
 const STARLETTE_WHEELS: [&str; 4] = [
     "starlette==0.37.2",
@@ -226,9 +226,10 @@ async fn starts(
     ))
 }
 
-/// The loop request on a warm instance of each interpreter, the two taking turns request by
-/// request (one warm-up each, which boots the instance); returns the median time and the fuel
-/// of one request, for the original interpreter and then the prepared one (restored).
+/// The loop request on each interpreter, the two taking turns: each sample is the second
+/// request on a new instance (the first one boots it, or restores it), so that what differs
+/// between instances (memory layout, hash seed) is averaged over as well; returns the median
+/// time and the fuel of one request, for the original interpreter and then the prepared one.
 async fn loop_times(
     store: &Store,
     cache: &Path,
@@ -241,21 +242,19 @@ async fn loop_times(
     let req = Trigger::Http(HttpRequest::from_line("GET /").map_err(anyhow::Error::msg)?);
     let mut times = [Vec::new(), Vec::new()];
     let mut fuel = [0, 0];
-    for i in 0..=LOOP_RUNS {
+    for _ in 0..LOOP_RUNS {
         for (k, ex) in executors.iter().enumerate() {
+            let o = ex.execute(msg, &req).await;
+            anyhow::ensure!(o.kind == OutcomeKind::Ok, "loop failed: {:?}", o.error);
             let t = Instant::now();
             let o = ex.execute(msg, &req).await;
             let elapsed = t.elapsed();
             anyhow::ensure!(o.kind == OutcomeKind::Ok, "loop failed: {:?}", o.error);
-            if i > 0 {
-                anyhow::ensure!(!o.cold_start, "the loop request started a new instance");
-                times[k].push(elapsed);
-                fuel[k] = o.fuel_consumed;
-            }
+            anyhow::ensure!(!o.cold_start, "the timed request started a new instance");
+            times[k].push(elapsed);
+            fuel[k] = o.fuel_consumed;
+            ex.shutdown().await;
         }
-    }
-    for ex in &executors {
-        ex.shutdown().await;
     }
     let [a, b] = times.map(|mut t| {
         t.sort();
@@ -270,8 +269,8 @@ async fn print_loop(store: &Store, cache: &Path, loop_dir: &Path) -> anyhow::Res
     let [(original, fuel_original), (prepared, fuel_prepared)] =
         loop_times(store, cache, &msg).await?;
     println!(
-        "1e6-iteration loop in a request on a warm instance, the two taking turns, median of \
-         {LOOP_RUNS}: original interpreter {:.1} ms, prepared (restored) {:.1} ms, ratio {:.3}; \
+        "1e6-iteration loop in a request, the second on a new instance, the two interpreters \
+         taking turns, median of {LOOP_RUNS}: original interpreter {:.1} ms, prepared (restored) {:.1} ms, ratio {:.3}; \
          fuel {fuel_original} and {fuel_prepared}, ratio {:.4}",
         ms(original),
         ms(prepared),
