@@ -17,7 +17,9 @@ What this file owns, inside the guest:
     backend (which imports ssl) can import on a build without ssl;
   * fd 1, for frames only: sys.stdout/sys.stderr become streams that turn writes into log frames;
     fd 0 is the channel: the app's sys.stdin is empty (input() raises EOFError);
-  * the ASGI side: http and the aleph triggers, lifespan (one long-lived task per instance).
+  * the ASGI side: http and the aleph triggers, lifespan (one long-lived task per instance);
+  * the warm-up: after the app's import, the event path runs once without the app, so that its
+    first-run costs are in a snapshot rather than in each restored instance's first events.
 
 Host -> guest, one line per event, the next only after this one's "done":
   __aleph_wasm__.serve("<base64 of a JSON event>")
@@ -678,6 +680,40 @@ class _Guest:
         return None  # the REPL would print any other value
 
 
+# --- Warm-up: the event path once at boot, without the app -----------------------------------
+
+def _warm_up():
+    """Runs the event path once, without the app and without output, before the pause point:
+    an event line compiled as the REPL compiles it, decoded, made into a scope; a call's exchange,
+    a queue, a sleep on the loop. Their first-run costs (allocator pools, specialised bytecode,
+    the loop's first turns) are then paid at boot -- and so are in a snapshot -- instead of by
+    each instance's first events. Skipped when the app's import left work on the loop, which
+    must first run at the lifespan startup, as it would without the warm-up."""
+    try:
+        if _loop._ready or _loop._scheduled or asyncio.all_tasks(_loop):
+            return
+        event = {"type": "http", "scope": {"type": "http", "raw_path": "Lw==", "query_string": "",
+                                           "headers": [["aG9zdA==", "eA=="]]}}
+        line = f'__aleph_wasm__.serve("{_b64(json.dumps(event).encode())}")'
+        compile(line, "<stdin>", "single")
+        scope = _http_scope(json.loads(base64.b64decode(line.split('"')[1]))["scope"])
+        for _ in range(2):
+            _run(_probe(scope))
+    except Exception as exc:  # an optimisation only: the app may have patched asyncio
+        _STDERR.write(f"aleph-wasm: boot warm-up skipped: {_describe(exc)}\n")
+
+
+async def _probe(scope):
+    exchange = _Exchange([b""])
+    await exchange.receive()
+    queue = asyncio.Queue()
+    queue.put_nowait(scope)
+    await queue.get()
+    await asyncio.sleep(0)
+    exchange.done.set_result(None)
+    await exchange.receive()
+
+
 # --- Boot ------------------------------------------------------------------------------------
 
 def _boot():
@@ -698,6 +734,7 @@ def _boot():
         _asgi_version = "2.0" if _is_asgi2(app) else "3.0"
         _app = app
         _adapt_anyio()
+        _warm_up()
     except BaseException as exc:
         _flush_logs()
         _emit({"t": "boot_error", "message": _describe(exc),

@@ -117,7 +117,7 @@ async fn restored_instances_differ_in_randomness_and_keep_the_clock_monotonic() 
         "main:app",
         json!({"variables": {"GREETING": "one"}}),
     );
-    let mut randoms = BTreeSet::new();
+    let (mut randoms, mut scheduled) = (BTreeSet::new(), BTreeSet::new());
     for _ in 0..3 {
         let v = ok_json(&run(&ex, &msg, http("GET /")).await);
         assert_eq!(v["greeting"], "one", "{v}");
@@ -130,12 +130,20 @@ async fn restored_instances_differ_in_randomness_and_keep_the_clock_monotonic() 
             "time.monotonic() went backwards across the restore: {v}"
         );
         randoms.insert(v["random"].to_string());
+        assert_eq!(v["scheduled"].as_array().map(Vec::len), Some(1), "{v}");
+        scheduled.insert(v["scheduled"].to_string());
     }
     assert_eq!(restored(&ex), 3, "{:?}", events(&ex));
     assert_eq!(
         randoms.len(),
         3,
         "restored instances share random state: {randoms:?}"
+    );
+    // What the import left on the loop ran in each instance, after its reseed.
+    assert_eq!(
+        scheduled.len(),
+        3,
+        "work left on the loop at import ran once, inside the snapshot: {scheduled:?}"
     );
     let first_key = snapshot_keys(&ex);
     assert_eq!(first_key.len(), 1, "{:?}", events(&ex));
