@@ -46,6 +46,15 @@ pub struct Cli {
     /// The binaryen `wasm-opt` used to prepare interpreters for snapshots (default: on PATH).
     #[arg(long, global = true, env = "ALEPH_WASM_WASM_OPT")]
     pub wasm_opt: Option<PathBuf>,
+    /// How many MiB of program snapshots the module cache keeps; the least recently used go
+    /// first (default 4096).
+    #[arg(
+        long,
+        global = true,
+        env = "ALEPH_WASM_SNAPSHOT_CACHE",
+        value_name = "MIB"
+    )]
+    pub snapshot_cache: Option<u64>,
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -367,7 +376,11 @@ fn now() -> f64 {
 }
 
 fn run_cli(cli: Cli) -> CliResult {
-    let snapshots = (cli.snapshots, cli.wasm_opt.clone());
+    let snapshots = SnapshotOptions {
+        mode: cli.snapshots,
+        wasm_opt: cli.wasm_opt.clone(),
+        cache_mib: cli.snapshot_cache,
+    };
     match cli.command {
         Command::Message(MessageCommand::Check { file }) => check_message(&file),
         Command::Store(cmd) => {
@@ -441,19 +454,28 @@ fn run_cli(cli: Cli) -> CliResult {
     }
 }
 
+/// The global snapshot options.
+struct SnapshotOptions {
+    mode: Option<SnapshotMode>,
+    wasm_opt: Option<PathBuf>,
+    cache_mib: Option<u64>,
+}
+
 /// The snapshot settings of a command whose default mode is `default`.
-fn snapshot_config(
-    (mode, wasm_opt): &(Option<SnapshotMode>, Option<PathBuf>),
-    default: SnapshotMode,
-) -> SnapshotConfig {
-    let mode = mode.unwrap_or(default);
+fn snapshot_config(options: &SnapshotOptions, default: SnapshotMode) -> SnapshotConfig {
+    let mode = options.mode.unwrap_or(default);
     SnapshotConfig {
         enabled: mode != SnapshotMode::Off,
         build: match mode {
             SnapshotMode::Background => SnapshotBuild::Background,
             _ => SnapshotBuild::Wait,
         },
-        wasm_opt: wasm_opt.clone(),
+        wasm_opt: options.wasm_opt.clone(),
+        cache_limit_bytes: options
+            .cache_mib
+            .map_or(SnapshotConfig::CACHE_LIMIT, |mib| {
+                mib.saturating_mul(1 << 20)
+            }),
         ..SnapshotConfig::default()
     }
 }

@@ -1310,11 +1310,16 @@ fn usage_errors_exit_2() {
         .args(["--snapshots", "sometimes", "run", &program])
         .assert_usage_error()
         .assert_stderr_has(&["--snapshots", "off", "wait", "background"]);
+    t.cmd()
+        .args(["--snapshot-cache", "lots", "run", &program])
+        .assert_usage_error()
+        .assert_stderr_has(&["--snapshot-cache", "lots"]);
     // A WASI program has no interpreter to snapshot: any mode runs it.
     let echo = t.guest_program(&cgi_echo_guest(), &[]);
     for mode in ["off", "wait", "background", "on"] {
         t.cmd()
-            .args(["--snapshots", mode, "run", &echo, "--request", "GET /"])
+            .args(["--snapshots", mode, "--snapshot-cache", "64", "run", &echo])
+            .args(["--request", "GET /"])
             .assert_ok();
     }
 }

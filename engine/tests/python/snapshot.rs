@@ -1,7 +1,7 @@
 //! Snapshots (`sandbox::snapshot`): instances restored from a program's snapshot answer like
 //! cold ones, get their own randomness, never see the monotonic clock go backwards; a new
 //! variable or code is a new snapshot; without `wasm-opt` instances start cold, with a reason,
-//! until it is installed.
+//! until it is installed; the cache keeps to its limit, least recently used first.
 //!
 //! The tests take turns (one lock): the first one prepares the interpreter (rewrite, stack
 //! discovery, Asyncify) into the shared module cache, the others reuse it.
@@ -354,5 +354,111 @@ async fn reproducible_restored_instances_give_the_receipts_of_a_fresh_start() {
         for ext in ["cwasm", "json"] {
             let _ = std::fs::remove_file(dir.join(format!("{key}.{ext}")));
         }
+    }
+}
+
+/// The snapshots in `dir` (module and metadata) and their bytes on disk.
+fn snapshot_files(dir: &Path) -> (BTreeSet<String>, u64) {
+    let mut names = BTreeSet::new();
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let snapshot = name.ends_with(".cwasm") || name.ends_with(".json");
+        if snapshot && !name.starts_with("prepared-") {
+            bytes += entry.metadata().unwrap().len();
+            names.insert(name);
+        }
+    }
+    (names, bytes)
+}
+
+/// A stand-in for a cached snapshot: `bytes` of module (sparse) last used at `used`.
+fn planted_snapshot(dir: &Path, key: &str, bytes: u64, used: std::time::SystemTime) {
+    let module = std::fs::File::create(dir.join(format!("{key}.cwasm"))).unwrap();
+    module.set_len(bytes).unwrap();
+    module.set_modified(used).unwrap();
+    std::fs::write(dir.join(format!("{key}.json")), b"{}").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshot_cache_keeps_to_its_limit_least_recently_used_first() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let _turn = TURN.lock().await;
+    let py = Py::new();
+    let probe = py.executor(snapshot_config());
+    let dir = probe.sandbox().snapshots().dir().to_path_buf();
+    std::fs::create_dir_all(&dir).unwrap();
+    // Two planted snapshots: one used long ago, one "in the future" (the last to go).
+    let unique = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let (old, recent) = (
+        format!("planted-old-{unique}"),
+        format!("planted-recent-{unique}"),
+    );
+    const PLANTED: u64 = 200 << 20;
+    planted_snapshot(&dir, &old, PLANTED, UNIX_EPOCH + Duration::from_secs(10));
+    planted_snapshot(
+        &dir,
+        &recent,
+        1 << 20,
+        SystemTime::now() + Duration::from_secs(3600),
+    );
+    let (before, total) = snapshot_files(&dir);
+    // Room for what is there, less the old planted one, plus one new snapshot (< 60 MB): the
+    // build must remove the old planted snapshot and nothing else.
+    let mut config = snapshot_config();
+    config.sandbox.snapshot.cache_limit_bytes = total - PLANTED - 2 + (60 << 20);
+    let ex = py.executor(config);
+    let msg = py.program(
+        &py.code(Path::new(CLOCK_APP)),
+        "main:app",
+        json!({"variables": {"GREETING": format!("cache-{unique}")}}),
+    );
+    let o = run(&ex, &msg, http("GET /")).await;
+    assert!(o.restored, "{}\n{:?}", show(&o), events(&ex));
+    let built: Vec<String> = events(&ex)
+        .into_iter()
+        .filter_map(|e| match e {
+            SnapshotEvent::Built { key, .. } => Some(key),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(built.len(), 1, "{:?}", events(&ex));
+    let key = &built[0];
+    let (after, _) = snapshot_files(&dir);
+    let gone: Vec<&String> = before.difference(&after).collect();
+    assert_eq!(
+        gone,
+        [&format!("{old}.cwasm"), &format!("{old}.json")],
+        "the build should have removed exactly the least recently used snapshot"
+    );
+    assert!(after.contains(&format!("{key}.cwasm")) && after.contains(&format!("{key}.json")));
+    assert!(after.contains(&format!("{recent}.cwasm")));
+
+    // Another process loading the snapshot stamps its last use.
+    let module = dir.join(format!("{key}.cwasm"));
+    std::fs::File::options()
+        .write(true)
+        .open(&module)
+        .unwrap()
+        .set_modified(UNIX_EPOCH + Duration::from_secs(20))
+        .unwrap();
+    let other = py.executor(snapshot_config());
+    let o = run(&other, &msg, http("GET /")).await;
+    assert!(o.restored, "{}\n{:?}", show(&o), events(&other));
+    assert!(events(&other).contains(&SnapshotEvent::Loaded { key: key.clone() }));
+    let used = std::fs::metadata(&module).unwrap().modified().unwrap();
+    assert!(
+        used.elapsed().unwrap_or_default() < Duration::from_secs(600),
+        "loading did not stamp the snapshot's last use: {used:?}"
+    );
+    for name in [format!("{recent}.cwasm"), format!("{recent}.json")] {
+        std::fs::remove_file(dir.join(name)).unwrap();
+    }
+    for ext in ["cwasm", "json"] {
+        let _ = std::fs::remove_file(dir.join(format!("{key}.{ext}")));
     }
 }

@@ -24,7 +24,7 @@ use wasmtime_wizer::{InstanceState, SnapshotVal, ValType, Wizer};
 use super::mounts::BuildMounts;
 use super::prepare_cache::Prepared;
 use super::restore::{Meta, Restorable};
-use super::{Hook, Made, SnapshotEvent, SnapshotSource, Snapshots, prepare};
+use super::{Hook, Made, SnapshotEvent, SnapshotSource, Snapshots, cache, prepare};
 use crate::sandbox::channel::FRAME_PREFIX;
 use crate::sandbox::output::{CappedOutput, SinkStream};
 use crate::sandbox::{GuestSpec, GuestState, Sandbox, Stdio, StoreExtras, write_atomic};
@@ -306,6 +306,7 @@ impl Snapshots {
         let result = work.await.and_then(|r| r);
         match result {
             Ok((r, existed)) => {
+                cache::touch(&self.dir, key);
                 if existed {
                     self.record(SnapshotEvent::Loaded { key: key.into() });
                 } else {
@@ -315,6 +316,7 @@ impl Snapshots {
                         key: key.into(),
                         ms,
                     });
+                    cache::evict(&self.dir, self.config.cache_limit_bytes, &self.held());
                 }
                 *guard = Some(Made::now(Ok(r.clone())));
                 Ok((r, existed))

@@ -18,6 +18,9 @@
 //!   sees the rewind, stops it, and the real `fd_read` reads the next event. The first event is
 //!   a reseed of `random` from host randomness.
 //!
+//! - `cache`: the cache directory is bounded; after each build the least recently used
+//!   snapshots go ([`SnapshotConfig::cache_limit_bytes`]).
+//!
 //! Anything that stops a snapshot (no `wasm-opt`, a persistent volume, a boot that writes to
 //! a writable mount, a failed build, an unexpected stack) is logged with its reason and the
 //! instance starts cold, as before. A failure is kept for [`SnapshotConfig::retry_after`]; the
@@ -34,6 +37,7 @@
 //! fuel counts — and receipts — do not depend on whether a snapshot was used.
 
 pub mod build;
+mod cache;
 mod mounts;
 pub mod prepare;
 pub mod restore;
@@ -76,11 +80,18 @@ pub struct SnapshotConfig {
     /// node need not restart after binaryen is installed or a full pool drains). Until then
     /// instances start cold at once. By default [`SnapshotConfig::RETRY_AFTER`].
     pub retry_after: Duration,
+    /// How many bytes of program snapshots the cache directory may hold: after each build,
+    /// the least recently used ones are removed down to this (never those this process holds,
+    /// never prepared interpreters). By default [`SnapshotConfig::CACHE_LIMIT`].
+    pub cache_limit_bytes: u64,
 }
 
 impl SnapshotConfig {
     /// The default [`SnapshotConfig::retry_after`]: ten minutes.
     pub const RETRY_AFTER: Duration = Duration::from_secs(600);
+    /// The default [`SnapshotConfig::cache_limit_bytes`]: 4 GiB, about a hundred Python
+    /// program versions.
+    pub const CACHE_LIMIT: u64 = 4 << 30;
 }
 
 impl Default for SnapshotConfig {
@@ -90,6 +101,7 @@ impl Default for SnapshotConfig {
             build: SnapshotBuild::default(),
             wasm_opt: None,
             retry_after: Self::RETRY_AFTER,
+            cache_limit_bytes: Self::CACHE_LIMIT,
         }
     }
 }
@@ -473,6 +485,20 @@ impl Snapshots {
     /// What the slot `held` holds now (see [`Snapshots::peek`]).
     fn current<T>(&self, held: &Option<Made<Arc<T>>>) -> Option<Result<Arc<T>, String>> {
         held.as_ref()?.current(self.config.retry_after)
+    }
+
+    /// The snapshots this process holds or is making (a slot it cannot look into is busy,
+    /// so counted in): the cache never removes them.
+    fn held(&self) -> std::collections::HashSet<String> {
+        lock(&self.snapshots)
+            .iter()
+            .filter(|(_, slot)| {
+                slot.try_lock()
+                    .map(|made| made.as_ref().is_some_and(|m| m.result.is_ok()))
+                    .unwrap_or(true)
+            })
+            .map(|(key, _)| key.clone())
+            .collect()
     }
 
     fn slot<T>(map: &Mutex<HashMap<String, Slot<T>>>, key: &str) -> Slot<T> {
