@@ -694,9 +694,9 @@ def _warm_up():
             return
         event = {"type": "http", "scope": {"type": "http", "raw_path": "Lw==", "query_string": "",
                                            "headers": [["aG9zdA==", "eA=="]]}}
-        line = f'__aleph_wasm__.serve("{_b64(json.dumps(event).encode())}")'
-        compile(line, "<stdin>", "single")
-        scope = _http_scope(json.loads(base64.b64decode(line.split('"')[1]))["scope"])
+        encoded = _b64(json.dumps(event).encode())
+        compile(f'__aleph_wasm__.serve("{encoded}")', "<stdin>", "single")
+        scope = _http_scope(json.loads(base64.b64decode(encoded))["scope"])
         for _ in range(2):
             _run(_probe(scope))
     except Exception as exc:  # an optimisation only: the app may have patched asyncio

@@ -13,14 +13,17 @@ use std::time::SystemTime;
 
 /// Marks the snapshot `key` in `dir` as used now.
 pub(super) fn touch(dir: &Path, key: &str) {
-    let path = dir.join(format!("{key}.cwasm"));
-    let stamped = std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .and_then(|f| f.set_modified(SystemTime::now()));
-    if let Err(e) = stamped {
+    if let Err(e) = stamp(dir, key, SystemTime::now()) {
         tracing::debug!(key, "cannot stamp the snapshot's last use: {e}");
     }
+}
+
+/// Sets the last use of the snapshot `key` in `dir` to `used`.
+fn stamp(dir: &Path, key: &str, used: SystemTime) -> std::io::Result<()> {
+    std::fs::File::options()
+        .write(true)
+        .open(dir.join(format!("{key}.cwasm")))?
+        .set_modified(used)
 }
 
 /// A cached snapshot: its key, last use and bytes on disk (module and metadata).
@@ -95,13 +98,7 @@ mod tests {
     fn snapshot(dir: &Path, key: &str, bytes: usize, age_s: u64) {
         std::fs::write(dir.join(format!("{key}.cwasm")), vec![0u8; bytes]).unwrap();
         std::fs::write(dir.join(format!("{key}.json")), b"{}").unwrap();
-        let used = SystemTime::now() - Duration::from_secs(age_s);
-        std::fs::File::options()
-            .write(true)
-            .open(dir.join(format!("{key}.cwasm")))
-            .unwrap()
-            .set_modified(used)
-            .unwrap();
+        stamp(dir, key, SystemTime::now() - Duration::from_secs(age_s)).unwrap();
     }
 
     fn cached(dir: &Path) -> Vec<String> {

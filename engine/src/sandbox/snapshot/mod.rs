@@ -16,8 +16,7 @@
 //!   instance gets a new store with the same preopens in the same order and a monotonic clock
 //!   that continues from the snapshot's, starts rewinding, and calls `_start`: the checkpoint
 //!   sees the rewind, stops it, and the real `fd_read` reads the next event. The first event is
-//!   a reseed of `random` from host randomness.
-//!
+//!   a reseed of `random` from host randomness;
 //! - `cache`: the cache directory is bounded; after each build the least recently used
 //!   snapshots go ([`SnapshotConfig::cache_limit_bytes`]).
 //!
