@@ -4,7 +4,8 @@
 #
 # For each vcpus value (default "1 2"):
 #   1. aleph-wasm: the release binary serves examples/python-hello (a PROGRAM message with
-#      resources.vcpus = N, warm instances kept) on a loopback port;
+#      resources.vcpus = N, warm instances kept; its snapshot built beforehand, so no background
+#      build runs during the measurement) on a loopback port;
 #   2. native: the same app under uvicorn with N worker processes, in a venv under target/;
 #   both get a warm-up (then a pause, so requests cut off by its end drain), then
 #   `wrk -t2 -c64 -d30s --latency` on `GET /?name=load`. A run with any non-2xx answer or socket
@@ -142,6 +143,9 @@ FAILED=0
 for V in $VCPUS_LIST; do
     # aleph-wasm: the hello program with resources.vcpus = V.
     PROGRAM=$(aw program create "$APP_DIR" --entrypoint main:app --vcpus "$V" | tail -n1)
+    # The program's snapshot is built now, into the shared module cache, so that no build (the
+    # node makes them in the background) runs during the measurement.
+    aw --snapshots wait run "$PROGRAM" --request "GET $PATH_QUERY" >/dev/null
     PORT=$(free_port)
     LOG="$WORK/logs/aleph-wasm-vcpus$V.log"
     # Started directly (not through `aw`), so $! is the server itself.

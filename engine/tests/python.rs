@@ -13,6 +13,8 @@
 //! (every executor and every command shares `target/tmp/aleph-wasm-test-cache/modules`). Each
 //! test has its own store.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -498,10 +500,8 @@ async fn a_large_request_body_arrives_in_several_http_request_events() {
     assert_eq!(v["total"], 140_000, "{v}");
     assert_eq!(v["sha256"], hex::encode(Sha256::digest(&payload)), "{v}");
 
-    // A body past the inline limit travels raw on stdin after the guest asks for it, and is
-    // still handed to the app in 64 KiB events.
+    // A large body is still handed to the app in 64 KiB events.
     let big: Vec<u8> = (0..1_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
-    assert!(big.len() > aleph_wasm::interface::asgi::INLINE_BODY_MAX);
     let mut req = request("POST /body");
     req.body = big.clone();
     let o = run(&ex, &msg, Trigger::Http(req)).await;
@@ -1332,6 +1332,9 @@ async fn the_report_job_example_exports_its_report() {
 
 #[path = "python/snapshot.rs"]
 mod snapshot;
+
+#[path = "python/concurrency.rs"]
+mod concurrency;
 
 #[path = "python/reproducible.rs"]
 mod reproducible;

@@ -95,6 +95,36 @@ fn sleeper(ms: u64) -> String {
     )
 }
 
+/// Answers "rested" — after sleeping `ms` milliseconds in the host when the request has a
+/// body, at once otherwise: a POST holds an execution slot, a GET to the same program is
+/// quick.
+fn napper(ms: u64) -> String {
+    let (data, len) = cgi_response(2048, "rested\n");
+    format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  {data}
+  {WRITE_FN}
+  (func (export "_start")
+    (i32.store (i32.const 16) (i32.const 4096))
+    (i32.store (i32.const 20) (i32.const 64))
+    (drop (call $fd_read (i32.const 0) (i32.const 16) (i32.const 1) (i32.const 24)))
+    (if (i32.load (i32.const 24)) (then
+      (i64.store (i32.const 64) (i64.const 0))
+      (i32.store8 (i32.const 72) (i32.const 0))
+      (i32.store (i32.const 80) (i32.const 1))
+      (i64.store (i32.const 88) (i64.const {ns}))
+      (i64.store (i32.const 96) (i64.const 0))
+      (i32.store16 (i32.const 104) (i32.const 0))
+      (drop (call $poll (i32.const 64) (i32.const 256) (i32.const 1) (i32.const 512)))))
+    (call $write (i32.const 2048) (i32.const {len}))))"#,
+        ns = ms * 1_000_000
+    )
+}
+
 /// Exits with code 3 without writing anything.
 const EXIT_3: &str = r#"(module
   (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
@@ -481,23 +511,259 @@ async fn a_program_that_exits_without_answering_gets_502_with_a_short_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_node_answers_503_with_retry_after() {
+async fn a_full_node_without_a_queue_answers_503_with_retry_after() {
     let node = Node::new();
     let slow = binary_program(&node.store, &sleeper(1500), 10, true);
     let fast = binary_program(&node.store, CGI_HELLO, 5, true);
-    let node = node.start(|c, _| c.max_concurrent = 1).await;
+    let node = node
+        .start(|c, _| {
+            c.max_concurrent = 1;
+            c.queue_limit = 0;
+        })
+        .await;
     let slow_url = node.url(&format!("/vm/{}/", slow.item_hash));
     let first = tokio::spawn(Answer::of(node.client.get(slow_url)));
     wait_running(&node, 1).await;
     let full = node
         .get(&format!("/vm/{}/", fast.item_hash))
         .await
-        .status(503);
+        .status(503)
+        .has("request queue is full");
     assert_eq!(full.header("retry-after"), Some("1"), "{full}");
     first.await.unwrap().status(200).has("rested");
     node.get(&format!("/vm/{}/", fast.item_hash))
         .await
         .status(200);
+    node.shutdown().await;
+}
+
+/// Waits until the node reports `n` requests waiting for an execution slot.
+async fn wait_queued(node: &Node, n: u64) {
+    let started = Instant::now();
+    loop {
+        let usage = node.json("/about/usage/system").await;
+        if usage["executions"]["queued"].as_u64() == Some(n) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never {n} requests queued: {usage}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The node's metrics, parsed.
+async fn metrics(node: &Node) -> (Vec<Sample>, String) {
+    let m = node.get("/metrics").await.status(200);
+    let samples = parse_metrics(&m.body).unwrap_or_else(|e| panic!("{e}\n{m}"));
+    (samples, m.body)
+}
+
+/// How long the program holding the only execution slot sleeps in the queue tests: far longer
+/// than the few requests each test sends meanwhile take, even on a loaded machine.
+const HOLD_MS: u64 = 4000;
+
+/// Starts a POST to `program` (a [`napper`]) that holds the node's only execution slot for
+/// [`HOLD_MS`]; returns once it runs.
+async fn hold_the_slot(node: &Node, program: &Message) -> tokio::task::JoinHandle<Answer> {
+    let url = node.url(&format!("/vm/{}/", program.item_hash));
+    let holder = tokio::spawn(Answer::of(node.client.post(url).body("nap")));
+    wait_running(node, 1).await;
+    holder
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_execution_slot_concurrent_requests_queue_and_all_succeed() {
+    const N: u64 = 8;
+    let node = Node::new();
+    let program = binary_program(&node.store, &napper(HOLD_MS), 10, true);
+    let node = node.start(|c, _| c.max_concurrent = 1).await;
+    let holder = hold_the_slot(&node, &program).await;
+    let url = node.url(&format!("/vm/{}/", program.item_hash));
+    let waiting: Vec<_> = (0..N)
+        .map(|_| tokio::spawn(Answer::of(node.client.get(&url))))
+        .collect();
+    // All of them wait in line while the slot is held; none is refused.
+    wait_queued(&node, N).await;
+    let (samples, body) = metrics(&node).await;
+    let queued = sample(&samples, "aleph_wasm_queued_requests", &[]);
+    assert_eq!(queued.map(|s| s.value), Some(N as f64), "{body}");
+    holder.await.unwrap().status(200).has("rested");
+    for answer in waiting {
+        answer.await.unwrap().status(200).has("rested");
+    }
+
+    let (samples, body) = metrics(&node).await;
+    let value =
+        |name: &str, labels: &[(&str, &str)]| sample(&samples, name, labels).map(|s| s.value);
+    assert_eq!(
+        value("aleph_wasm_queued_requests", &[]),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(
+        value("aleph_wasm_executions_total", &[("outcome", "ok")]),
+        Some((N + 1) as f64),
+        "{body}"
+    );
+    assert_eq!(
+        value("aleph_wasm_program_responses_total", &[("code", "503")]),
+        None,
+        "{body}"
+    );
+    assert_eq!(
+        value(
+            "aleph_wasm_refused_requests_total",
+            &[("reason", "queue_full")]
+        ),
+        None,
+        "{body}"
+    );
+    let usage = node.json("/about/usage/system").await;
+    assert_eq!(usage["executions"]["queued"], 0, "{usage}");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_503_naming_the_queue() {
+    const BURST: usize = 5;
+    let node = Node::new();
+    let program = binary_program(&node.store, &napper(HOLD_MS), 10, true);
+    let node = node
+        .start(|c, _| {
+            c.max_concurrent = 1;
+            c.queue_limit = 1;
+        })
+        .await;
+    let holder = hold_the_slot(&node, &program).await;
+    let url = node.url(&format!("/vm/{}/", program.item_hash));
+    let queued = tokio::spawn(Answer::of(node.client.get(&url)));
+    wait_queued(&node, 1).await;
+    // The slot is held and the queue's one place taken: a burst is refused at once.
+    let burst: Vec<_> = (0..BURST)
+        .map(|_| tokio::spawn(Answer::of(node.client.get(&url))))
+        .collect();
+    for answer in burst {
+        let refused = answer
+            .await
+            .unwrap()
+            .status(503)
+            .has("request queue is full")
+            .has("1 requests (the queue's bound)");
+        assert_eq!(refused.header("retry-after"), Some("1"), "{refused}");
+        assert_eq!(
+            refused.header("aleph-program-itemhash"),
+            Some(program.item_hash.as_str()),
+            "{refused}"
+        );
+    }
+    holder.await.unwrap().status(200).has("rested");
+    queued.await.unwrap().status(200).has("rested");
+
+    let (samples, body) = metrics(&node).await;
+    let value =
+        |name: &str, labels: &[(&str, &str)]| sample(&samples, name, labels).map(|s| s.value);
+    assert_eq!(
+        value(
+            "aleph_wasm_refused_requests_total",
+            &[("reason", "queue_full")]
+        ),
+        Some(BURST as f64),
+        "{body}"
+    );
+    assert_eq!(
+        value("aleph_wasm_program_responses_total", &[("code", "503")]),
+        Some(BURST as f64),
+        "{body}"
+    );
+    assert_eq!(
+        value("aleph_wasm_executions_total", &[("outcome", "ok")]),
+        Some(2.0),
+        "{body}"
+    );
+    assert_eq!(
+        value("aleph_wasm_queued_requests", &[]),
+        Some(0.0),
+        "{body}"
+    );
+    let usage = node.json("/about/usage/system").await;
+    assert_eq!(usage["executions"]["queued"], 0, "{usage}");
+    assert_eq!(usage["executions"]["queue_limit"], 1, "{usage}");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_while_queued_leaves_the_queue() {
+    let node = Node::new();
+    let program = binary_program(&node.store, &napper(HOLD_MS), 10, true);
+    let node = node
+        .start(|c, _| {
+            c.max_concurrent = 1;
+            c.queue_limit = 1;
+        })
+        .await;
+    let holder = hold_the_slot(&node, &program).await;
+    let url = node.url(&format!("/vm/{}/", program.item_hash));
+    let leaving = tokio::spawn(Answer::of(node.client.get(&url)));
+    wait_queued(&node, 1).await;
+    // The client disconnects: its place is given back while the slot is still held, so the
+    // next request finds room in the queue rather than a 503.
+    leaving.abort();
+    let _ = leaving.await;
+    wait_queued(&node, 0).await;
+    let next = tokio::spawn(Answer::of(node.client.get(&url)));
+    holder.await.unwrap().status(200).has("rested");
+    next.await.unwrap().status(200).has("rested");
+    // The request that left never ran.
+    let list = node.json("/about/executions/list").await;
+    assert_eq!(list[&program.item_hash]["requests"], 2, "{list}");
+    let (samples, body) = metrics(&node).await;
+    let queued = sample(&samples, "aleph_wasm_queued_requests", &[]);
+    assert_eq!(queued.map(|s| s.value), Some(0.0), "{body}");
+    assert!(
+        sample(
+            &samples,
+            "aleph_wasm_refused_requests_total",
+            &[("reason", "queue_full")]
+        )
+        .is_none(),
+        "{body}"
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_queued_past_the_queue_timeout_gets_503() {
+    let node = Node::new();
+    let program = binary_program(&node.store, &napper(HOLD_MS), 10, true);
+    let bound = Duration::from_millis(300);
+    let node = node
+        .start(|c, _| {
+            c.max_concurrent = 1;
+            c.queue_timeout = Some(bound);
+        })
+        .await;
+    let holder = hold_the_slot(&node, &program).await;
+    let started = Instant::now();
+    let late = node
+        .get(&format!("/vm/{}/", program.item_hash))
+        .await
+        .status(503)
+        .has("no execution slot freed")
+        .has("0.3 s");
+    assert!(started.elapsed() >= bound, "{:?}", started.elapsed());
+    assert_eq!(late.header("retry-after"), Some("1"), "{late}");
+    holder.await.unwrap().status(200).has("rested");
+    let (samples, body) = metrics(&node).await;
+    let timed_out = sample(
+        &samples,
+        "aleph_wasm_refused_requests_total",
+        &[("reason", "queue_timeout")],
+    );
+    assert_eq!(timed_out.map(|s| s.value), Some(1.0), "{body}");
+    let queued = sample(&samples, "aleph_wasm_queued_requests", &[]);
+    assert_eq!(queued.map(|s| s.value), Some(0.0), "{body}");
     node.shutdown().await;
 }
 
@@ -690,6 +956,7 @@ async fn metrics_parse_and_count_outcomes() {
     assert_eq!(value("aleph_wasm_module_compiles_total", &[]), 2.0);
     assert!(value("aleph_wasm_fuel_consumed_total", &[]) > 0.0);
     assert_eq!(value("aleph_wasm_executions_in_flight", &[]), 0.0);
+    assert_eq!(value("aleph_wasm_queued_requests", &[]), 0.0);
     node.shutdown().await;
 }
 
@@ -715,18 +982,33 @@ async fn about_routes_describe_the_node_and_its_executions() {
         .start(|c, _| {
             c.domain = Some("Node.Test.".into());
             c.max_concurrent = 7;
+            c.queue_limit = 9;
         })
         .await;
     let config = node.json("/about/config").await;
     assert_eq!(config["bound"], node.addr().to_string(), "{config}");
     assert_eq!(config["domain"], "node.test", "{config}");
     assert_eq!(config["limits"]["max_concurrent_executions"], 7, "{config}");
+    assert_eq!(config["limits"]["queue_limit"], 9, "{config}");
+    assert_eq!(
+        config["limits"]["queue_timeout_seconds"],
+        server::DEFAULT_QUEUE_TIMEOUT.as_secs_f64(),
+        "{config}"
+    );
     assert_eq!(config["control_routes"], false, "{config}");
+    // Snapshots off (the test nodes' default): no wasm-opt is looked for.
+    assert_eq!(
+        config["snapshots"],
+        json!({"mode": "off", "wasm_opt": null}),
+        "{config}"
+    );
 
     let usage = node.json("/about/usage/system").await;
     assert!(usage["cpu"]["count"].as_u64().unwrap() >= 1, "{usage}");
     assert!(usage["mem"]["total_kB"].as_u64().unwrap() > 0, "{usage}");
     assert!(usage["uptime_seconds"].as_f64().unwrap() >= 0.0, "{usage}");
+    assert_eq!(usage["executions"]["queued"], 0, "{usage}");
+    assert_eq!(usage["executions"]["queue_limit"], 9, "{usage}");
 
     let before = node.json("/about/executions/list").await;
     assert_eq!(before, json!({}));

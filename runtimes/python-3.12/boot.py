@@ -1,51 +1,43 @@
-"""aleph-wasm guest bootstrap for CPython 3.12 on WASI -- channel protocol "AW1".
+"""aleph-wasm guest bootstrap for CPython 3.12 on WASI -- channel protocol "AW2".
+
+The protocol is specified in docs/channel.md (frames, kinds, life of an instance); the shared
+test vectors are in aw2-vectors.json, checked here by test_wire.py.
 
 The engine runs ``python -i /opt/aleph-wasm/boot.py`` (stdin a pipe, not a tty). This script boots
-the program, then ends; the REPL takes over and blocks reading stdin with no frame of ours on the
-stack: the pause point that snapshots capture. Each event is one REPL line calling
-``__aleph_wasm__.serve(...)``, which runs the event loop until the event is handled, then returns.
+the program, writes READY (or BOOT_ERROR), then ends; the REPL takes over and blocks reading stdin
+with no frame of ours on the stack: the pause point that snapshots capture. The host then sends
+one REPL line, ``__aleph_wasm__.run("<64 hex digits>", <1|0>)``: it reseeds ``random``, writes
+SERVING and serves frames from fd 0 until stdin ends, concurrently (1) or one request at a time
+(0, reproducible executions); then it returns None and the REPL reads end-of-file.
 
 What this file owns, inside the guest:
   * the hand-over: ALEPH_WASM_ENTRYPOINT / _CODE / _PLAIN / _PATHS are read, then deleted from
     os.environ; sys.path = code dir, <code>/packages (if present), the extra paths, the stdlib;
     the working directory becomes the code dir;
+  * the wire: frames as bytes and back (_frame, _pack_fields, _unpack_fields, _FrameReader);
   * the event loop. WASI has no socketpair(), so asyncio's default loop cannot start: _Loop is a
-    BaseEventLoop whose "selector" only sleeps until the next timer (waiting with no timer is a
-    deadlock and raises), and a policy makes get_event_loop()/new_event_loop()/asyncio.run() use
-    it. No threads either: run_in_executor() and anyio's worker threads run the call inline
-    (ThreadPoolExecutor, left out of the build, is an inline stand-in), and anyio's asyncio
-    backend (which imports ssl) can import on a build without ssl;
-  * fd 1, for frames only: sys.stdout/sys.stderr become streams that turn writes into log frames;
-    fd 0 is the channel: the app's sys.stdin is empty (input() raises EOFError);
-  * the ASGI side: http and the aleph triggers, lifespan (one long-lived task per instance);
-  * the warm-up: after the app's import, the event path runs once without the app, so that its
-    first-run costs are in a snapshot rather than in each restored instance's first events.
-
-Host -> guest, one line per event, the next only after this one's "done":
-  __aleph_wasm__.serve("<base64 of a JSON event>")
-  {"type":"http","scope":{...},"body_chunks":[b64,...]}  raw_path, query_string, headers as b64;
-      optional "body_stdin": N: N more raw body bytes, which the host writes only after the
-      guest's {"t":"read","bytes":N} frame (long REPL lines are slow: a fast path for big bodies)
-  {"type":"lifespan","event":"startup"|"shutdown"}
-  {"type":"aleph.message","body":{...}}    {"type":"aleph.cron","time":<float>}
-  {"type":"reseed","seed":"<hex>"}
-
-Guest -> host on fd 1, one frame a line: b"\\x1eAW1 " + compact ASCII-only JSON + b"\\n".
-  after boot: {"t":"ready","asgi_version":"3.0"|"2.0"} or {"t":"boot_error","message","traceback"}
-  any time:   {"t":"log","stream":"stdout"|"stderr","data":str}  a line or a flush, <= 64 KiB
-  http-like:  {"t":"start","status":int,"headers":[[b64,b64],...]}
-              {"t":"body","body":b64,"more_body":bool}  one per send
-              {"t":"protocol_error","message"}  at a bad send (the app gets a RuntimeError)
-              {"t":"error","message":"ExcType: msg"}  the app raised (traceback in the stderr
-                  log; none for the app re-raising our protocol RuntimeError), or returned
-                  without a complete response; may follow a complete response (which stands)
-  lifespan:   {"t":"lifespan","result":"complete"|"failed"|"unsupported","message":str}
-  last, for every event, even after errors: {"t":"done"}
-A failure outside the app (bad event, deadlock) answers {"t":"error"} + done instead.
+    BaseEventLoop with a selector of its own. While serving, it waits on fd 0 and the next timer
+    together (select() on fd 0: WASI poll_oneoff) and turns what arrives into frames; in
+    sequential mode it reads fd 0 only while no request is in flight (or one still waits for its
+    body or a host reply), else it only sleeps until the next timer (waiting with no timer is a
+    deadlock: the requests in flight fail). Outside serving (the app's import, the warm-up) it only
+    sleeps. A policy makes get_event_loop()/new_event_loop()/asyncio.run() use it. No threads
+    either: run_in_executor() and anyio's worker threads run the call inline (ThreadPoolExecutor,
+    left out of the build, is an inline stand-in), and anyio's asyncio backend (which imports ssl)
+    can import on a build without ssl;
+  * fd 1, for frames only: sys.stdout/sys.stderr become streams that turn writes into LOG frames
+    (tagged with the id of the request whose task wrote them); response frames are buffered and
+    written once per loop turn; fd 0 is the channel: the app's sys.stdin is empty (input() raises
+    EOFError);
+  * the ASGI side: http and the aleph triggers, one task per request; lifespan (one long-lived
+    task per instance);
+  * guest -> host calls: the module ``_aleph_wasm`` (``await call(name, args) -> bytes``,
+    ``HostCallError``);
+  * the warm-up: after the app's import, the request path runs once without the app, so that its
+    first-run costs are in a snapshot rather than in each restored instance's first requests.
 """
 
 import asyncio
-import base64
 import codecs
 import collections
 import concurrent.futures
@@ -57,33 +49,207 @@ import io
 import json
 import os
 import random
+import select
+import struct
 import sys
 import time
 import traceback
 import types
 
-PROTOCOL = "AW1"
-_MAGIC = b"\x1eAW1 "
-_LOG_CAP = 64 * 1024  # bytes of UTF-8 data in one log frame
+PROTOCOL = "AW2"
 _ENV_KEYS = ("ALEPH_WASM_ENTRYPOINT", "ALEPH_WASM_CODE", "ALEPH_WASM_PLAIN", "ALEPH_WASM_PATHS")
 _BYTES = (bytes, bytearray, memoryview)
+_LOG_CAP = 64 * 1024  # bytes of UTF-8 text in one LOG frame (and in an ERROR text)
+_BODY_PART = 1 << 20  # a response body part larger than this is split into several BODY frames
+_READ_SIZE = 1 << 20  # bytes asked of fd 0 at a time
+_DEADLOCK = ("deadlock: the app waits for something that can never happen "
+             "(no ready callbacks, no timers, no I/O in this sandbox)")
+
+# Frame kinds (docs/channel.md). Host -> guest:
+HTTP, BODY, EVENT, CANCEL, REPLY = 0x01, 0x02, 0x03, 0x04, 0x05
+# Guest -> host:
+READY, BOOT_ERROR, LOG, START, RESPONSE_BODY, ERROR, PROTOCOL_ERROR, LIFESPAN, DONE, SERVING, \
+    CALL = 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8B
 
 
-# --- Frames and log streams ------------------------------------------------------------------
+# --- The wire: frames as bytes and back --------------------------------------------------------
+
+_MAGIC = b"\x1eAW2"
+_HEAD = struct.Struct("<4sIBI")  # magic, len (kind + id + payload), kind, id
+_BODY_HEAD = struct.Struct("<4sIBIB")  # the same, then BODY's `more` byte
+_PREFIX = struct.Struct("<4sI")
+_KIND_ID = struct.Struct("<BI")
+_U32 = struct.Struct("<I")
+_U16 = struct.Struct("<H")
+_HEAD_SIZE = _HEAD.size  # 13
+_MAX_LEN = (16 << 20) + 5  # the largest `len`
+
+
+class WireError(ValueError):
+    """Bytes that are not AW2 frames. `frames`: the complete frames read before the fault."""
+
+    def __init__(self, message, frames=()):
+        super().__init__(message)
+        self.frames = list(frames)
+
+
+def _frame(kind, id, payload=b""):
+    """One frame as bytes."""
+    return _HEAD.pack(_MAGIC, len(payload) + 5, kind, id) + payload
+
+
+def _pack_fields(items):
+    """Payload "fields": each item as a u32 LE length and its bytes."""
+    parts = []
+    for item in items:
+        parts.append(_U32.pack(len(item)))
+        parts.append(item)
+    return b"".join(parts)
+
+
+def _unpack_fields(buf):
+    """The items of a "fields" payload, as bytes; WireError if it is not one."""
+    items = []
+    append, unpack = items.append, _U32.unpack_from
+    pos, end = 0, len(buf)
+    try:
+        while pos < end:
+            start = pos + 4
+            pos = start + unpack(buf, pos)[0]
+            append(buf[start:pos])
+    except struct.error:
+        raise WireError(f"a field length is cut short ({end - pos} of 4 bytes)") from None
+    if pos != end:
+        raise WireError(f"the last field overruns the payload by {pos - end} bytes")
+    return items
+
+
+def _json(obj):
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _utf8_cut(raw, cap):
+    """The largest length <= cap at which `raw` (UTF-8) can be cut outside a character."""
+    if len(raw) <= cap:
+        return len(raw)
+    cut = cap
+    while cut > 0 and raw[cut] & 0xC0 == 0x80:
+        cut -= 1
+    return cut
+
+
+def _text(text):
+    """A text payload: UTF-8, at most 64 KiB."""
+    raw = str(text).encode("utf-8", "replace")
+    return raw[:_utf8_cut(raw, _LOG_CAP)]
+
+
+class _FrameReader:
+    """Frames out of a byte stream that arrives in chunks of any size: feed(chunk) returns the
+    list of the (kind, id, payload) frames completed by it (payload as bytes). Raises WireError
+    (with the frames read before it) at bytes that are not a frame header or at a `len` out of
+    bounds: the stream cannot be resynchronised after either."""
+
+    def __init__(self):
+        self._buf = bytearray()  # an incomplete frame
+        self._need = 0  # bytes _buf must hold before anything more can be decoded
+
+    def pending(self):
+        return len(self._buf)
+
+    def feed(self, data):
+        if self._buf:
+            self._buf += data
+            if len(self._buf) < self._need:
+                return []
+            src = bytes(self._buf)
+        else:
+            src = data
+        frames, pos, end = [], 0, len(src)
+        need = 8
+        while end - pos >= 8:
+            magic, size = _PREFIX.unpack_from(src, pos)
+            if magic != _MAGIC:
+                raise WireError(f"not an AW2 frame: {bytes(src[pos:pos + 16])!r}", frames)
+            if not 5 <= size <= _MAX_LEN:
+                raise WireError(f"frame length {size} out of bounds (5 to {_MAX_LEN})", frames)
+            stop = pos + 8 + size
+            if stop > end:
+                need = 8 + size
+                break
+            kind, id = _KIND_ID.unpack_from(src, pos + 8)
+            frames.append((kind, id, src[pos + _HEAD_SIZE:stop]))
+            pos = stop
+        else:
+            if not _MAGIC.startswith(bytes(src[pos:pos + 4])):
+                raise WireError(f"not an AW2 frame: {bytes(src[pos:pos + 16])!r}", frames)
+        if pos == end:
+            if self._buf:
+                self._buf = bytearray()
+        else:
+            self._buf = bytearray(src[pos:])
+        self._need = need
+        return frames
+
+
+# --- Output: response frames buffered for one write per loop turn, logs at once ---------------
+
+_out = []  # bytes-like pieces of whole frames, written by _flush_out()
+_muted = False  # the warm-up: output is dropped
+_rid = contextvars.ContextVar("aleph_wasm_request_id", default=0)
+
+
+def _write_all(data):
+    view = None
+    while data:
+        written = os.write(1, data)
+        if written >= len(data):
+            return
+        view = memoryview(data) if view is None else view
+        view = data = view[written:]
+
+
+def _flush_out():
+    if not _out:
+        return
+    data = _out[0] if len(_out) == 1 else b"".join(_out)
+    _out.clear()
+    if not _muted:
+        _write_all(data)
+
+
+def _emit(kind, id, payload=b""):
+    """Queues a frame for the next flush."""
+    _out.append(_HEAD.pack(_MAGIC, len(payload) + 5, kind, id))
+    if payload:
+        _out.append(payload)
+
+
+def _emit_now(kind, id, payload=b""):
+    """Writes a frame now, after what is queued."""
+    _emit(kind, id, payload)
+    _flush_out()
+
+
+def _emit_body(id, body, more):
+    """Queues BODY frames for one body part (bytes), split past 1 MiB."""
+    size = len(body)
+    if size <= _BODY_PART:
+        _out.append(_BODY_HEAD.pack(_MAGIC, size + 6, RESPONSE_BODY, id, more))
+        if size:
+            _out.append(body)
+        return
+    view = memoryview(body)
+    for at in range(0, size, _BODY_PART):
+        piece = view[at:at + _BODY_PART]
+        last = at + _BODY_PART >= size
+        _out.append(_BODY_HEAD.pack(_MAGIC, len(piece) + 6, RESPONSE_BODY, id, more if last else 1))
+        _out.append(piece)
+
 
 def _clean(text):
     """`text` as a str that is valid UTF-8 (lone surrogates become "?"): any JSON parser takes it."""
     return str(text).encode("utf-8", "replace").decode("utf-8")
-
-
-def _emit(frame):
-    data = memoryview(_MAGIC + json.dumps(frame, separators=(",", ":")).encode("ascii") + b"\n")
-    while data:
-        data = data[os.write(1, data):]
-
-
-def _b64(data):
-    return base64.b64encode(bytes(data)).decode("ascii")
 
 
 def _describe(exc):
@@ -112,19 +278,22 @@ class _LogBinary(io.BufferedIOBase):
 
 
 class _LogStream(io.TextIOBase):
-    """Text written here becomes log frames: everything up to the last newline at once (a print()
-    is one frame), the rest on flush(); no frame carries more than 64 KiB of data."""
+    """Text written here becomes LOG frames, written at once: everything up to the last newline
+    (a print() is one frame), the rest on flush(); no frame carries more than 64 KiB of text. A
+    frame carries the id of the request whose task wrote it (0 outside any): text left pending by
+    one request is flushed before another writes."""
 
     encoding, errors, line_buffering = "utf-8", "replace", True
 
     def __init__(self, stream):
-        self._stream = stream
-        self._parts, self._size = [], 0
+        self._stream = stream  # 1 stdout, 2 stderr
+        self._parts, self._size, self._id = [], 0, 0
         self.buffer = _LogBinary(self)
+        self.at_eof = False  # the REPL is about to read EOF: its "\n" on stderr is not a log
 
     @property
     def name(self):
-        return f"<{self._stream}>"
+        return "<stdout>" if self._stream == 1 else "<stderr>"
 
     def writable(self):
         return True
@@ -145,6 +314,14 @@ class _LogStream(io.TextIOBase):
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         if text:
+            if self.at_eof and text == "\n" and not self._parts:
+                self.at_eof = False
+                return 1
+            id = _rid.get()
+            if id != self._id:
+                if self._parts:
+                    self.flush()
+                self._id = id
             self._parts.append(text)
             self._size += len(text)
             if "\n" in text:
@@ -157,45 +334,117 @@ class _LogStream(io.TextIOBase):
         return len(text)
 
     def flush(self):
-        pending = "".join(self._parts)
-        self._parts, self._size = [], 0
-        if pending:
-            self._send(pending)
+        if self._parts:
+            pending = "".join(self._parts)
+            self._parts, self._size = [], 0
+            if pending:
+                self._send(pending)
 
     def _send(self, text):
         raw = text.encode("utf-8", "replace")
+        head = bytes((self._stream,))
         while raw:
-            cut = min(len(raw), _LOG_CAP)
-            while cut < len(raw) and raw[cut] & 0xC0 == 0x80:  # never inside a UTF-8 sequence
-                cut -= 1
-            _emit({"t": "log", "stream": self._stream, "data": raw[:cut].decode("utf-8")})
+            cut = _utf8_cut(raw, _LOG_CAP)
+            _emit(LOG, self._id, head + raw[:cut])
             raw = raw[cut:]
+        _flush_out()
 
 
-_STDOUT, _STDERR = _LogStream("stdout"), _LogStream("stderr")
+_STDOUT, _STDERR = _LogStream(1), _LogStream(2)
 
 
 def _flush_logs():
-    for stream in (_STDOUT, _STDERR):
-        stream.flush()
+    if _STDOUT._parts:
+        _STDOUT.flush()
+    if _STDERR._parts:
+        _STDERR.flush()
 
 
 def _log_traceback(exc, header):
     _STDERR.write(header + "\n" + "".join(traceback.format_exception(exc)))
 
 
-# --- The event loop: timers only (no selector, no self-pipe), no threads ---------------------
+# --- The event loop ----------------------------------------------------------------------------
 
 class _TimerSelector:
-    """Stands in for the selector: there is no I/O to wait for, only the next timer."""
+    """The selector outside serving: there is no I/O to wait for, only the next timer."""
 
     def select(self, timeout=None):
         if timeout is None:
-            raise RuntimeError("deadlock: the app waits for something that can never happen "
-                               "(no ready callbacks, no timers, no I/O in this sandbox)")
+            raise RuntimeError(_DEADLOCK)
         if timeout > 0:
             time.sleep(timeout)
         return []
+
+
+class _ServeSelector:
+    """The selector while serving: flushes the output, then waits for stdin and the next timer
+    (concurrent mode), or reads stdin only when the requests in flight may need it (sequential
+    mode); returns the frames read, which _Loop._process_events dispatches."""
+
+    def __init__(self, concurrent):
+        self.concurrent = concurrent
+        self.reader = _FrameReader()
+        self.ended = False  # stdin ended (or carried garbage): the requests in flight are cancelled
+        self.deadline = 0.0
+
+    def select(self, timeout=None):
+        if _out:
+            _flush_out()
+        if self.ended:
+            return self._drain(timeout)
+        if self.concurrent:
+            if not select.select((0,), (), (), timeout)[0]:
+                return []
+        elif _requests and not any(not r.body_complete for r in _requests.values()):
+            # a request is in flight and has its whole body: timers only, unless it awaits a reply
+            if _calls:
+                if not select.select((0,), (), (), timeout)[0]:
+                    return []
+            elif timeout is None:
+                self._deadlock()
+                return []
+            else:
+                if timeout > 0:
+                    time.sleep(timeout)
+                return []
+        data = os.read(0, _READ_SIZE)  # concurrent: stdin is ready; sequential: a blocking read
+        if not data:
+            self._end("as the host closed the channel")
+            return []
+        try:
+            return self.reader.feed(data)
+        except WireError as exc:
+            _STDERR.write(f"aleph-wasm: stdin carries something that is not an AW2 frame ({exc}); "
+                          "serving stops\n")
+            self._end("as the channel broke")
+            return exc.frames
+
+    def _end(self, reason):
+        self.ended = True
+        self.deadline = time.monotonic() + 1.0  # for the cancelled requests to end
+        for request in list(_requests.values()):
+            _cancel(request, reason)
+
+    def _drain(self, timeout):
+        now = time.monotonic()
+        if not _requests or timeout is None or now >= self.deadline:
+            for request in list(_requests.values()):  # stuck despite cancellation
+                _finish(request)
+            _flush_out()
+            _loop.stop()
+        elif timeout > 0:
+            time.sleep(min(timeout, self.deadline - now))
+        return []
+
+    def _deadlock(self):
+        for request in list(_requests.values()):
+            if request.abort is None:
+                request.abort = "RuntimeError: " + _DEADLOCK
+                _cancel(request, None)
+            else:  # still stuck after its cancellation: given up
+                _finish(request, request.abort)
+        _flush_out()
 
 
 class _InlineExecutor(concurrent.futures.Executor):
@@ -217,8 +466,9 @@ class _InlineExecutor(concurrent.futures.Executor):
 
 
 class _Loop(asyncio.BaseEventLoop):
-    """Callbacks, tasks and timers. run_until_complete() can be called again and again; between
-    calls nothing runs and pending tasks stay suspended."""
+    """Callbacks, tasks and timers; while serving (the instance loop only), the frames read from
+    stdin too. run_until_complete() can be called again and again; between calls nothing runs
+    and pending tasks stay suspended."""
 
     def __init__(self):
         super().__init__()
@@ -229,7 +479,9 @@ class _Loop(asyncio.BaseEventLoop):
         return time.monotonic()
 
     def _process_events(self, event_list):
-        pass
+        for kind, id, payload in event_list:  # frames, from _ServeSelector
+            _dispatch(kind, id, payload)
+        _start_pending()
 
     def _write_to_self(self):
         pass  # only another thread would need to wake the loop; there is none
@@ -350,7 +602,6 @@ _app = None
 _asgi_version = "3.0"
 _loop = None
 _anyio_adapted = False
-_aborting = False  # set while a stuck call is being cancelled: its errors are not reported
 
 
 def _load_app(entrypoint, code, plain, paths):
@@ -416,31 +667,71 @@ def _asgi_info(spec_version):
     return {"version": _asgi_version, "spec_version": spec_version}
 
 
-# --- One call for an http-like event ---------------------------------------------------------
 
-class _Exchange:
-    """receive/send for one call: the request body, then (once the response is complete)
-    http.disconnect; sent messages are checked and become "start"/"body" frames."""
+# --- Requests: one task each, receive/send per request --------------------------------------
 
-    def __init__(self, chunks):
-        self.done = asyncio.get_running_loop().create_future()
-        self.inbox = collections.deque(
-            {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
-            for i, chunk in enumerate(chunks or [b""]))
+_requests = {}  # id -> _Request: the HTTP requests and events in flight (no DONE sent yet)
+
+
+class _Request:
+    """One HTTP request or event in flight: its task, the receive/send of its ASGI call (the
+    request body from BODY frames, then, once the response is complete, http.disconnect; sent
+    messages are checked and become START/BODY frames), and how it ends."""
+
+    __slots__ = ("id", "scope", "task", "inbox", "waiters", "body_complete", "done", "started",
+                 "finished", "trailers", "protocol_errors", "running", "cancelled", "abort",
+                 "closed")
+
+    def __init__(self, id, scope, body_complete=False):
+        self.id, self.scope, self.task = id, scope, None
+        self.inbox = collections.deque()
+        self.waiters = None  # futures of receive() calls waiting for body
+        self.body_complete = body_complete  # the last BODY frame (more = 0) has arrived
+        self.done = None  # a future set when the response is complete (made when awaited)
         self.started = self.finished = self.trailers = False
-        self.protocol_errors = []
+        self.protocol_errors = None
+        self.running = False  # the task has started
+        self.cancelled = None  # why the host gave up on it
+        self.abort = None  # the ERROR text it fails with once cancelled (a deadlock)
+        self.closed = False  # DONE sent
+
+    def feed(self, body, more):
+        if self.body_complete:
+            return  # a BODY after the last one: nothing listens for it
+        self.inbox.append({"type": "http.request", "body": body, "more_body": more})
+        self.body_complete = not more
+        waiters, self.waiters = self.waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _complete(self):
+        self.finished = True
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
 
     async def receive(self):
-        if self.inbox:
-            return self.inbox.popleft()
-        if not self.done.done():
-            await asyncio.shield(self.done)  # a cancelled listener must not cancel `done`
-        return {"type": "http.disconnect"}
+        while not self.inbox:
+            if self.body_complete:
+                if not self.finished:
+                    if self.done is None:
+                        self.done = _loop.create_future()
+                    await asyncio.shield(self.done)  # a cancelled listener must not cancel `done`
+                return {"type": "http.disconnect"}
+            waiter = _loop.create_future()
+            if self.waiters is None:
+                self.waiters = []
+            self.waiters.append(waiter)
+            await waiter
+        return self.inbox.popleft()
 
     def _fail(self, message):
-        _emit({"t": "protocol_error", "message": _clean(message)})
-        self.protocol_errors.append(RuntimeError(message))
-        raise self.protocol_errors[-1]
+        _emit(PROTOCOL_ERROR, self.id, _text(_clean(message)))
+        error = RuntimeError(message)
+        if self.protocol_errors is None:
+            self.protocol_errors = []
+        self.protocol_errors.append(error)
+        raise error
 
     async def send(self, message):
         if not isinstance(message, dict):
@@ -452,29 +743,31 @@ class _Exchange:
             status = message.get("status")
             if type(status) is not int or not 100 <= status <= 999:
                 self._fail(f"http.response.start needs an integer 'status', not {status!r:.100}")
-            headers = []
+            parts = [_U16.pack(status)]
             try:
                 for name, value in message.get("headers") or ():
                     if not (isinstance(name, _BYTES) and isinstance(value, _BYTES)):
                         raise TypeError
-                    headers.append([_b64(name), _b64(value)])
+                    name, value = bytes(name), bytes(value)
+                    parts += (_U32.pack(len(name)), name, _U32.pack(len(value)), value)
             except (TypeError, ValueError):
                 self._fail("http.response.start 'headers' must be [name, value] pairs of bytes")
             self.started, self.trailers = True, bool(message.get("trailers", False))
-            _emit({"t": "start", "status": status, "headers": headers})
+            _emit(START, self.id, b"".join(parts))
         elif kind == "http.response.body":
             if not self.started:
                 self._fail("http.response.body sent before http.response.start")
             if self.finished:
                 self._fail("http.response.body sent after the response was complete")
             body = message.get("body", b"")
-            if not isinstance(body, _BYTES):
-                self._fail(f"http.response.body 'body' must be bytes, not {type(body).__name__}")
+            if type(body) is not bytes:
+                if not isinstance(body, _BYTES):
+                    self._fail(f"http.response.body 'body' must be bytes, not {type(body).__name__}")
+                body = bytes(body)  # a copy: the app may change its buffer before the write
             more = bool(message.get("more_body", False))
-            _emit({"t": "body", "body": _b64(body), "more_body": more})
+            _emit_body(self.id, body, more)
             if not more:
-                self.finished = True
-                self.done.set_result(None)
+                self._complete()
         elif kind == "http.response.trailers" and self.trailers:
             pass  # accepted and dropped: trailers do not reach the host
         else:
@@ -482,59 +775,276 @@ class _Exchange:
                        "'http.response.start' or 'http.response.body'")
 
 
-async def _call(scope, chunks):
-    exchange = _Exchange(chunks)
-    try:
-        await _invoke(scope, exchange.receive, exchange.send)
-    except BaseException as exc:
-        if _aborting:
+def _finish(request, error=None):
+    """The request's last frames: ERROR if given, then DONE; it leaves the table."""
+    if request.closed:
+        return
+    request.closed = True
+    if not request.finished:
+        request._complete()
+    _flush_logs()
+    if error is not None:
+        _emit(ERROR, request.id, _text(error))
+    _emit(DONE, request.id)
+    if _requests.get(request.id) is request:
+        del _requests[request.id]
+
+
+def _cancel(request, reason):
+    """Cancels the request's task (reason: why the host gave up on it; None for an abort)."""
+    if reason is not None and request.cancelled is None:
+        request.cancelled = reason
+    if request.running:
+        request.task.cancel()
+    # else: its task sees the flag when it starts
+
+
+def _ended_early(request, exc):
+    """Reports how the request's task ended on `exc` (None: before it started), unless the
+    host gave it up."""
+    if request.closed:  # given up while stuck: its ERROR and DONE are out
+        return
+    if request.abort is not None:
+        if exc is not None:
             _log_traceback(exc, "Request aborted:")
-        elif any(exc is e for e in exchange.protocol_errors):
-            _log_traceback(exc, "ASGI protocol error:")
-        else:
-            _log_traceback(exc, "Exception in ASGI application:")
-            _emit({"t": "error", "message": _describe(exc)})
+        _emit(ERROR, request.id, _text(request.abort))
+    elif request.cancelled is not None:
+        _STDERR.write(f"request {request.id} cancelled {request.cancelled}\n")
+    elif request.protocol_errors and any(exc is e for e in request.protocol_errors):
+        _log_traceback(exc, "ASGI protocol error:")
     else:
-        if not exchange.finished:
-            _emit({"t": "error", "message": "ASGI callable returned without " + (
-                "completing the response" if exchange.started else "starting a response")})
+        _log_traceback(exc, "Exception in ASGI application:")
+        _emit(ERROR, request.id, _text(_describe(exc)))
+
+
+async def _serve_app(request):
+    """The task of an HTTP request or an aleph event: the app's call, then DONE."""
+    request.running = True
+    _rid.set(request.id)
+    try:
+        if request.cancelled is not None or request.abort is not None:
+            return _ended_early(request, None)  # given up before it started
+        if _asgi_version == "3.0":
+            await _app(request.scope, request.receive, request.send)
+        else:
+            await _app(request.scope)(request.receive, request.send)
+    except BaseException as exc:
+        _ended_early(request, exc)
+    else:
+        if not request.finished and not request.closed:
+            _emit(ERROR, request.id, b"ASGI callable returned without " + (
+                b"completing the response" if request.started else b"starting a response"))
     finally:
-        if not exchange.done.done():
-            exchange.done.set_result(None)
+        _finish(request)
 
 
-def _http_scope(raw):
-    scope = dict(raw)
-    for key in ("raw_path", "query_string"):
-        if isinstance(scope.get(key), str):
-            scope[key] = base64.b64decode(scope[key])
-    scope["headers"] = [(base64.b64decode(name), base64.b64decode(value))
-                        for name, value in scope.get("headers") or ()]
-    for key in ("client", "server"):
-        if isinstance(scope.get(key), list):
-            scope[key] = tuple(scope[key])
-    if _asgi_version == "2.0" and isinstance(scope.get("asgi"), dict):
-        scope["asgi"] = dict(scope["asgi"], version="2.0")
-    scope["state"] = dict(_lifespan.state)
-    return scope
+async def _serve_lifespan(request, phase):
+    request.running = True
+    _rid.set(request.id)
+    try:
+        if request.cancelled is not None or request.abort is not None:
+            return _ended_early(request, None)  # given up before it started
+        result, message = await _lifespan.run(phase, request.id)
+        _emit(LIFESPAN, request.id, _json({"result": result, "message": message}))
+    except BaseException as exc:
+        if request.abort is None and request.cancelled is None:
+            _emit(ERROR, request.id, _text(_describe(exc)))
+        else:
+            _ended_early(request, exc)
+    finally:
+        _finish(request)
 
 
-def _read_stdin_body(size):
-    """The fast path for a big body: emit a "read" frame, then read exactly `size` raw bytes
-    from fd 0. The host writes them only after that frame, so no stdin buffer of the REPL can
-    have taken any, and none is left over for it."""
-    _emit({"t": "read", "bytes": size})
-    parts, left = [], size
-    while left:
-        data = os.read(0, min(left, 1 << 20))
-        if not data:
-            raise EOFError(f"stdin ended with {left} of {size} body bytes unread")
-        parts.append(data)
-        left -= len(data)
-    return b"".join(parts)
+# --- Dispatch: one frame from the host ----------------------------------------------------------
+
+def _reject(id, message):
+    """A frame for `id` that cannot be served: ERROR + DONE (the request fails if in flight)."""
+    request = _requests.get(id)
+    if request is not None:
+        if request.abort is None:
+            request.abort = message
+        _cancel(request, None)
+    elif id:
+        _emit(ERROR, id, _text(message))
+        _emit(DONE, id)
+    else:
+        _STDERR.write(f"aleph-wasm: ignored a frame for id 0: {message}\n")
 
 
-# --- Lifespan: one long-lived task, suspended in the stopped loop between events --------------
+_pending = []  # requests whose frames arrived in this batch, their tasks not yet started
+_EAGER = sys.version_info >= (3, 12)  # asyncio.Task(eager_start=True)
+
+
+def _start(request, serve, *args):
+    """Registers the request; its task starts once the batch of frames it came in is dispatched,
+    so that a request whose body came in the same read finds it there."""
+    if request.id in _requests:
+        raise ValueError(f"request id {request.id} is already in flight")
+    _requests[request.id] = request
+    _pending.append((request, serve(request, *args)))
+
+
+def _start_pending():
+    """Starts the tasks of the requests of the last batch. With eager start (3.12), a task runs
+    at once, up to its first real wait: an app that answers without waiting is served in this
+    turn, with no scheduling round trip through the loop."""
+    while _pending:
+        request, coro = _pending.pop(0)
+        if _EAGER:
+            request.task = asyncio.Task(coro, loop=_loop, eager_start=True)
+        else:
+            request.task = _loop.create_task(coro)
+
+
+def _on_http(id, payload):
+    _adapt_anyio()
+    if _app is None:
+        raise RuntimeError("the program did not boot")
+    f = _unpack_fields(payload)
+    if len(f) < 11 or not len(f) & 1:
+        raise WireError(f"an HTTP frame needs 11 fields and header pairs, not {len(f)} fields")
+    headers = iter(f[11:])
+    client, server = f[7], f[9]
+    scope = {
+        "type": "http",
+        "asgi": {"version": _asgi_version, "spec_version": "2.3"},
+        "http_version": f[2].decode(),
+        "method": f[0].decode(),
+        "scheme": f[1].decode(),
+        "path": f[3].decode("utf-8", "replace"),
+        "raw_path": f[4],
+        "query_string": f[5],
+        "root_path": f[6].decode("utf-8", "replace"),
+        "headers": list(zip(headers, headers)),
+        "client": (client.decode("utf-8", "replace"), int(f[8]) if f[8] else None) if client else None,
+        "server": (server.decode("utf-8", "replace"), int(f[10]) if f[10] else None) if server else None,
+        "state": dict(_lifespan.state),
+    }
+    _start(_Request(id, scope), _serve_app)
+
+
+def _on_body(id, payload):
+    request = _requests.get(id)
+    if request is None:
+        return  # the body of a request that has ended (or was refused): nothing listens for it
+    if not payload or payload[0] > 1:
+        raise WireError("a BODY frame starts with its `more` byte, 0 or 1")
+    request.feed(payload[1:], payload[0] == 1)
+
+
+def _on_event(id, payload):
+    _adapt_anyio()
+    event = json.loads(payload)
+    kind = event.get("type") if isinstance(event, dict) else None
+    if _app is None:
+        raise RuntimeError("the program did not boot")
+    if kind == "lifespan":
+        phase = event.get("event")
+        if phase not in ("startup", "shutdown"):
+            raise ValueError(f"unknown lifespan event {phase!r}")
+        _start(_Request(id, None, body_complete=True), _serve_lifespan, phase)
+    elif kind in ("aleph.message", "aleph.cron"):
+        scope = {"type": kind, "asgi": _asgi_info("2.3"), "state": dict(_lifespan.state)}
+        if kind == "aleph.message":
+            scope["body"] = event.get("body")
+        else:
+            scope["time"] = event.get("time")
+        request = _Request(id, scope)
+        request.feed(b"", False)
+        _start(request, _serve_app)
+    else:
+        raise ValueError(f"unknown event type {kind!r}")
+
+
+def _on_cancel(id, payload):
+    request = _requests.get(id)
+    if request is None:
+        return  # it has ended already: its DONE is out or on its way
+    if request.cancelled is None:
+        _cancel(request, "by the host")
+    else:  # cancelled before and still running (the app ignores cancellation): given up
+        _finish(request)
+
+
+def _on_reply(id, payload):
+    future = _calls.pop(id, None)
+    if future is None or future.done():
+        return  # the caller has gone (cancelled)
+    if payload[:1] == b"\x01":
+        future.set_result(payload[1:])
+        return
+    try:
+        if payload[:1] != b"\x00":
+            raise WireError("a REPLY frame starts with its `ok` byte, 0 or 1")
+        kind, message = _unpack_fields(payload[1:])
+        error = HostCallError(kind.decode("utf-8", "replace"), message.decode("utf-8", "replace"))
+    except ValueError as exc:
+        error = HostCallError("malformed_reply", f"the host's REPLY could not be read: {exc}")
+    future.set_exception(error)
+
+
+_HANDLERS = {HTTP: _on_http, BODY: _on_body, EVENT: _on_event, CANCEL: _on_cancel, REPLY: _on_reply}
+
+
+def _dispatch(kind, id, payload):
+    handler = _HANDLERS.get(kind)
+    try:
+        if handler is None:
+            raise WireError(f"unknown frame kind 0x{kind:02x}")
+        handler(id, payload)
+    except Exception as exc:
+        if kind == REPLY:  # a call id, not a request's: nobody to tell
+            _STDERR.write(f"aleph-wasm: bad REPLY for call {id}: {_describe(exc)}\n")
+        else:
+            _reject(id, _describe(exc))
+
+
+# --- Guest -> host calls -------------------------------------------------------------------------
+
+_calls = {}  # call id -> the future of its REPLY
+_next_call = 0
+
+
+class HostCallError(RuntimeError):
+    """A host call failed: `kind` (e.g. "unknown_call") and `message`, as the host said."""
+
+    def __init__(self, kind, message):
+        super().__init__(f"{kind}: {message}")
+        self.kind, self.message = kind, message
+
+
+async def call(name, args=b""):
+    """Calls the host function `name` with `args` (bytes) and returns its result (bytes); raises
+    HostCallError when the host answers with a failure. Other requests go on meanwhile."""
+    global _next_call
+    if not isinstance(name, str):
+        raise TypeError(f"the name of a host call must be a str, not {type(name).__name__}")
+    if not isinstance(args, _BYTES):
+        raise TypeError(f"the arguments of a host call must be bytes, not {type(args).__name__}")
+    if _serving is None or asyncio.get_running_loop() is not _loop:
+        raise RuntimeError("host calls are only possible on the instance's loop while it serves")
+    while True:
+        _next_call = _next_call % 0xFFFFFFFF + 1
+        if _next_call not in _calls:
+            break
+    id = _next_call
+    future = _calls[id] = _loop.create_future()
+    _emit(CALL, id, _pack_fields((name.encode(), bytes(args))))
+    try:
+        return await future
+    finally:
+        if _calls.get(id) is future:
+            del _calls[id]
+
+
+def _calls_module():
+    module = types.ModuleType("_aleph_wasm", "Calls from the program to its host (aleph-wasm).")
+    module.call, module.HostCallError = call, HostCallError
+    HostCallError.__module__ = call.__module__ = "_aleph_wasm"
+    return module
+
+
+# --- Lifespan: one long-lived task, suspended while no lifespan event is in flight ------------
 
 class _Lifespan:
     def __init__(self):
@@ -543,6 +1053,7 @@ class _Lifespan:
         self.expect = None  # "startup" | "shutdown" while a result is awaited
         self.sent = False
         self.outcome = None  # (result, message) once the task has ended
+        self.event_id = 0  # the lifespan event being served: the app's logs carry its id
 
     def _resolve(self, result, message):
         self.expect = None
@@ -550,7 +1061,9 @@ class _Lifespan:
             self.waiter.set_result((result, _clean(message or "")))
 
     async def _receive(self):
-        return await self.queue.get()
+        message = await self.queue.get()
+        _rid.set(self.event_id)
+        return message
 
     async def _send(self, message):
         kind = message.get("type") if isinstance(message, dict) else None
@@ -577,6 +1090,10 @@ class _Lifespan:
             self.outcome = (("unsupported", "the app returned without completing lifespan startup")
                             if self.expect == "startup" else ("complete", ""))
         self._resolve(*self.outcome)
+
+    async def run(self, phase, event_id):
+        self.event_id = event_id
+        return await (self.startup() if phase == "startup" else self.shutdown())
 
     async def startup(self):
         if self.task is not None:
@@ -605,116 +1122,110 @@ class _Lifespan:
 _lifespan = _Lifespan()
 
 
-# --- serve(): one event in; frames out, "done" last ------------------------------------------
+# --- run(): serving until stdin ends -------------------------------------------------------------
 
-def _run(coro):
-    """Run the loop until `coro` is done; other tasks (lifespan, background) stay pending."""
-    global _aborting
-    task = _loop.create_task(coro)
-    try:
-        return _loop.run_until_complete(task)
-    except BaseException:
-        if not task.done():  # e.g. a deadlock: cancel the call so that it does not linger
-            _aborting = True
-            task.cancel()
-            try:
-                _loop.run_until_complete(task)
-            except BaseException:
-                pass
-            finally:
-                _aborting = False
-        raise
-
-
-def _handle(event):
-    _adapt_anyio()
-    kind = event.get("type")
-    if _app is None and kind != "reseed":
-        raise RuntimeError("the program did not boot")
-    if kind == "http":
-        chunks = [base64.b64decode(c) for c in event.get("body_chunks") or ()]
-        if event.get("body_stdin"):
-            raw = _read_stdin_body(int(event["body_stdin"]))
-            step = int(event.get("chunk_size") or 65536)
-            chunks.extend(raw[i:i + step] for i in range(0, len(raw), step))
-        _run(_call(_http_scope(event["scope"]), chunks))
-    elif kind in ("aleph.message", "aleph.cron"):
-        scope = {"type": kind, "asgi": _asgi_info("2.3"), "state": dict(_lifespan.state)}
-        if kind == "aleph.message":
-            scope["body"] = event.get("body")
-        else:
-            scope["time"] = event.get("time")
-        _run(_call(scope, []))
-    elif kind == "lifespan":
-        phase = event.get("event")
-        if phase not in ("startup", "shutdown"):
-            raise ValueError(f"unknown lifespan event {phase!r}")
-        result, message = _run(getattr(_lifespan, phase)())
-        _emit({"t": "lifespan", "result": result, "message": message})
-    elif kind == "reseed":
-        random.seed(bytes.fromhex(event["seed"]))
-    else:
-        raise ValueError(f"unknown event type {kind!r}")
+_serving = None  # the _ServeSelector while run() serves
 
 
 class _Guest:
-    """What the host's REPL lines call: ``__aleph_wasm__.serve("<base64 of a JSON event>")``."""
+    """What the host's REPL line calls: ``__aleph_wasm__.run("<64 hex digits>", <1|0>)``."""
 
     protocol = PROTOCOL
 
-    def serve(self, b64):
+    def run(self, seed_hex, mode):
+        """Reseeds `random`, writes SERVING, serves frames from stdin until it ends (concurrently
+        if `mode`, else one request at a time), and returns None (the REPL then reads EOF)."""
+        global _serving
+        if _serving is not None:
+            raise RuntimeError("the instance is already serving")
+        _STDERR.at_eof = False
         try:
-            _handle(json.loads(base64.b64decode(b64)))
+            random.seed(bytes.fromhex(seed_hex))
+            _serving = _ServeSelector(bool(mode))
+            _flush_logs()
+            _emit_now(SERVING, 0, _json({"protocol": PROTOCOL, "concurrent": bool(mode)}))
+            _adapt_anyio()
+            idle, _loop._selector = _loop._selector, _serving
+            try:
+                _loop.run_forever()
+            finally:
+                _loop._selector = idle
+                _serving = None
+            _flush_logs()
+            _flush_out()
+            _STDERR.at_eof = True
+        except SystemExit:
+            raise
         except BaseException as exc:
+            # Not the end of stdin: the REPL must not read what follows as Python. The process ends.
             try:
-                _flush_logs()
-                _emit({"t": "error", "message": _describe(exc)})
+                _log_traceback(exc, "aleph-wasm: serving failed:")
+                _flush_out()
             except BaseException:
                 pass
-        finally:
-            try:
-                _flush_logs()
-                _emit({"t": "done"})
-            except BaseException:
-                pass
+            raise SystemExit(1)
         return None  # the REPL would print any other value
 
 
-# --- Warm-up: the event path once at boot, without the app -----------------------------------
+# --- Warm-up: the request path once at boot, without the app -----------------------------------
 
-def _warm_up():
-    """Runs the event path once, without the app and without output, before the pause point:
-    an event line compiled as the REPL compiles it, decoded, made into a scope; a call's exchange,
-    a queue, a sleep on the loop. Their first-run costs (allocator pools, specialised bytecode,
-    the loop's first turns) are then paid at boot -- and so are in a snapshot -- instead of by
-    each instance's first events. Skipped when the app's import left work on the loop, which
-    must first run at the lifespan startup, as it would without the warm-up."""
-    try:
-        if _loop._ready or _loop._scheduled or asyncio.all_tasks(_loop):
-            return
-        event = {"type": "http", "scope": {"type": "http", "raw_path": "Lw==", "query_string": "",
-                                           "headers": [["aG9zdA==", "eA=="]]}}
-        encoded = _b64(json.dumps(event).encode())
-        compile(f'__aleph_wasm__.serve("{encoded}")', "<stdin>", "single")
-        scope = _http_scope(json.loads(base64.b64decode(encoded))["scope"])
-        for _ in range(2):
-            _run(_probe(scope))
-    except Exception as exc:  # an optimisation only: the app may have patched asyncio
-        _STDERR.write(f"aleph-wasm: boot warm-up skipped: {_describe(exc)}\n")
+async def _warm_app(scope, receive, send):
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"x")]})
+    await send({"type": "http.response.body", "body": b"x", "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+    await receive()
 
 
-async def _probe(scope):
-    exchange = _Exchange([b""])
-    await exchange.receive()
+async def _probe():
+    fields = [b"GET", b"http", b"1.1", b"/", b"/", b"", b"", b"127.0.0.1", b"1", b"localhost",
+              b"80", b"host", b"localhost"]
+    data = _frame(HTTP, 1, _pack_fields(fields)) + _frame(BODY, 1, b"\x00")
+    reader = _FrameReader()
+    frames = reader.feed(data[:7]) + reader.feed(data[7:])
+    for frame in frames:
+        _dispatch(*frame)
+    request = _requests.get(1)
+    _start_pending()
+    if not request.task.done():
+        await request.task
     queue = asyncio.Queue()
-    queue.put_nowait(scope)
+    queue.put_nowait(frames)
     await queue.get()
     await asyncio.sleep(0)
-    exchange.done.set_result(None)
-    await exchange.receive()
 
 
-# --- Boot ------------------------------------------------------------------------------------
+def _warm_up():
+    """Runs the request path once, without the app and without output, before the pause point:
+    an HTTP frame and its BODY read, dispatched, made into a scope and a task; the exchange, its
+    frames encoded (and dropped), a queue, a sleep on the loop. Their first-run costs (allocator
+    pools, specialised bytecode, the loop's first turns) are then paid at boot -- and so are in a
+    snapshot -- instead of by each instance's first requests. Skipped when the app's import left
+    work on the loop, which must first run once serving, as it would without the warm-up."""
+    global _app, _asgi_version, _muted
+    if _loop._ready or _loop._scheduled or asyncio.all_tasks(_loop):
+        return
+    saved = _app, _asgi_version
+    _flush_out()
+    _muted = True
+    try:
+        _app, _asgi_version = _warm_app, "3.0"
+        for _ in range(2):
+            _loop.run_until_complete(_probe())
+    except Exception as exc:  # an optimisation only: the app may have patched asyncio
+        failure = exc
+    else:
+        failure = None
+    finally:
+        _app, _asgi_version = saved
+        _requests.clear()
+        _out.clear()
+        _muted = False
+    if failure is not None:
+        _STDERR.write(f"aleph-wasm: boot warm-up skipped: {_describe(failure)}\n")
+
+
+# --- Boot ----------------------------------------------------------------------------------------
 
 def _boot():
     global _app, _asgi_version, _loop
@@ -724,6 +1235,7 @@ def _boot():
     sys.stdout = sys.__stdout__ = _STDOUT
     sys.stderr = sys.__stderr__ = _STDERR
     sys.stdin = sys.__stdin__ = io.StringIO()  # fd 0 is the channel: the app reads EOF
+    sys.modules["_aleph_wasm"] = _calls_module()
     try:
         _fill_gaps()
         asyncio.set_event_loop_policy(_Policy())
@@ -734,15 +1246,18 @@ def _boot():
         _asgi_version = "2.0" if _is_asgi2(app) else "3.0"
         _app = app
         _adapt_anyio()
+        _flush_logs()
         _warm_up()
     except BaseException as exc:
         _flush_logs()
-        _emit({"t": "boot_error", "message": _describe(exc),
-               "traceback": _clean("".join(traceback.format_exception(exc)))})
+        _emit_now(BOOT_ERROR, 0, _json({"message": _describe(exc),
+                                        "traceback": _clean("".join(traceback.format_exception(exc)))}))
+        _STDERR.at_eof = True  # unless the host still sends the run line
         return
     _flush_logs()
-    _emit({"t": "ready", "asgi_version": _asgi_version})
+    _emit_now(READY, 0, _json({"asgi_version": _asgi_version}))
 
 
 __aleph_wasm__ = _Guest()
-_boot()
+if __name__ == "__main__":
+    _boot()

@@ -1,37 +1,45 @@
 //! ASGI programs on an interpreter runtime: instances that boot once (interpreter start, app
-//! import, lifespan startup) and then serve requests one after another.
+//! import, lifespan startup) and then serve requests — many at once, interleaved at their
+//! awaits, over the instance's channel session (`crate::channel`, protocol AW2).
 //!
-//! Each program has a pool of idle instances. A request takes one (or boots a new one — at
-//! most `vcpus` exist, since each running request holds one of the program's `vcpus` slots),
-//! serves the event under `resources.seconds` (wall-clock deadline and per-request fuel), and
-//! gives the instance back — unless it crashed, timed out or ran out of memory: then it is
-//! discarded and the next request gets a fresh one. Idle instances retire after
-//! [`ExecutorConfig::idle_timeout`](super::ExecutorConfig::idle_timeout): lifespan shutdown,
-//! end of stdin, export packed. Under [`Isolation::PerRequest`](super::Isolation::PerRequest)
-//! no instance goes back to the pool: each is retired right after its request.
+//! Each program has a pool of live instances. A request claims a place on the least busy
+//! instance with fewer than [`ExecutorConfig::instance_concurrency`] requests in flight, or
+//! boots a new one (at most `vcpus` instances per program), or waits for a place. It is
+//! served under `resources.seconds` (a wall-clock deadline; fuel granted per request, see
+//! `sandbox::meter`). A request past its deadline is cancelled in the guest and answered with
+//! a timeout; if the guest does not let go of it within [`CANCEL_GRACE`] (a loop that never
+//! yields), the instance is discarded, and so is one that crashes, runs out of memory or breaks
+//! the protocol: every other request in flight on it ends with an error that says why. Idle
+//! instances retire after [`ExecutorConfig::idle_timeout`]: lifespan shutdown, end of stdin,
+//! export packed. Under [`Isolation::PerRequest`](super::Isolation::PerRequest), and for
+//! reproducible programs (whose instances serve sequentially), an instance serves one request
+//! and is retired right after it.
 //!
 //! A persistent program's instance is *pinned* ([`Pin`], see `executor::persistent`): it sits
 //! in the same pool and serves requests and events like any other, but idle retirement passes
 //! it by, and when it goes away (discarded after a crash, retired at shutdown) its holder is
 //! told, so it can start another.
+//!
+//! [`ExecutorConfig::instance_concurrency`]: super::ExecutorConfig::instance_concurrency
+//! [`ExecutorConfig::idle_timeout`]: super::ExecutorConfig::idle_timeout
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::channel::Frame;
 use crate::interface::asgi::{self, Exchange};
 use crate::interface::{HttpRequest, Trigger};
 use crate::message::{CodeSource, Encoding, ProgramContent, Volume};
 use crate::outcome::{ModuleCache, Outcome, OutcomeKind};
 use crate::runtime::ResolvedRuntime;
-use crate::sandbox::channel::Line;
 use crate::sandbox::determinism::Determinism;
 use crate::sandbox::instance::Instance;
 use crate::sandbox::output::Captured;
-use crate::sandbox::snapshot::restore::reseed;
+use crate::sandbox::snapshot::restore::enter;
 use crate::sandbox::snapshot::{InterpreterModule, SnapshotSource};
 use crate::sandbox::{GuestEnd, GuestSpec, MountOrigin, Preopen};
 use crate::store::Resolved;
@@ -42,6 +50,25 @@ use super::{Executor, memory};
 /// The file name plain (single-file) Python code gets in the code directory.
 pub const PLAIN_CODE_FILE: &str = "main.py";
 
+/// How long a request cancelled at its deadline has to end in the guest before the instance
+/// is taken to be stuck (a loop that never yields) and discarded.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(1);
+
+/// What changes while an instance serves.
+#[derive(Debug)]
+struct Live {
+    /// Whether the instance's module was compiled and cached before it started (reported by
+    /// its first outcome only).
+    module_cache: ModuleCache,
+    /// Logs written before the first request (boot, lifespan startup).
+    pending_stdout: Vec<u8>,
+    pending_stderr: Vec<u8>,
+    served: u64,
+    last_used: Instant,
+    /// Why the instance was discarded, once it was.
+    broken: Option<String>,
+}
+
 /// A booted instance of one program, with everything it was made from.
 pub(super) struct Warm {
     instance: Instance,
@@ -51,22 +78,22 @@ pub(super) struct Warm {
     owner: String,
     time: f64,
     inputs: Vec<ResolvedInput>,
-    module_cache: ModuleCache,
     /// The interpreter module the instance runs.
     interpreter: InterpreterModule,
     /// Whether the instance was restored from a snapshot.
     restored: bool,
-    /// Logs written before the first request (boot, lifespan startup).
-    pending_stdout: Vec<u8>,
-    pending_stderr: Vec<u8>,
-    served: u64,
-    last_used: Instant,
-    /// Runs under the determinism profile: never reused, fuel alone decides a timeout.
+    /// Runs under the determinism profile: serves sequentially, never reused, fuel alone
+    /// decides a timeout.
     reproducible: bool,
     /// Set when this is a persistent program's instance.
     pub(super) pin: Option<Pin>,
     /// What the instance holds of the node's memory budget.
     _memory: super::memory::Reservation,
+    live: std::sync::Mutex<Live>,
+    /// Requests and events in flight on it.
+    in_flight: AtomicUsize,
+    /// Set once its retirement has begun (by whoever takes it out of service).
+    retiring: AtomicBool,
 }
 
 /// What the holder of a pinned instance and the instance share.
@@ -104,12 +131,18 @@ pub(super) struct Pin {
 impl Warm {
     /// What the node API shows of this instance.
     pub(super) fn info(&self) -> super::status::InstanceInfo {
+        let live = super::lock(&self.live);
         super::status::InstanceInfo {
             up_seconds: self.instance.started().elapsed().as_secs_f64(),
-            idle_seconds: self.last_used.elapsed().as_secs_f64(),
-            requests_served: self.served,
+            idle_seconds: if self.busy() {
+                0.0
+            } else {
+                live.last_used.elapsed().as_secs_f64()
+            },
+            requests_served: live.served,
+            requests_in_flight: self.in_flight.load(Ordering::SeqCst),
             peak_memory_bytes: self.instance.peak_memory_bytes(),
-            fuel_consumed: self.instance.fuel_consumed(),
+            fuel_consumed: self.instance.fuel_consumed_now(),
             memory_reserved_mib: self._memory.memory_mib(),
             persistent: self.pin.is_some(),
         }
@@ -120,7 +153,15 @@ impl Warm {
         self.pin.as_ref().is_some_and(|p| !p.state.released())
     }
 
-    /// Whether a healthy instance goes back to the pool after serving: a pinned one while its
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) > 0
+    }
+
+    fn last_used(&self) -> Instant {
+        super::lock(&self.live).last_used
+    }
+
+    /// Whether a healthy instance stays in service after serving: a pinned one while its
     /// holder keeps it, any other only under warm isolation and when it is not reproducible.
     fn kept(&self, isolation: super::Isolation) -> bool {
         match &self.pin {
@@ -128,14 +169,31 @@ impl Warm {
             None => isolation == super::Isolation::Warm && !self.reproducible,
         }
     }
+
+    /// Takes the instance out of service; true for the one caller that should retire it.
+    fn begin_retiring(&self) -> bool {
+        !self.retiring.swap(true, Ordering::SeqCst)
+    }
+
+    /// Discards the instance: every request in flight on it ends, told `why`.
+    fn discard(&self, why: &str) {
+        super::lock(&self.live)
+            .broken
+            .get_or_insert_with(|| why.to_string());
+        if let Some(pin) = &self.pin {
+            super::lock(&pin.state.reason).get_or_insert_with(|| why.to_string());
+        }
+        self.retiring.store(true, Ordering::SeqCst);
+        self.instance.kill();
+    }
 }
 
 /// How a request ended for the instance that served it.
 enum Fate {
-    /// Healthy: back to the pool.
+    /// Healthy: it stays in service.
     Keep,
-    /// Crashed, timed out or broke the protocol: discard.
-    Discard,
+    /// Crashed, stuck, out of memory or broke the protocol: discard it, with the reason.
+    Discard(String),
 }
 
 /// Why an instance did not boot.
@@ -169,8 +227,103 @@ impl From<BootError> for String {
     }
 }
 
+impl BootError {
+    /// The outcome of an execution whose instance did not boot.
+    pub(super) fn outcome(self) -> Outcome {
+        match self {
+            BootError::Failed(e) => Outcome::error(e),
+            BootError::Refused(r) => r.outcome(),
+            BootError::SafetyNet(e) => {
+                let mut outcome = Outcome::error(e);
+                outcome.kind = OutcomeKind::Inconclusive;
+                outcome
+            }
+        }
+    }
+}
+
+/// What a request finds when it looks for an instance of its program.
+pub(super) enum Claim {
+    /// A place on a live instance (its count of requests in flight already includes this one).
+    Instance(Arc<Warm>),
+    /// Room to boot a new shared instance: the program has fewer than `vcpus`. Dropping the
+    /// guard gives the room back.
+    Boot(Booting),
+    /// The program's instances are not shared (per-request isolation): boot one of its own.
+    Exclusive,
+    /// Every instance is full and no more may be booted: wait for a change and look again.
+    Wait,
+}
+
+/// Room taken to boot one instance of a program.
+pub(super) struct Booting {
+    executor_booting: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    key: String,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Booting {
+    fn drop(&mut self) {
+        let mut booting = super::lock(&self.executor_booting);
+        if let Some(n) = booting.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                booting.remove(&self.key);
+            }
+        }
+        drop(booting);
+        self.changed.notify_waiters();
+    }
+}
+
 impl Executor {
-    /// Serves one trigger of an ASGI program on a new instance.
+    /// Looks for a place for one more request of the program `key`: at most `vcpus` shared
+    /// instances, each with at most `instance_concurrency` requests in flight. With `shared`
+    /// false (per-request isolation) only a live instance (a persistent program's) is shared.
+    pub(super) fn claim(&self, key: &str, vcpus: usize, shared: bool) -> Claim {
+        let per_instance = self.config.instance_concurrency.max(1);
+        let pool = super::lock(&self.pool);
+        let live: Vec<(usize, &Arc<Warm>)> = pool
+            .get(key)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter(|w| !w.retiring.load(Ordering::SeqCst))
+            .map(|w| (w.in_flight.load(Ordering::SeqCst), w))
+            .collect();
+        let least = live
+            .iter()
+            .filter(|(n, _)| *n < per_instance)
+            .min_by_key(|(n, _)| *n);
+        let take = |warm: &Arc<Warm>| {
+            warm.in_flight.fetch_add(1, Ordering::SeqCst);
+            Claim::Instance(warm.clone())
+        };
+        // An idle instance first; then another instance while the program has fewer than
+        // `vcpus` (requests spread over the cores it may use); then a place beside others.
+        if let Some((0, warm)) = least {
+            return take(warm);
+        }
+        let mut booting = super::lock(&self.booting);
+        let n = booting.get(key).copied().unwrap_or(0);
+        if !shared || live.len() + n >= vcpus.max(1) {
+            return match least {
+                Some((_, warm)) => take(warm),
+                None if !shared => Claim::Exclusive,
+                None => Claim::Wait,
+            };
+        }
+        booting.insert(key.to_string(), n + 1);
+        drop(booting);
+        Claim::Boot(Booting {
+            executor_booting: self.booting.clone(),
+            key: key.to_string(),
+            changed: self.pool_changed.clone(),
+        })
+    }
+
+    /// Boots an instance of an ASGI program and serves `trigger` on it: kept in the pool for
+    /// more requests when the program's instances are shared, else retired after it.
     pub(super) async fn execute_asgi(
         &self,
         key: &str,
@@ -178,103 +331,53 @@ impl Executor {
         runtime: ResolvedRuntime,
         trigger: &Trigger,
         determinism: Option<Determinism>,
+        booting: Option<Booting>,
     ) -> Result<Outcome, String> {
         let warm = match self.boot(program, &runtime, determinism).await {
-            Ok(warm) => warm,
-            Err(BootError::Failed(e)) => return Err(e),
-            Err(BootError::Refused(r)) => return Ok(r.outcome()),
-            Err(BootError::SafetyNet(e)) => {
-                let mut outcome = Outcome::error(e);
-                outcome.kind = OutcomeKind::Inconclusive;
-                return Ok(outcome);
-            }
+            Ok(warm) => Arc::new(warm),
+            Err(e) => return Ok(e.outcome()),
         };
+        warm.in_flight.fetch_add(1, Ordering::SeqCst);
+        if booting.is_some() && warm.kept(self.config.isolation) {
+            self.put_live(key, warm.clone());
+        }
+        drop(booting);
         self.serve_warm(key, program, warm, trigger).await
     }
 
-    /// Serves one trigger on a booted instance, then keeps, retires or discards it.
+    /// Serves one trigger on an instance on which a place was claimed for it, then keeps,
+    /// retires or discards the instance.
     pub(super) async fn serve_warm(
         &self,
         key: &str,
         program: &ProgramContent,
-        mut warm: Warm,
+        warm: Arc<Warm>,
         trigger: &Trigger,
     ) -> Result<Outcome, String> {
-        let event = match trigger {
-            Trigger::Http(req) => asgi::http_event(req),
-            Trigger::Job => asgi::http_event(&HttpRequest::from_line("GET /")?),
-            Trigger::Cron { time } => asgi::cron_event(*time),
-            Trigger::Message(body) => asgi::message_event(body),
-        };
-        let body = match trigger {
-            Trigger::Http(req) if req.body.len() > asgi::INLINE_BODY_MAX => Some(&req.body[..]),
-            _ => None,
-        };
-        let (mut outcome, fate) = self
-            .serve(&mut warm, program, &event, body, trigger.is_event())
-            .await;
-        outcome
-            .stdout
-            .bytes
-            .splice(0..0, std::mem::take(&mut warm.pending_stdout));
-        outcome
-            .stderr
-            .bytes
-            .splice(0..0, std::mem::take(&mut warm.pending_stderr));
+        let (mut outcome, fate) = self.serve(&warm, program, trigger).await;
+        let logs = warm.instance.session().take_logs();
+        {
+            let mut live = super::lock(&warm.live);
+            let mut stdout = std::mem::take(&mut live.pending_stdout);
+            stdout.extend_from_slice(&logs.stdout);
+            outcome.stdout.bytes.splice(0..0, stdout);
+            let mut stderr = std::mem::take(&mut live.pending_stderr);
+            stderr.extend_from_slice(&logs.stderr);
+            outcome.stderr.bytes.splice(0..0, stderr);
+            outcome.module_cache =
+                Some(std::mem::replace(&mut live.module_cache, ModuleCache::Hit));
+            live.served += 1;
+            live.last_used = Instant::now();
+        }
         outcome.inputs = warm.inputs.clone();
-        outcome.module_cache = Some(warm.module_cache);
         outcome.interpreter = Some(warm.interpreter.clone());
         outcome.restored = warm.restored;
-        warm.module_cache = ModuleCache::Hit;
-        warm.served += 1;
-        warm.last_used = Instant::now();
+        let left = warm.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
+        self.pool_changed.notify_waiters();
         match fate {
-            Fate::Keep if warm.kept(self.config.isolation) => self.put_idle(key, warm),
-            Fate::Keep
-                if self.config.retire_after_answer
-                    && warm.export.is_none()
-                    && warm.pin.is_none()
-                    && !warm.reproducible =>
-            {
-                // Nothing of the retirement goes into the outcome: the answer does not wait
-                // for it. The instance keeps its memory and pool reservation until it is gone.
-                let limit = self.config.shutdown_timeout;
-                let program = key.to_string();
-                let retiring = memory::Retiring::start(&self.retiring);
-                tokio::spawn(async move {
-                    let _retiring = retiring;
-                    let logs = end_gracefully(&warm.instance, limit).await;
-                    if !logs.is_empty() {
-                        tracing::debug!(
-                            program,
-                            "retired after its answer: {}",
-                            String::from_utf8_lossy(&logs)
-                        );
-                    }
-                    drop(warm);
-                });
-            }
-            Fate::Keep => {
-                let (export, logs) = self.retire(warm).await;
-                outcome.stderr.bytes.extend_from_slice(&logs);
-                match export {
-                    Ok(e) => outcome.export = e,
-                    Err(e) => {
-                        outcome.kind = OutcomeKind::Error;
-                        outcome.error = Some(e);
-                    }
-                }
-            }
-            Fate::Discard => {
-                if let Some(pin) = &warm.pin {
-                    *super::lock(&pin.state.reason) = Some(
-                        outcome
-                            .error
-                            .clone()
-                            .unwrap_or_else(|| format!("the {} outcome", outcome.kind.as_str())),
-                    );
-                }
-                warm.instance.kill();
+            Fate::Discard(why) => {
+                warm.discard(&why);
+                self.remove_live(key, &warm);
                 if outcome.kind != OutcomeKind::Error
                     && let Some(plan) = &warm.export
                 {
@@ -282,51 +385,107 @@ impl Executor {
                         volumes::collect_export(&self.store, plan, &warm.owner, warm.time).ok();
                 }
             }
+            Fate::Keep if warm.kept(self.config.isolation) => {}
+            Fate::Keep => {
+                self.remove_live(key, &warm);
+                if left > 0 || !warm.begin_retiring() {
+                    // The last request in flight retires it.
+                } else if self.config.retire_after_answer
+                    && warm.export.is_none()
+                    && warm.pin.is_none()
+                    && !warm.reproducible
+                {
+                    // Nothing of the retirement goes into the outcome: the answer does not
+                    // wait for it. The instance keeps its memory and pool reservation until
+                    // it is gone.
+                    let limit = self.config.shutdown_timeout;
+                    let program = key.to_string();
+                    let retiring = memory::Retiring::start(&self.retiring);
+                    tokio::spawn(async move {
+                        let _retiring = retiring;
+                        let logs = end_gracefully(&warm.instance, limit).await;
+                        if !logs.is_empty() {
+                            tracing::debug!(
+                                program,
+                                "retired after its answer: {}",
+                                String::from_utf8_lossy(&logs)
+                            );
+                        }
+                        drop(warm);
+                    });
+                } else {
+                    let (export, logs) = self.retire(&warm).await;
+                    outcome.stderr.bytes.extend_from_slice(&logs);
+                    match export {
+                        Ok(e) => outcome.export = e,
+                        Err(e) => {
+                            outcome.kind = OutcomeKind::Error;
+                            outcome.error = Some(e);
+                        }
+                    }
+                }
+            }
         }
         Ok(outcome)
     }
 
-    /// An idle warm instance of the program `key`, if there is one.
-    pub(super) fn take_idle(&self, key: &str) -> Option<Warm> {
-        let mut pool = super::lock(&self.pool);
-        let idle = pool.get_mut(key)?;
-        idle.pop()
-    }
-
-    /// Takes out of the pool the idle instance unused for the longest time, of any program
-    /// (pinned instances stay).
-    pub(super) fn take_least_recently_used(&self) -> Option<Warm> {
-        let mut pool = super::lock(&self.pool);
-        let (key, index) = pool
-            .iter()
-            .flat_map(|(k, idle)| {
-                idle.iter()
-                    .enumerate()
-                    .filter(|(_, w)| !w.held())
-                    .map(move |(i, w)| (w.last_used, k.clone(), i))
-            })
-            .min_by_key(|(used, _, _)| *used)
-            .map(|(_, k, i)| (k, i))?;
-        let idle = pool.get_mut(&key)?;
-        let warm = idle.remove(index);
-        if idle.is_empty() {
-            pool.remove(&key);
-        }
-        Some(warm)
-    }
-
-    /// Whether the program `key` has an idle warm instance.
-    pub(super) fn has_idle(&self, key: &str) -> bool {
-        super::lock(&self.pool)
-            .get(key)
-            .is_some_and(|idle| !idle.is_empty())
-    }
-
-    pub(super) fn put_idle(&self, key: &str, warm: Warm) {
+    /// Adds a live instance to the program's pool.
+    pub(super) fn put_live(&self, key: &str, warm: Arc<Warm>) {
         super::lock(&self.pool)
             .entry(key.to_string())
             .or_default()
             .push(warm);
+        self.pool_changed.notify_waiters();
+    }
+
+    fn remove_live(&self, key: &str, warm: &Arc<Warm>) {
+        let mut pool = super::lock(&self.pool);
+        if let Some(live) = pool.get_mut(key) {
+            live.retain(|w| !Arc::ptr_eq(w, warm));
+            if live.is_empty() {
+                pool.remove(key);
+            }
+        }
+        drop(pool);
+        self.pool_changed.notify_waiters();
+    }
+
+    /// Takes out of the pool the idle instance unused for the longest time, of any program
+    /// (pinned instances stay).
+    pub(super) fn take_least_recently_used(&self) -> Option<Arc<Warm>> {
+        let mut pool = super::lock(&self.pool);
+        let (key, index) = pool
+            .iter()
+            .flat_map(|(k, live)| {
+                live.iter()
+                    .enumerate()
+                    .filter(|(_, w)| !w.held() && !w.busy())
+                    .map(move |(i, w)| (w.last_used(), k.clone(), i))
+            })
+            .min_by_key(|(used, _, _)| *used)
+            .map(|(_, k, i)| (k, i))?;
+        let live = pool.get_mut(&key)?;
+        let warm = live.remove(index);
+        if live.is_empty() {
+            pool.remove(&key);
+        }
+        warm.begin_retiring().then_some(warm)
+    }
+
+    /// Whether the program `key` has a live instance.
+    pub(super) fn has_live(&self, key: &str) -> bool {
+        super::lock(&self.pool).contains_key(key)
+    }
+
+    /// Whether the program `key` has a live instance with room for one more request.
+    pub(super) fn has_room(&self, key: &str) -> bool {
+        let per_instance = self.config.instance_concurrency.max(1);
+        super::lock(&self.pool).get(key).is_some_and(|live| {
+            live.iter().any(|w| {
+                !w.retiring.load(Ordering::SeqCst)
+                    && w.in_flight.load(Ordering::SeqCst) < per_instance
+            })
+        })
     }
 
     /// Takes out of the pool every idle instance of the programs `key` accepts for which
@@ -335,17 +494,18 @@ impl Executor {
         &self,
         key: impl Fn(&str) -> bool,
         stale: impl Fn(&Warm) -> bool,
-    ) -> Vec<Warm> {
+    ) -> Vec<Arc<Warm>> {
         let mut pool = super::lock(&self.pool);
         let mut out = Vec::new();
-        for (k, idle) in pool.iter_mut() {
+        for (k, live) in pool.iter_mut() {
             if !key(k) {
                 continue;
             }
-            let (old, keep): (Vec<Warm>, Vec<Warm>) =
-                std::mem::take(idle).into_iter().partition(&stale);
-            *idle = keep;
-            out.extend(old);
+            let (old, keep): (Vec<Arc<Warm>>, Vec<Arc<Warm>>) = std::mem::take(live)
+                .into_iter()
+                .partition(|w| !w.busy() && stale(w));
+            *live = keep;
+            out.extend(old.into_iter().filter(|w| w.begin_retiring()));
         }
         pool.retain(|_, v| !v.is_empty());
         out
@@ -356,10 +516,10 @@ impl Executor {
     pub async fn retire_idle(&self, older_than: Duration) {
         let stale = self.take_idle_where(
             |_| true,
-            |w| !w.held() && w.last_used.elapsed() >= older_than,
+            |w| !w.held() && w.last_used().elapsed() >= older_than,
         );
         for warm in stale {
-            let _ = self.retire(warm).await;
+            let _ = self.retire(&warm).await;
         }
     }
 
@@ -370,13 +530,13 @@ impl Executor {
         let stale = self.take_idle_where(|k| k == key, |w| !w.held());
         let n = stale.len();
         for warm in stale {
-            let _ = self.retire(warm).await;
+            let _ = self.retire(&warm).await;
         }
         n
     }
 
     /// Retires the pinned instance that shares `state`, if it is idle; a busy one is retired
-    /// once its request ends (the pin is released first).
+    /// once its last request ends (the pin is released first).
     pub(super) async fn retire_pinned(&self, key: &str, state: &Arc<PinState>) {
         state.release();
         let pinned = self.take_idle_where(
@@ -384,7 +544,7 @@ impl Executor {
             |w| w.pin.as_ref().is_some_and(|p| Arc::ptr_eq(&p.state, state)),
         );
         for warm in pinned {
-            let _ = self.retire(warm).await;
+            let _ = self.retire(&warm).await;
         }
     }
 
@@ -395,7 +555,7 @@ impl Executor {
             if let Some(pin) = &warm.pin {
                 pin.state.release();
             }
-            let _ = self.retire(warm).await;
+            let _ = self.retire(&warm).await;
         }
     }
 
@@ -497,68 +657,113 @@ impl Executor {
             .start_interpreter(&source, &spec, boot_fuel, self.config.boot_timeout)
             .await?;
         let (instance, from_cache) = (started.instance, started.from_cache);
-        let mut warm = Warm {
+        let warm = Warm {
             instance,
             _exec_dir: exec_dir,
             export: mounts.export,
             owner: program.address.clone(),
             time: program.time,
             inputs,
-            module_cache: if from_cache {
-                ModuleCache::Hit
-            } else {
-                ModuleCache::Miss
-            },
             interpreter: started.module,
             restored: started.restored,
-            pending_stdout: Vec::new(),
-            pending_stderr: Vec::new(),
-            served: 0,
-            last_used: Instant::now(),
             reproducible,
             pin: None,
             _memory: memory,
+            live: std::sync::Mutex::new(Live {
+                module_cache: if from_cache {
+                    ModuleCache::Hit
+                } else {
+                    ModuleCache::Miss
+                },
+                pending_stdout: Vec::new(),
+                pending_stderr: Vec::new(),
+                served: 0,
+                last_used: Instant::now(),
+                broken: None,
+            }),
+            in_flight: AtomicUsize::new(0),
+            retiring: AtomicBool::new(false),
         };
         // The import of the app, then lifespan startup, each within the boot budget.
-        let boot = collect(&warm.instance, boot_limit, None, |x| {
-            x.ready || x.boot_error.is_some()
-        })
+        let session = warm.instance.session().clone();
+        let booted = tokio::time::timeout(
+            boot_limit,
+            session.wait_instance(|s| {
+                if let Some(e) = &s.boot_error {
+                    Some(Err(e.clone()))
+                } else if s.ready.is_some() {
+                    Some(Ok(()))
+                } else {
+                    s.closed.then(|| Err(serde_json::Value::Null))
+                }
+            }),
+        )
         .await;
-        warm.pending_stdout.extend_from_slice(&boot.exchange.stdout);
-        warm.pending_stderr.extend_from_slice(&boot.exchange.stderr);
-        if let Some((message, traceback)) = &boot.exchange.boot_error {
-            warm.instance.kill();
-            return Err(BootError::Failed(format!(
-                "the app could not be loaded: {message}\n{traceback}"
-            )));
+        let logs = session.take_logs();
+        {
+            let mut live = super::lock(&warm.live);
+            live.pending_stdout.extend_from_slice(&logs.stdout);
+            live.pending_stderr.extend_from_slice(&logs.stderr);
         }
-        if !boot.exchange.ready {
-            warm.instance.kill();
-            return Err(boot.failure(
-                "booting the interpreter",
-                boot_limit,
-                &warm.instance,
-                reproducible,
-            ));
+        match booted {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if !e.is_null() => {
+                warm.instance.kill();
+                let s = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+                return Err(BootError::Failed(format!(
+                    "the app could not be loaded: {}\n{}",
+                    s("message"),
+                    s("traceback")
+                )));
+            }
+            Ok(Err(_)) => {
+                warm.instance.kill();
+                return Err(boot_failure(
+                    "booting the interpreter",
+                    false,
+                    boot_limit,
+                    &warm.instance,
+                    reproducible,
+                ));
+            }
+            Err(_) => {
+                warm.instance.kill();
+                return Err(boot_failure(
+                    "booting the interpreter",
+                    true,
+                    boot_limit,
+                    &warm.instance,
+                    reproducible,
+                ));
+            }
         }
-        // The first event of every instance; a restored one has had it.
+        // Every instance enters its serving loop the same way; a restored one already has.
         if !started.restored
-            && let Err(e) = reseed(&warm.instance, determinism.as_ref()).await
+            && let Err(e) = enter(&warm.instance, determinism.as_ref()).await
         {
             warm.instance.kill();
             return Err(BootError::Failed(format!("booting the interpreter: {e}")));
         }
-        warm.instance
-            .send(&asgi::event_line(&asgi::lifespan_event("startup")));
-        let startup = collect(&warm.instance, boot_limit, None, |x| x.done).await;
-        warm.pending_stdout
-            .extend_from_slice(&startup.exchange.stdout);
-        warm.pending_stderr
-            .extend_from_slice(&startup.exchange.stderr);
+        let startup = exchange(
+            &warm.instance,
+            asgi::event_frames,
+            &asgi::lifespan_event("startup"),
+            boot_limit,
+            usize::MAX,
+        )
+        .await;
+        {
+            let mut live = super::lock(&warm.live);
+            live.pending_stdout
+                .extend_from_slice(&startup.exchange.stdout);
+            live.pending_stderr
+                .extend_from_slice(&startup.exchange.stderr);
+        }
         if !startup.exchange.done {
             warm.instance.kill();
-            return Err(startup.failure(
+            return Err(boot_failure(
                 "lifespan startup",
+                startup.timed_out,
                 boot_limit,
                 &warm.instance,
                 reproducible,
@@ -576,99 +781,165 @@ impl Executor {
         Ok(warm)
     }
 
-    /// Serves one event on a booted instance. For an `is_event` trigger (cron tick, message)
-    /// the app returning without a response is a success.
+    /// The most response body a request may return: more is an error.
+    fn body_limit(&self) -> usize {
+        self.sandbox.config().output_cap.max(1 << 20) * 16
+    }
+
+    /// Serves one request or event on an instance. For an event (cron tick, message) the app
+    /// returning without a response is a success.
     async fn serve(
         &self,
-        warm: &mut Warm,
+        warm: &Warm,
         program: &ProgramContent,
-        event: &serde_json::Value,
-        body: Option<&[u8]>,
-        is_event: bool,
+        trigger: &Trigger,
     ) -> (Outcome, Fate) {
         let deadline = self.sandbox.config().wall_limit(
             Duration::from_secs(program.resources.seconds.max(1)),
             warm.reproducible,
         );
-        // The fuel count moves at each read of stdin: start from the guest's next read, so the
-        // tail of the previous event is not counted against this one.
-        let settle = if warm.reproducible {
-            deadline
-        } else {
-            Duration::from_secs(1)
+        let sequential = warm.reproducible;
+        if sequential {
+            // The fuel count moves at each read of stdin: start from the guest's next read, so
+            // the tail of the previous event is not counted against this one.
+            let _ = tokio::time::timeout(deadline, warm.instance.wait_idle()).await;
+        }
+        let fuel = |w: &Warm| {
+            if sequential {
+                w.instance.fuel_consumed()
+            } else {
+                w.instance.fuel_consumed_now()
+            }
         };
-        let _ = tokio::time::timeout(settle, warm.instance.wait_idle()).await;
-        let fuel_before = warm.instance.fuel_consumed();
+        let fuel_before = fuel(warm);
         let refusals_before = warm.instance.memory_refusals();
         let started = Instant::now();
-        warm.instance.send(&asgi::event_line(event));
-        let got = collect(&warm.instance, deadline, body, |x| x.done).await;
+        let event = match trigger {
+            Trigger::Http(req) => Err(req),
+            Trigger::Job => Ok(None),
+            Trigger::Cron { time } => Ok(Some(asgi::cron_event(*time))),
+            Trigger::Message(body) => Ok(Some(asgi::message_event(body))),
+        };
+        let body_limit = self.body_limit();
+        let default_request;
+        let got = match event {
+            Err(req) => {
+                exchange(&warm.instance, asgi::http_frames, req, deadline, body_limit).await
+            }
+            Ok(Some(event)) => {
+                exchange(
+                    &warm.instance,
+                    asgi::event_frames,
+                    &event,
+                    deadline,
+                    body_limit,
+                )
+                .await
+            }
+            Ok(None) => {
+                default_request = HttpRequest::from_line("GET /").unwrap_or_default();
+                let req = &default_request;
+                exchange(&warm.instance, asgi::http_frames, req, deadline, body_limit).await
+            }
+        };
         let mut outcome = Outcome::error("");
         outcome.error = None;
         outcome.elapsed_ms = started.elapsed().as_millis() as u64;
         let x = &got.exchange;
-        let (dropped, frame_lost) = warm.instance.output_losses();
         outcome.stdout = Captured {
             bytes: x.stdout.clone(),
-            dropped,
+            dropped: 0,
         };
         outcome.stderr = Captured {
             bytes: x.stderr.clone(),
             dropped: 0,
         };
         if !x.done {
+            let broken = super::lock(&warm.live).broken.clone();
             let end = warm.instance.ended();
-            warm.instance.kill();
+            let fate = |why: &str| Fate::Discard(why.to_string());
+            let (kind, error, fate) = match (broken, end) {
+                // Another request's end took the instance down while this one was in flight.
+                (Some(why), _) => (
+                    OutcomeKind::Error,
+                    format!("the instance was discarded while this request was in flight: {why}"),
+                    Fate::Discard(why),
+                ),
+                (None, Some(GuestEnd::Timeout(why))) => {
+                    (OutcomeKind::Timeout, why.clone(), fate(&why))
+                }
+                (None, Some(GuestEnd::OutOfMemory(why))) => {
+                    (OutcomeKind::OutOfMemory, why.clone(), fate(&why))
+                }
+                (None, Some(GuestEnd::Trap(why))) => (OutcomeKind::Trap, why.clone(), fate(&why)),
+                (None, Some(GuestEnd::StackOverflow(why))) => {
+                    (OutcomeKind::StackOverflow, why.clone(), fate(&why))
+                }
+                (None, Some(GuestEnd::Exited(code))) => {
+                    outcome.exit_code = Some(code);
+                    let why = format!("the interpreter exited with code {code} during the request");
+                    (OutcomeKind::Exit, why.clone(), fate(&why))
+                }
+                (None, Some(GuestEnd::Error(why))) => (OutcomeKind::Error, why.clone(), fate(&why)),
+                (None, Some(GuestEnd::Inconclusive(why))) => {
+                    (OutcomeKind::Inconclusive, why.clone(), fate(&why))
+                }
+                (None, None) if got.timed_out && warm.reproducible => {
+                    let why = format!(
+                        "the wall-clock safety net of {} s was reached before the fuel budget ran out",
+                        deadline.as_secs()
+                    );
+                    (OutcomeKind::Inconclusive, why.clone(), fate(&why))
+                }
+                (None, None) if got.timed_out && got.cancelled => (
+                    OutcomeKind::Timeout,
+                    format!(
+                        "wall-clock deadline of {} s reached; the request was cancelled",
+                        deadline.as_secs()
+                    ),
+                    Fate::Keep,
+                ),
+                (None, None) if got.timed_out => {
+                    let why = format!(
+                        "wall-clock deadline of {} s reached, and the request did not end within \
+                         {} ms of its cancellation (the app does not yield): the instance was \
+                         stopped",
+                        deadline.as_secs(),
+                        CANCEL_GRACE.as_millis()
+                    );
+                    (OutcomeKind::Timeout, why.clone(), fate(&why))
+                }
+                (None, None) => {
+                    let why = "the instance stopped answering".to_string();
+                    (OutcomeKind::Error, why.clone(), fate(&why))
+                }
+            };
             outcome.fuel_consumed = warm
                 .instance
                 .fuel_consumed_now()
                 .saturating_sub(fuel_before);
-            let (kind, error) = match end {
-                Some(GuestEnd::Timeout(why)) => (OutcomeKind::Timeout, why),
-                Some(GuestEnd::OutOfMemory(why)) => (OutcomeKind::OutOfMemory, why),
-                Some(GuestEnd::Trap(why)) => (OutcomeKind::Trap, why),
-                Some(GuestEnd::StackOverflow(why)) => (OutcomeKind::StackOverflow, why),
-                Some(GuestEnd::Exited(code)) => {
-                    outcome.exit_code = Some(code);
-                    (
-                        OutcomeKind::Exit,
-                        format!("the interpreter exited with code {code} during the request"),
-                    )
-                }
-                Some(GuestEnd::Error(why)) => (OutcomeKind::Error, why),
-                Some(GuestEnd::Inconclusive(why)) => (OutcomeKind::Inconclusive, why),
-                None if got.timed_out && warm.reproducible => (
-                    OutcomeKind::Inconclusive,
-                    format!(
-                        "the wall-clock safety net of {} s was reached before the fuel budget ran out",
-                        deadline.as_secs()
-                    ),
-                ),
-                None if got.timed_out => (
-                    OutcomeKind::Timeout,
-                    format!("wall-clock deadline of {} s reached", deadline.as_secs()),
-                ),
-                None => (
-                    OutcomeKind::Error,
-                    "the instance stopped answering".to_string(),
-                ),
-            };
             outcome.kind = kind;
             outcome.error = Some(error);
-            return (outcome, Fate::Discard);
+            return (outcome, fate);
         }
-        // Let the guest get back to its read of stdin: the meter then has the request's fuel.
-        // A reproducible execution's fuel must be complete: wait for the read as long as needed.
-        let _ = tokio::time::timeout(settle, warm.instance.wait_idle()).await;
-        outcome.fuel_consumed = warm.instance.fuel_consumed().saturating_sub(fuel_before);
-        if frame_lost || !x.bad_frames.is_empty() {
+        if sequential {
+            // Let the guest get back to its read of stdin: the meter then has the request's
+            // fuel. A reproducible execution's fuel must be complete: wait as long as needed.
+            let _ = tokio::time::timeout(deadline, warm.instance.wait_idle()).await;
+        }
+        outcome.fuel_consumed = fuel(warm).saturating_sub(fuel_before);
+        if !x.bad_frames.is_empty() {
+            let why = format!("malformed frames from the bootstrap: {:?}", x.bad_frames);
             outcome.kind = OutcomeKind::Error;
-            outcome.error = Some(if frame_lost {
-                "the response is larger than the output limit".to_string()
-            } else {
-                format!("malformed frames from the bootstrap: {:?}", x.bad_frames)
-            });
-            return (outcome, Fate::Discard);
+            outcome.error = Some(why.clone());
+            return (outcome, Fate::Discard(why));
+        }
+        if x.body_dropped > 0 {
+            outcome.kind = OutcomeKind::Error;
+            outcome.error = Some(format!(
+                "the response is larger than the output limit of {body_limit} bytes"
+            ));
+            return (outcome, Fate::Keep);
         }
         if let Some(message) = &x.protocol_error {
             outcome.kind = OutcomeKind::Error;
@@ -676,7 +947,7 @@ impl Executor {
             return (outcome, Fate::Keep);
         }
         let complete = x.status.is_some() && x.body_complete;
-        if is_event
+        if trigger.is_event()
             && x.status.is_none()
             && x.app_error
                 .as_deref()
@@ -685,11 +956,13 @@ impl Executor {
             outcome.kind = OutcomeKind::Ok;
             return (outcome, Fate::Keep);
         }
+        let mut got = got;
         if complete {
-            outcome.status = x.status;
-            outcome.headers = x.headers.clone();
-            outcome.body = x.body.clone();
+            outcome.status = got.exchange.status;
+            outcome.headers = std::mem::take(&mut got.exchange.headers);
+            outcome.body = std::mem::take(&mut got.exchange.body);
         }
+        let x = &got.exchange;
         match (complete, &x.app_error) {
             (true, None) => outcome.kind = OutcomeKind::Ok,
             (true, Some(message)) => {
@@ -723,19 +996,23 @@ impl Executor {
             // The limit refused memory and the request then failed: out of memory, whatever
             // the app made of its MemoryError. The instance may be left in a bad state.
             outcome.kind = OutcomeKind::OutOfMemory;
-            outcome.error = Some(format!(
+            let why = format!(
                 "memory growth refused by the limit of {} MiB; then: {}",
                 program.resources.memory_mib,
                 outcome.error.as_deref().unwrap_or("the request failed")
-            ));
-            return (outcome, Fate::Discard);
+            );
+            outcome.error = Some(why.clone());
+            return (outcome, Fate::Discard(why));
         }
         (outcome, Fate::Keep)
     }
 
     /// Stops an instance gracefully: lifespan shutdown, end of stdin, then its export.
     /// Returns the export and what the program logged meanwhile.
-    pub(super) async fn retire(&self, warm: Warm) -> (Result<Option<ExportInfo>, String>, Vec<u8>) {
+    pub(super) async fn retire(
+        &self,
+        warm: &Warm,
+    ) -> (Result<Option<ExportInfo>, String>, Vec<u8>) {
         let logs = end_gracefully(&warm.instance, self.config.shutdown_timeout).await;
         let export = match &warm.export {
             Some(plan) => volumes::collect_export(&self.store, plan, &warm.owner, warm.time)
@@ -845,14 +1122,99 @@ struct PythonCode {
 async fn end_gracefully(instance: &Instance, limit: Duration) -> Vec<u8> {
     let mut logs = Vec::new();
     if instance.ended().is_none() {
-        instance.send(&asgi::event_line(&asgi::lifespan_event("shutdown")));
-        let got = collect(instance, limit, None, |x| x.done).await;
+        let got = exchange(
+            instance,
+            asgi::event_frames,
+            &asgi::lifespan_event("shutdown"),
+            limit,
+            usize::MAX,
+        )
+        .await;
         logs.extend_from_slice(&got.exchange.stderr);
         instance.close_stdin();
         let _ = instance.wait_end(Duration::from_secs(2)).await;
     }
+    logs.extend_from_slice(&instance.session().take_logs().stderr);
     instance.kill();
     logs
+}
+
+/// What [`exchange`] gathered.
+struct Collected {
+    exchange: Exchange,
+    /// The deadline passed before `DONE`.
+    timed_out: bool,
+    /// After the deadline, the guest ended the cancelled request within [`CANCEL_GRACE`].
+    cancelled: bool,
+}
+
+/// Sends one request or event (its frames made by `frames` for the stream's id) with its fuel
+/// grant, and gathers its frames until `DONE`, the instance's end, or `limit`. Past `limit`
+/// the request is cancelled in the guest, which has [`CANCEL_GRACE`] to end it.
+async fn exchange<T: ?Sized>(
+    instance: &Instance,
+    frames: impl FnOnce(u32, &T) -> bytes::Bytes,
+    what: &T,
+    limit: Duration,
+    body_limit: usize,
+) -> Collected {
+    let session = instance.session();
+    let mut stream = session.open();
+    let id = stream.id();
+    let mut exchange = Exchange::default();
+    instance.grant();
+    session.send(frames(id, what));
+    let read = async {
+        while let Some(frame) = stream.next().await {
+            exchange.take(frame, body_limit);
+            if exchange.done {
+                return;
+            }
+        }
+    };
+    let timed_out = tokio::time::timeout(limit, read).await.is_err();
+    let mut cancelled = false;
+    if timed_out && instance.ended().is_none() {
+        session.send(Frame::Cancel(id).to_bytes());
+        let ended = async {
+            while let Some(frame) = stream.next().await {
+                if matches!(frame, Frame::Done(_)) {
+                    return true;
+                }
+            }
+            false
+        };
+        cancelled = tokio::time::timeout(CANCEL_GRACE, ended)
+            .await
+            .unwrap_or(false);
+    }
+    instance.finished();
+    Collected {
+        exchange,
+        timed_out,
+        cancelled,
+    }
+}
+
+/// The boot error for a step (`what`) that did not finish.
+fn boot_failure(
+    what: &str,
+    timed_out: bool,
+    limit: Duration,
+    instance: &Instance,
+    reproducible: bool,
+) -> BootError {
+    match instance.ended() {
+        Some(end) => BootError::Failed(format!("{what}: the interpreter ended: {end:?}")),
+        None if timed_out && reproducible => BootError::SafetyNet(format!(
+            "{what}: the wall-clock safety net of {} s was reached before the fuel budget ran out",
+            limit.as_secs()
+        )),
+        None if timed_out => {
+            BootError::Failed(format!("{what}: no answer within {} s", limit.as_secs()))
+        }
+        None => BootError::Failed(format!("{what}: the instance stopped answering")),
+    }
 }
 
 /// Extra `sys.path` entries: the library folders of read-only volumes (`M/packages`,
@@ -868,71 +1230,4 @@ fn extra_paths(program: &ProgramContent) -> Vec<String> {
         }
     }
     out
-}
-
-/// What [`collect`] gathered.
-struct Collected {
-    exchange: Exchange,
-    timed_out: bool,
-}
-
-impl Collected {
-    fn failure(
-        &self,
-        what: &str,
-        limit: Duration,
-        instance: &Instance,
-        reproducible: bool,
-    ) -> BootError {
-        match instance.ended() {
-            Some(end) => BootError::Failed(format!("{what}: the interpreter ended: {end:?}")),
-            None if self.timed_out && reproducible => BootError::SafetyNet(format!(
-                "{what}: the wall-clock safety net of {} s was reached before the fuel budget \
-                 ran out",
-                limit.as_secs()
-            )),
-            None if self.timed_out => {
-                BootError::Failed(format!("{what}: no answer within {} s", limit.as_secs()))
-            }
-            None => BootError::Failed(format!("{what}: the instance stopped answering")),
-        }
-    }
-}
-
-/// Reads lines from the instance until `until` holds, the instance ends, or `limit` passes.
-/// When the guest asks for the request body on stdin (a `read` frame), `body` is sent.
-async fn collect(
-    instance: &Instance,
-    limit: Duration,
-    body: Option<&[u8]>,
-    until: impl Fn(&Exchange) -> bool,
-) -> Collected {
-    let mut exchange = Exchange::default();
-    let read = async {
-        while let Some(line) = instance.next_line().await {
-            match line {
-                Line::Frame(frame) => {
-                    exchange.take_frame(&frame);
-                    if let Some(wanted) = exchange.read_request.take()
-                        && let Some(body) = body.filter(|b| b.len() == wanted)
-                    {
-                        instance.send(body);
-                    }
-                }
-                Line::Log(text) => {
-                    exchange.stdout.extend_from_slice(&text);
-                    exchange.stdout.push(b'\n');
-                }
-            }
-            if until(&exchange) {
-                return true;
-            }
-        }
-        false
-    };
-    let timed_out = tokio::time::timeout(limit, read).await.is_err();
-    Collected {
-        exchange,
-        timed_out,
-    }
 }

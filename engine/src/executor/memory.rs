@@ -153,7 +153,7 @@ impl Executor {
                         "retiring an idle instance to make room ({})",
                         cause.as_str()
                     );
-                    let _ = self.retire(warm).await;
+                    let _ = self.retire(&warm).await;
                 }
                 // Instances retiring after their answers hold their reservations until they
                 // are gone, within the shutdown budget: room that is about to be free is
@@ -212,7 +212,7 @@ impl Executor {
             return Ok(());
         };
         if (self.memory.is_none() && self.slots.is_none())
-            || (!program.environment.reproducible && self.has_idle(&msg.item_hash))
+            || (!program.environment.reproducible && self.has_room(&msg.item_hash))
         {
             return Ok(());
         }

@@ -113,7 +113,16 @@ pub struct ExecutorConfig {
     /// The node-wide memory budget in MiB: live instances hold their `resources.memory`, and
     /// work that does not fit is refused. By default none (nothing is counted).
     pub memory_budget_mib: Option<u64>,
+    /// How many requests and events one shared interpreter instance serves at once,
+    /// interleaved at their awaits ([`DEFAULT_INSTANCE_CONCURRENCY`]). A program has at most
+    /// `resources.vcpus` instances; requests beyond `vcpus × instance_concurrency` wait for a
+    /// place. Reproducible executions and per-request isolation serve one per instance.
+    pub instance_concurrency: usize,
 }
+
+/// How many requests one warm interpreter instance serves at once unless told otherwise: as
+/// many connections as a load test opens to one uvicorn worker.
+pub const DEFAULT_INSTANCE_CONCURRENCY: usize = 64;
 
 impl Default for ExecutorConfig {
     fn default() -> Self {
@@ -127,6 +136,7 @@ impl Default for ExecutorConfig {
             boot_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
             memory_budget_mib: None,
+            instance_concurrency: DEFAULT_INSTANCE_CONCURRENCY,
         }
     }
 }
@@ -137,7 +147,15 @@ pub struct Executor {
     sandbox: Sandbox,
     config: ExecutorConfig,
     permits: Mutex<HashMap<String, Arc<Semaphore>>>,
-    pool: Mutex<HashMap<String, Vec<asgi::Warm>>>,
+    /// Every live shared instance of each program, busy or idle.
+    pool: Mutex<HashMap<String, Vec<Arc<asgi::Warm>>>>,
+    /// How many instances of each program are booting to join the pool.
+    booting: Arc<Mutex<HashMap<String, usize>>>,
+    /// Signalled when an instance joins or leaves the pool or a request on one ends.
+    pool_changed: Arc<tokio::sync::Notify>,
+    /// When the executor was made, and when (ms after) idle instances were last looked over.
+    created: std::time::Instant,
+    last_sweep_ms: std::sync::atomic::AtomicU64,
     memory: Option<memory::Budget>,
     /// The engine's instance pool as slots, when it pools instances.
     slots: Option<memory::Budget>,
@@ -171,6 +189,10 @@ impl Executor {
             config,
             permits: Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
+            booting: Arc::default(),
+            pool_changed: Arc::default(),
+            created: std::time::Instant::now(),
+            last_sweep_ms: std::sync::atomic::AtomicU64::new(0),
             memory,
             slots,
             retiring: Arc::default(),
@@ -187,10 +209,11 @@ impl Executor {
         &self.sandbox
     }
 
-    fn semaphore(&self, program: &str, vcpus: u32) -> Arc<Semaphore> {
+    /// The program's execution slots: `permits` of them (fixed by the first caller).
+    fn semaphore(&self, program: &str, permits: usize) -> Arc<Semaphore> {
         lock(&self.permits)
             .entry(program.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(vcpus.max(1) as usize)))
+            .or_insert_with(|| Arc::new(Semaphore::new(permits.max(1))))
             .clone()
     }
 
@@ -209,22 +232,46 @@ impl Executor {
             Ok(det) => det,
             Err(e) => return Outcome::error(e),
         };
-        let semaphore = self.semaphore(&msg.item_hash, program.resources.vcpus);
+        // Shared instances serve many requests each; otherwise one instance serves one.
+        let shared = det.is_none() && self.config.isolation == Isolation::Warm;
+        let vcpus = program.resources.vcpus.max(1) as usize;
+        let per_instance = if shared {
+            self.config.instance_concurrency.max(1)
+        } else {
+            1
+        };
+        let semaphore = self.semaphore(&msg.item_hash, vcpus.saturating_mul(per_instance));
         let Ok(_permit) = semaphore.acquire().await else {
             return Outcome::error("the program's execution slots are closed");
         };
-        self.retire_idle(self.config.idle_timeout).await;
-        // A reproducible execution starts from nothing: no warm instance carries state into it.
-        if det.is_none()
-            && let Some(warm) = self.take_idle(&msg.item_hash)
-        {
-            // A warm instance was resolved and verified when it booted.
-            return self
-                .serve_warm(&msg.item_hash, program, warm, trigger)
-                .await
-                .unwrap_or_else(Outcome::error);
+        if self.sweep_due() {
+            self.retire_idle(self.config.idle_timeout).await;
         }
-        let mut outcome = self.execute_cold(msg, program, trigger, det).await;
+        let mut booting = None;
+        // A reproducible execution starts from nothing: no live instance carries state into it.
+        if det.is_none() && (self.has_live(&msg.item_hash) || self.is_asgi(program)) {
+            loop {
+                let changed = self.pool_changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                match self.claim(&msg.item_hash, vcpus, shared) {
+                    asgi::Claim::Instance(warm) => {
+                        // A live instance was resolved and verified when it booted.
+                        return self
+                            .serve_warm(&msg.item_hash, program, warm, trigger)
+                            .await
+                            .unwrap_or_else(Outcome::error);
+                    }
+                    asgi::Claim::Boot(guard) => {
+                        booting = Some(guard);
+                        break;
+                    }
+                    asgi::Claim::Exclusive => break,
+                    asgi::Claim::Wait => changed.await,
+                }
+            }
+        }
+        let mut outcome = self.execute_cold(msg, program, trigger, det, booting).await;
         if outcome.kind == crate::outcome::OutcomeKind::Error
             && outcome
                 .error
@@ -238,6 +285,32 @@ impl Executor {
         outcome
     }
 
+    /// Whether idle instances should be looked over for retirement now: at most once a second
+    /// (a node also does it on a timer of its own).
+    fn sweep_due(&self) -> bool {
+        let now = self.created.elapsed().as_millis() as u64;
+        let last = self
+            .last_sweep_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        now.saturating_sub(last) >= 1000
+            && self
+                .last_sweep_ms
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// Whether the program's runtime is an interpreter serving ASGI (its instances are pooled).
+    fn is_asgi(&self, program: &crate::message::ProgramContent) -> bool {
+        program.code.interface == Interface::Asgi
+            && runtime::resolve(&self.store, &program.runtime)
+                .is_ok_and(|r| r.manifest.kind == RuntimeKind::Interpreter)
+    }
+
     /// Runs a program on a new instance (a binary run, or a boot and one event).
     async fn execute_cold(
         &self,
@@ -245,6 +318,7 @@ impl Executor {
         program: &crate::message::ProgramContent,
         trigger: &Trigger,
         det: Option<crate::sandbox::determinism::Determinism>,
+        booting: Option<asgi::Booting>,
     ) -> Outcome {
         let runtime = match runtime::resolve(&self.store, &program.runtime) {
             Ok(r) => r,
@@ -253,7 +327,7 @@ impl Executor {
         let result = match runtime.manifest.kind {
             RuntimeKind::Wasi => self.execute_binary(program, runtime, trigger, det).await,
             RuntimeKind::Interpreter if program.code.interface == Interface::Asgi => {
-                self.execute_asgi(&msg.item_hash, program, runtime, trigger, det)
+                self.execute_asgi(&msg.item_hash, program, runtime, trigger, det, booting)
                     .await
             }
             RuntimeKind::Interpreter => Err(format!(

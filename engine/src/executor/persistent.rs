@@ -19,7 +19,6 @@ use tokio::sync::oneshot;
 use crate::interface::Trigger;
 use crate::message::{Interface, Message};
 use crate::runtime::{self, RuntimeKind};
-use crate::sandbox::channel::Line;
 use crate::sandbox::instance::Instance;
 use crate::store::Store;
 use crate::volumes::{self, ExportPlan};
@@ -105,9 +104,7 @@ impl Running {
                     return why.clone();
                 }
                 while let Some(line) = job.instance.next_line().await {
-                    match line {
-                        Line::Frame(b) | Line::Log(b) => log_line(&self.key, "stdout", &b),
-                    }
+                    log_line(&self.key, "stdout", &line);
                 }
                 for line in job.instance.drain_stderr().await {
                     log_line(&self.key, "stderr", &line);
@@ -186,7 +183,11 @@ impl Executor {
             }
             RuntimeKind::Interpreter if program.code.interface == Interface::Asgi => {
                 // Booting takes one of the program's execution slots, as a request's boot does.
-                let semaphore = self.semaphore(&key, program.resources.vcpus);
+                let semaphore = self.semaphore(
+                    &key,
+                    (program.resources.vcpus.max(1) as usize)
+                        .saturating_mul(self.config.instance_concurrency.max(1)),
+                );
                 let _permit = semaphore
                     .acquire()
                     .await
@@ -198,7 +199,7 @@ impl Executor {
                     state: state.clone(),
                     _gone: tx,
                 });
-                self.put_idle(&key, warm);
+                self.put_live(&key, Arc::new(warm));
                 Ok(Running {
                     key,
                     kind: Kind::Pooled {

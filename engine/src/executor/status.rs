@@ -24,22 +24,26 @@ pub struct InstanceInfo {
     pub memory_reserved_mib: u64,
     /// Whether it is a persistent program's instance.
     pub persistent: bool,
+    /// Requests and events in flight on it now.
+    pub requests_in_flight: usize,
 }
 
 impl Executor {
-    /// How many idle warm instances each program has, by item hash; programs without any are
-    /// left out. Instances serving a request at this moment are not in the pool, so they are
-    /// not counted.
+    /// How many idle warm instances (no request in flight) each program has, by item hash;
+    /// programs without any are left out.
     pub fn idle_instances(&self) -> BTreeMap<String, usize> {
         super::lock(&self.pool)
             .iter()
-            .filter(|(_, idle)| !idle.is_empty())
-            .map(|(key, idle)| (key.clone(), idle.len()))
+            .map(|(key, live)| {
+                let idle = live.iter().filter(|w| w.info().requests_in_flight == 0);
+                (key.clone(), idle.count())
+            })
+            .filter(|(_, n)| *n > 0)
             .collect()
     }
 
-    /// The idle warm instances of each program, by item hash, with their age, use, memory
-    /// and fuel.
+    /// The live warm instances of each program, by item hash, with their age, use, requests
+    /// in flight, memory and fuel.
     pub fn instance_details(&self) -> BTreeMap<String, Vec<InstanceInfo>> {
         super::lock(&self.pool)
             .iter()

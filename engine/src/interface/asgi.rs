@@ -1,27 +1,22 @@
-//! ASGI, host side: the request channel to the Python bootstrap (`runtimes/python-3.12/boot.py`)
-//! and the assembly of its frames into a response.
+//! ASGI, host side: requests and events as AW2 frames for the Python bootstrap
+//! (`runtimes/python-3.12/boot.py`, protocol in `docs/channel.md`), and the assembly of the
+//! guest's frames into a response.
 //!
-//! Protocol "AW1". The interpreter runs `python -i boot.py`: the script imports the app and the
-//! REPL then blocks reading stdin, with none of the bootstrap's frames on the stack (the pause
-//! point a snapshot can be taken at). Each event is one line on stdin,
-//! `__aleph_wasm__.serve("<base64 of a JSON event>")`, and the guest answers with frame lines
-//! on stdout (`\x1eAW1 ` + JSON), ending with `{"t":"done"}`. The app's own `print()` output
-//! arrives as `log` frames, so it can never corrupt the framing.
+//! An HTTP request is one `HTTP` frame (a complete ASGI 3 scope: method, paths, query,
+//! headers as bytes, client, server) followed by its body in `BODY` frames of at most
+//! [`BODY_CHUNK`] bytes, all in one write; lifespan, cron and message events are `EVENT`
+//! frames. The guest answers with `START`, `BODY`, `ERROR`, `PROTOCOL_ERROR`, `LIFESPAN` and
+//! `LOG` frames for the request's id, and `DONE` last. The app's own `print()` output arrives
+//! as `LOG` frames, so it can never corrupt the framing.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::HttpRequest;
+use crate::channel::{Frame, RequestHead};
 
 /// The largest request body chunk handed to the app in one `http.request` event.
 pub const BODY_CHUNK: usize = 64 * 1024;
-
-/// The line that delivers `event` to the bootstrap.
-pub fn event_line(event: &Value) -> Vec<u8> {
-    let encoded = B64.encode(event.to_string());
-    format!("__aleph_wasm__.serve(\"{encoded}\")\n").into_bytes()
-}
 
 /// The lifespan event (`startup` or `shutdown`).
 pub fn lifespan_event(phase: &str) -> Value {
@@ -46,51 +41,61 @@ pub fn message_event(message: &Value) -> Value {
 /// handled the event normally returns.
 pub const RETURNED_WITHOUT_RESPONSE: &str = "ASGI callable returned without starting a response";
 
-/// Bodies larger than this go to the guest as raw bytes on stdin after its `read` frame rather
-/// than base64 inside the event line (the REPL reads long lines slowly).
-pub const INLINE_BODY_MAX: usize = 4 * BODY_CHUNK;
+/// The frames of an event, as one write.
+pub fn event_frames(id: u32, event: &Value) -> Bytes {
+    Frame::Event(id, event.clone()).to_bytes().into()
+}
 
-/// The event for an HTTP request: a complete ASGI 3 HTTP scope (byte fields in base64) and the
-/// body in chunks — inline, or announced as `body_stdin` when larger than [`INLINE_BODY_MAX`]
-/// (the host then writes it raw when the guest asks with a `read` frame).
-pub fn http_event(req: &HttpRequest) -> Value {
-    let headers: Vec<Value> = req
-        .headers
-        .iter()
-        .map(|(k, v)| json!([B64.encode(k.to_ascii_lowercase()), B64.encode(v)]))
-        .collect();
-    let client = req
-        .remote_addr
-        .as_ref()
-        .map(|addr| match addr.rsplit_once(':') {
-            Some((host, port)) => json!([
-                host.trim_matches(['[', ']']),
-                port.parse::<u16>().unwrap_or(0)
-            ]),
-            None => json!([addr, 0]),
-        });
-    let scope = json!({
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": req.method,
-        "scheme": "http",
-        "path": percent_decode(&req.path),
-        "raw_path": B64.encode(&req.path),
-        "query_string": B64.encode(&req.query),
-        "root_path": "",
-        "headers": headers,
-        "client": client,
-        "server": [req.server_name, req.server_port],
-    });
-    if req.body.len() > INLINE_BODY_MAX {
-        return json!({
-            "type": "http", "scope": scope, "body_chunks": [],
-            "body_stdin": req.body.len(), "chunk_size": BODY_CHUNK,
-        });
+/// The frames of an HTTP request, as one write: its `HTTP` frame with the scope's fields, then
+/// its body in `BODY` frames (at least one; the last says there is no more).
+pub fn http_frames(id: u32, req: &HttpRequest) -> Bytes {
+    let (client_host, client_port) = match req.remote_addr.as_deref() {
+        Some(addr) => match addr.rsplit_once(':') {
+            Some((host, port)) => (
+                host.trim_matches(['[', ']']).as_bytes().to_vec(),
+                port.parse::<u16>().unwrap_or(0),
+            ),
+            None => (addr.as_bytes().to_vec(), 0),
+        },
+        None => (Vec::new(), 0),
+    };
+    let head = RequestHead {
+        method: req.method.as_bytes().to_vec(),
+        scheme: b"http".to_vec(),
+        http_version: b"1.1".to_vec(),
+        path: percent_decode(&req.path).into_bytes(),
+        raw_path: req.path.as_bytes().to_vec(),
+        query_string: req.query.as_bytes().to_vec(),
+        root_path: Vec::new(),
+        client: (client_host, client_port),
+        server: (req.server_name.as_bytes().to_vec(), req.server_port),
+        headers: req
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase().into_bytes(), v.as_bytes().to_vec()))
+            .collect(),
+    };
+    let chunks = req.body.len().div_ceil(BODY_CHUNK).max(1);
+    let mut out = Vec::with_capacity(256 + req.body.len() + chunks * 14);
+    Frame::Http(id, Box::new(head)).encode(&mut out);
+    let mut parts = req.body.chunks(BODY_CHUNK).peekable();
+    if parts.peek().is_none() {
+        body_frame(&mut out, id, false, &[]);
     }
-    let chunks: Vec<String> = req.body.chunks(BODY_CHUNK).map(|c| B64.encode(c)).collect();
-    json!({"type": "http", "scope": scope, "body_chunks": chunks})
+    while let Some(part) = parts.next() {
+        body_frame(&mut out, id, parts.peek().is_some(), part);
+    }
+    out.into()
+}
+
+/// Appends a `BODY` frame without copying the part twice.
+fn body_frame(out: &mut Vec<u8>, id: u32, more: bool, part: &[u8]) {
+    out.extend_from_slice(crate::channel::wire::MAGIC);
+    out.extend_from_slice(&((part.len() + 6) as u32).to_le_bytes());
+    out.push(0x02);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.push(u8::from(more));
+    out.extend_from_slice(part);
 }
 
 /// Decodes `%XX` escapes of a URL path (invalid escapes are kept as they are; invalid UTF-8 is
@@ -118,7 +123,7 @@ fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
-/// What the bootstrap reported while handling one event.
+/// What the bootstrap reported while handling one request or event.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Exchange {
     /// The response status, once `http.response.start` was sent.
@@ -135,81 +140,56 @@ pub struct Exchange {
     pub protocol_error: Option<String>,
     /// The lifespan result (`complete`, `failed`, `unsupported`) and its message.
     pub lifespan: Option<(String, Option<String>)>,
-    /// The app was imported (`ready`) — boot only.
-    pub ready: bool,
-    /// The app failed to import (message and traceback) — boot only.
-    pub boot_error: Option<(String, String)>,
-    /// What the program printed on stdout.
+    /// What the program printed on stdout while handling it.
     pub stdout: Vec<u8>,
-    /// What the program printed on stderr.
+    /// What the program printed on stderr while handling it.
     pub stderr: Vec<u8>,
-    /// The guest asked for this many raw body bytes on stdin (`read` frame).
-    pub read_request: Option<usize>,
-    /// `done` was received.
+    /// `DONE` was received.
     pub done: bool,
-    /// Frames that could not be understood.
+    /// Frames that have no place in an answer.
     pub bad_frames: Vec<String>,
+    /// Response body bytes beyond the limit, dropped.
+    pub body_dropped: u64,
 }
 
 impl Exchange {
-    /// Takes one frame (the JSON after the frame prefix).
-    pub fn take_frame(&mut self, frame: &[u8]) {
-        let Ok(v) = serde_json::from_slice::<Value>(frame) else {
-            self.bad_frames
-                .push(String::from_utf8_lossy(&frame[..frame.len().min(200)]).into_owned());
-            return;
-        };
-        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-        match v.get("t").and_then(Value::as_str).unwrap_or("") {
-            "log" => {
-                let data = s("data").unwrap_or_default();
-                match v.get("stream").and_then(Value::as_str) {
-                    Some("stderr") => self.stderr.extend_from_slice(data.as_bytes()),
-                    _ => self.stdout.extend_from_slice(data.as_bytes()),
-                }
-            }
-            "start" => {
-                self.status = v.get("status").and_then(Value::as_u64).map(|s| s as u16);
-                self.headers = v
-                    .get("headers")
-                    .and_then(Value::as_array)
-                    .map(|hs| {
-                        hs.iter()
-                            .filter_map(|h| {
-                                let name = B64.decode(h.get(0)?.as_str()?).ok()?;
-                                let value = B64.decode(h.get(1)?.as_str()?).ok()?;
-                                Some((
-                                    String::from_utf8_lossy(&name).into_owned(),
-                                    String::from_utf8_lossy(&value).into_owned(),
-                                ))
-                            })
-                            .collect()
+    /// Takes one frame of the request's stream; the body is kept up to `body_limit` bytes.
+    pub fn take(&mut self, frame: Frame, body_limit: usize) {
+        match frame {
+            Frame::Log { stream, data, .. } => match stream {
+                2 => self.stderr.extend_from_slice(&data),
+                _ => self.stdout.extend_from_slice(&data),
+            },
+            Frame::Start {
+                status, headers, ..
+            } => {
+                self.status = Some(status);
+                self.headers = headers
+                    .into_iter()
+                    .map(|(k, v)| {
+                        (
+                            String::from_utf8_lossy(&k).into_owned(),
+                            String::from_utf8_lossy(&v).into_owned(),
+                        )
                     })
-                    .unwrap_or_default();
+                    .collect();
             }
-            "body" => {
-                if let Some(body) = s("body").and_then(|b| B64.decode(b).ok()) {
-                    self.body.extend_from_slice(&body);
-                }
-                self.body_complete = !v.get("more_body").and_then(Value::as_bool).unwrap_or(false);
+            Frame::Body { more, data, .. } => {
+                let room = body_limit.saturating_sub(self.body.len()).min(data.len());
+                self.body.extend_from_slice(&data[..room]);
+                self.body_dropped += (data.len() - room) as u64;
+                self.body_complete = !more;
             }
-            "error" => self.app_error = s("message").or(Some("unknown error".into())),
-            "protocol_error" => self.protocol_error = s("message").or(Some("unknown".into())),
-            "lifespan" => self.lifespan = Some((s("result").unwrap_or_default(), s("message"))),
-            "ready" => self.ready = true,
-            "boot_error" => {
-                self.boot_error = Some((
-                    s("message").unwrap_or_default(),
-                    s("traceback").unwrap_or_default(),
-                ))
+            Frame::Error(_, message) => self.app_error = Some(message),
+            Frame::ProtocolError(_, message) => self.protocol_error = Some(message),
+            Frame::Lifespan(_, v) => {
+                let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+                self.lifespan = Some((s("result").unwrap_or_default(), s("message")));
             }
-            "read" => {
-                self.read_request = v.get("bytes").and_then(Value::as_u64).map(|n| n as usize)
-            }
-            "done" => self.done = true,
+            Frame::Done(_) => self.done = true,
             other => self
                 .bad_frames
-                .push(format!("unknown frame type {other:?}")),
+                .push(format!("{other:?}").chars().take(200).collect()),
         }
     }
 }
@@ -217,49 +197,80 @@ impl Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel::wire::{Item, Reader};
 
     #[test]
-    fn scope_is_complete() {
+    fn a_request_is_a_head_and_its_body_in_chunks() {
         let mut req = HttpRequest::from_line("POST /a%20b?x=1").unwrap();
         req.headers = vec![("X-Thing".into(), "v".into())];
         req.body = vec![7u8; BODY_CHUNK + 1];
         req.remote_addr = Some("127.0.0.1:5555".into());
-        let ev = http_event(&req);
-        let scope = &ev["scope"];
-        for key in [
-            "type",
-            "asgi",
-            "http_version",
-            "method",
-            "scheme",
-            "path",
-            "raw_path",
-            "query_string",
-            "root_path",
-            "headers",
-            "client",
-            "server",
-        ] {
-            assert!(scope.get(key).is_some(), "{key}");
+        let mut reader = Reader::new();
+        reader.push(&http_frames(9, &req));
+        let Some(Item::Frame(Frame::Http(9, head))) = reader.next() else {
+            panic!("no head");
+        };
+        assert_eq!(head.path, b"/a b");
+        assert_eq!(head.raw_path, b"/a%20b");
+        assert_eq!(head.query_string, b"x=1");
+        assert_eq!(head.client, (b"127.0.0.1".to_vec(), 5555));
+        assert_eq!(head.headers, vec![(b"x-thing".to_vec(), b"v".to_vec())]);
+        let mut body = Vec::new();
+        let mut parts = 0;
+        while let Some(Item::Frame(Frame::Body { id: 9, more, data })) = reader.next() {
+            body.extend_from_slice(&data);
+            parts += 1;
+            if !more {
+                break;
+            }
         }
-        assert_eq!(scope["path"], "/a b");
-        assert_eq!(scope["client"], json!(["127.0.0.1", 5555]));
-        assert_eq!(ev["body_chunks"].as_array().unwrap().len(), 2);
-        let line = event_line(&ev);
-        assert!(line.starts_with(b"__aleph_wasm__.serve(\"") && line.ends_with(b"\")\n"));
+        assert_eq!((parts, body), (2, req.body.clone()));
+        assert_eq!(reader.next(), None);
+        // No body: one empty last part.
+        req.body.clear();
+        let mut reader = Reader::new();
+        reader.push(&http_frames(1, &req));
+        reader.next();
+        assert_eq!(
+            reader.next(),
+            Some(Item::Frame(Frame::Body {
+                id: 1,
+                more: false,
+                data: vec![]
+            }))
+        );
     }
 
     #[test]
     fn frames_assemble_a_response() {
         let mut x = Exchange::default();
-        x.take_frame(br#"{"t":"log","stream":"stdout","data":"hi\n"}"#);
-        x.take_frame(
-            br#"{"t":"start","status":201,"headers":[["Y29udGVudC10eXBl","dGV4dC9wbGFpbg=="]]}"#,
+        x.take(
+            Frame::Log {
+                id: 1,
+                stream: 1,
+                data: b"hi\n".to_vec(),
+            },
+            10,
         );
-        x.take_frame(br#"{"t":"body","body":"YWI=","more_body":true}"#);
-        x.take_frame(br#"{"t":"body","body":"Yw==","more_body":false}"#);
-        x.take_frame(br#"{"t":"done"}"#);
-        x.take_frame(b"not json");
+        x.take(
+            Frame::Start {
+                id: 1,
+                status: 201,
+                headers: vec![(b"content-type".to_vec(), b"text/plain".to_vec())],
+            },
+            10,
+        );
+        for (more, data) in [(true, &b"ab"[..]), (false, b"c")] {
+            x.take(
+                Frame::Body {
+                    id: 1,
+                    more,
+                    data: data.to_vec(),
+                },
+                10,
+            );
+        }
+        x.take(Frame::Done(1), 10);
         assert_eq!(x.status, Some(201));
         assert_eq!(
             x.headers,
@@ -268,6 +279,14 @@ mod tests {
         assert_eq!(x.body, b"abc");
         assert!(x.body_complete && x.done);
         assert_eq!(x.stdout, b"hi\n");
-        assert_eq!(x.bad_frames.len(), 1);
+        x.take(
+            Frame::Body {
+                id: 1,
+                more: false,
+                data: vec![0; 20],
+            },
+            10,
+        );
+        assert_eq!((x.body.len(), x.body_dropped), (10, 13));
     }
 }

@@ -89,7 +89,7 @@ pub enum FetchError {
     },
 }
 
-fn describe(attempts: &[Attempt]) -> String {
+pub(crate) fn describe(attempts: &[Attempt]) -> String {
     if attempts.is_empty() {
         return "no source to try (give a file that has it)".into();
     }
@@ -133,38 +133,15 @@ pub fn ensure_interpreter_with(
         }),
     }
     let tmp_dir = store.tmp_dir();
-    let mut tried = |label: String, result: Result<tempfile::NamedTempFile, String>| match result {
-        Ok(verified) => Some(verified),
-        Err(reason) => {
-            attempts.push(Attempt {
-                source: label,
-                reason,
+    let verified = match obtain_verified(spec, user_file, &tmp_dir, config, progress) {
+        Ok(verified) => verified,
+        Err(tried) => {
+            attempts.extend(tried);
+            return Err(FetchError::Exhausted {
+                sha256: spec.sha256.clone(),
+                attempts,
             });
-            None
         }
-    };
-    let mut verified = None;
-    if let Some(file) = user_file {
-        verified = tried(
-            format!("file {}", file.display()),
-            from_file(file, spec, &tmp_dir),
-        );
-    }
-    for source in &spec.sources {
-        if verified.is_some() {
-            break;
-        }
-        let result = match source {
-            Source::Url { url } => from_url(url, spec, &tmp_dir, config, progress),
-            Source::Pypi { pypi, path } => from_pypi(pypi, path, spec, &tmp_dir, config, progress),
-        };
-        verified = tried(source.label(), result);
-    }
-    let Some(verified) = verified else {
-        return Err(FetchError::Exhausted {
-            sha256: spec.sha256.clone(),
-            attempts,
-        });
     };
     let store_err = |source| FetchError::Store {
         sha256: spec.sha256.clone(),
@@ -179,6 +156,42 @@ pub fn ensure_interpreter_with(
         }));
     }
     store.verify_object(&spec.sha256).map_err(store_err)
+}
+
+/// Obtains the bytes `spec` names — from `user_file`, else from each of the spec's sources in
+/// order — into a temporary file in `tmp_dir`, whose size and sha256 were checked; or every
+/// source tried, with the reason it failed.
+pub(crate) fn obtain_verified(
+    spec: &InterpreterSpec,
+    user_file: Option<&Path>,
+    tmp_dir: &Path,
+    config: &FetchConfig,
+    progress: bool,
+) -> Result<tempfile::NamedTempFile, Vec<Attempt>> {
+    let mut attempts = Vec::new();
+    if let Some(file) = user_file {
+        match from_file(file, spec, tmp_dir) {
+            Ok(verified) => return Ok(verified),
+            Err(reason) => attempts.push(Attempt {
+                source: format!("file {}", file.display()),
+                reason,
+            }),
+        }
+    }
+    for source in &spec.sources {
+        let result = match source {
+            Source::Url { url } => from_url(url, spec, tmp_dir, config, progress),
+            Source::Pypi { pypi, path } => from_pypi(pypi, path, spec, tmp_dir, config, progress),
+        };
+        match result {
+            Ok(verified) => return Ok(verified),
+            Err(reason) => attempts.push(Attempt {
+                source: source.label(),
+                reason,
+            }),
+        }
+    }
+    Err(attempts)
 }
 
 /// [`ensure_interpreter`] for test suites: when [`TEST_CACHE_ENV`] names a directory, a

@@ -16,7 +16,7 @@
 //! depends only on its files and is the same on every node.
 
 mod builtin;
-mod fetch;
+pub(crate) mod fetch;
 mod manifest;
 
 use std::collections::BTreeMap;

@@ -1,9 +1,10 @@
 //! Long-lived guests: an instance whose `_start` keeps running and serves requests the host
-//! sends on its stdin, answering with frames on its stdout (see [`super::channel`]).
+//! sends on its stdin, answering with frames on its stdout (the [`Session`] of
+//! `crate::channel`).
 //!
-//! The instance runs on its own tokio task. The host sends lines, reads lines, waits for the
-//! guest to block on stdin again, and kills the instance (dropping its store) when a request
-//! overruns its deadline or the instance is retired.
+//! The instance runs on its own tokio task. The host sends frames through the session, which
+//! routes what the guest writes to the requests in flight; it can wait for the guest to block
+//! on stdin again, and kills the instance (dropping its store) when it must go.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,11 +12,13 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use wasmtime::{InstancePre, Module};
 
-use super::channel::{ChannelInput, FrameOutput, Line};
 use super::determinism::{Determinism, Reseed};
 use super::meter::Meter;
 use super::output::{Sink, SinkStream};
 use super::{GuestEnd, GuestSpec, GuestState, Sandbox, Stdio, StoreExtras, exit_end, start};
+use crate::channel::pipe::{ChannelInput, LineOutput};
+use crate::channel::session::Session;
+use crate::channel::{Builtin, HostCalls};
 
 /// How an instance's guest code is entered.
 pub(crate) enum Entry {
@@ -31,8 +34,8 @@ pub(crate) enum Entry {
 /// A running long-lived guest.
 pub struct Instance {
     input: ChannelInput,
-    output: FrameOutput,
-    stderr: FrameOutput,
+    session: Session,
+    stderr: LineOutput,
     meter: Arc<Meter>,
     end: Arc<Mutex<Option<GuestEnd>>>,
     task: JoinHandle<()>,
@@ -49,6 +52,11 @@ impl Drop for Instance {
 }
 
 impl Instance {
+    /// The instance's channel session: requests in flight, the instance's own frames.
+    pub(crate) fn session(&self) -> &Session {
+        &self.session
+    }
+
     /// Queues bytes on the guest's stdin.
     pub fn send(&self, bytes: &[u8]) {
         self.input.send(bytes);
@@ -59,20 +67,17 @@ impl Instance {
         self.input.close();
     }
 
-    /// The next line from the guest's stdout; `None` when the guest has ended and every line
-    /// was read.
-    pub async fn next_line(&self) -> Option<Line> {
-        let end = self.end.clone();
-        self.output.next(move || lock(&end).is_some()).await
+    /// The next line a binary guest wrote on stdout; `None` when the guest has ended and
+    /// every line was read.
+    pub async fn next_line(&self) -> Option<Vec<u8>> {
+        self.session.next_line().await
     }
 
     /// Every line the guest wrote on stderr so far (its raw stderr, outside any protocol).
     pub async fn drain_stderr(&self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         while let Some(line) = self.stderr.next(|| true).await {
-            match line {
-                Line::Frame(b) | Line::Log(b) => out.push(b),
-            }
+            out.push(line);
         }
         out
     }
@@ -80,7 +85,18 @@ impl Instance {
     /// Puts bytes in front of what the guest writes next on stdout, as if it had written them
     /// (the boot output of a restored snapshot).
     pub(crate) fn replay_stdout(&self, bytes: &[u8]) {
-        Sink::push(&self.output, bytes);
+        Sink::push(&self.session, bytes);
+    }
+
+    /// Grants an event its fuel budget (see `sandbox::meter`): call it before sending the
+    /// event, and [`Instance::finished`] once it is done.
+    pub fn grant(&self) {
+        self.meter.grant();
+    }
+
+    /// An event granted with [`Instance::grant`] is done.
+    pub fn finished(&self) {
+        self.meter.finished();
     }
 
     /// Waits until the guest blocks reading stdin with nothing left to read.
@@ -117,7 +133,8 @@ impl Instance {
             ));
         }
         drop(end);
-        self.output.wake();
+        self.session.close();
+        self.stderr.wake();
     }
 
     /// Re-keys a reproducible guest's random sources for the execution of `d` (call it while
@@ -142,11 +159,6 @@ impl Instance {
     pub fn memory_refusals(&self) -> u64 {
         self.memory_refusals
             .load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Bytes of stdout log output dropped so far, and whether a frame was lost.
-    pub fn output_losses(&self) -> (u64, bool) {
-        self.output.losses()
     }
 
     /// When the instance was started.
@@ -194,14 +206,15 @@ impl Sandbox {
         extras: StoreExtras,
     ) -> Result<Instance, String> {
         let input = ChannelInput::new();
-        let output = FrameOutput::new(self.config.output_cap.max(1 << 20) * 16);
-        let stderr = FrameOutput::new(self.config.output_cap);
+        let calls: Arc<dyn HostCalls> = Arc::new(Builtin);
+        let session = Session::new(input.clone(), calls, self.config.output_cap);
+        let stderr = LineOutput::new(self.config.output_cap);
         let budget = spec.seconds.saturating_mul(self.config.fuel_per_second);
         let meter = Arc::new(Meter::new(budget));
         meter.filled(boot_fuel);
         let stdio = Stdio {
             stdin: Box::new(input.clone()),
-            stdout: Box::new(SinkStream(output.clone())),
+            stdout: Box::new(SinkStream(session.clone())),
             stderr: Box::new(SinkStream(stderr.clone())),
         };
         let mut store = self.new_store(&spec, stdio, boot_fuel, Some(meter.clone()), extras)?;
@@ -212,7 +225,7 @@ impl Sandbox {
         let reseed = store.data().det.as_ref().map(|d| d.random.clone());
         let task = {
             let end = end.clone();
-            let output = output.clone();
+            let session = session.clone();
             let stderr = stderr.clone();
             let meter = meter.clone();
             tokio::spawn(async move {
@@ -229,13 +242,13 @@ impl Sandbox {
                 };
                 meter.tick(store.get_fuel().unwrap_or(0));
                 *lock(&end) = Some(guest_end);
-                output.wake();
+                session.close();
                 stderr.wake();
             })
         };
         Ok(Instance {
             input,
-            output,
+            session,
             stderr,
             meter,
             end,

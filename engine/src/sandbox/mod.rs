@@ -17,7 +17,6 @@
 #[macro_use]
 mod wasi_call;
 
-pub mod channel;
 pub mod determinism;
 pub mod instance;
 pub mod limits;

@@ -1,6 +1,7 @@
 //! What the node tells about itself: `/healthz`, `/about/config` (listen address, domain,
-//! isolation, instance pool, limits), `/about/usage/system` (cores, load, memory from `/proc`,
-//! uptime, the memory budget and instance pool in use) and
+//! isolation, instance pool, limits, the request queue's bounds, snapshots and their `wasm-opt`), `/about/usage/system` (cores,
+//! load, memory from `/proc`, uptime, executions running and requests queued, the memory budget
+//! and instance pool in use) and
 //! `/about/executions/list` (each program the node knows to be active: executions started and
 //! running, idle warm instances, the state of a persistent program's instance). Read-only; no
 //! host paths.
@@ -14,6 +15,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::{AppState, unix_now};
+use crate::sandbox::snapshot::{SnapshotBuild, WasmOptSource, WasmOptStatus, wasm_opt};
 
 /// `GET /healthz`, `/about/config`, `/about/usage/system`, `/about/executions/list`.
 pub fn router() -> Router<AppState> {
@@ -44,13 +46,75 @@ async fn config(State(state): State<AppState>) -> Json<Value> {
         })),
         "limits": {
             "max_concurrent_executions": c.max_concurrent,
+            "instance_concurrency": executor.instance_concurrency,
+            "queue_limit": c.queue_limit,
+            "queue_timeout_seconds": c.queue_timeout.map(|t| t.as_secs_f64()),
             "max_request_body_bytes": c.max_body_bytes,
             "idle_timeout_seconds": c.idle_timeout.as_secs_f64(),
             "boot_timeout_seconds": executor.boot_timeout.as_secs_f64(),
             "shutdown_timeout_seconds": executor.shutdown_timeout.as_secs_f64(),
             "drain_timeout_seconds": c.drain_timeout.as_secs_f64(),
         },
+        "snapshots": snapshots(&state),
     }))
+}
+
+/// The snapshot mode (`off`, `wait`, `background`).
+fn snapshot_mode(state: &AppState) -> &'static str {
+    let config = state.executor().sandbox().snapshots().config();
+    match (config.enabled, config.build) {
+        (false, _) => "off",
+        (true, SnapshotBuild::Wait) => "wait",
+        (true, SnapshotBuild::Background) => "background",
+    }
+}
+
+/// `{mode, wasm_opt}`: `wasm_opt` is `null` with snapshots off, else `{"state": …}`:
+/// `not_looked_for`, `obtaining`, `ready` (with `version` and `source`: `configured`, `pinned`
+/// with its `package` and `sha256`, or `path` with the `pinned_error` that made it fall back)
+/// or `error` (with the `error`: snapshots are off until it is tried again).
+fn snapshots(state: &AppState) -> Value {
+    let wasm_opt = match state.executor().sandbox().snapshots().wasm_opt_status() {
+        WasmOptStatus::Off => Value::Null,
+        WasmOptStatus::NotLookedFor => json!({"state": "not_looked_for"}),
+        WasmOptStatus::Obtaining => json!({"state": "obtaining"}),
+        WasmOptStatus::Ready(found) => match &found.source {
+            WasmOptSource::Configured => json!({
+                "state": "ready", "version": found.version, "source": "configured",
+            }),
+            WasmOptSource::Pinned => json!({
+                "state": "ready", "version": found.version, "source": "pinned",
+                "package": wasm_opt::PINNED_PACKAGE, "sha256": wasm_opt::PINNED_SHA256,
+            }),
+            WasmOptSource::Path { pinned_error } => json!({
+                "state": "ready", "version": found.version, "source": "path",
+                "pinned_error": pinned_error,
+            }),
+        },
+        WasmOptStatus::Failed(error) => json!({"state": "error", "error": error}),
+    };
+    json!({"mode": snapshot_mode(state), "wasm_opt": wasm_opt})
+}
+
+/// At start-up: logs the snapshot mode and starts finding or obtaining `wasm-opt` on a thread
+/// of its own (which logs what it found, or an error saying that snapshots are off and why).
+pub(super) fn start_snapshots(state: &AppState) {
+    let snapshots = state.executor().sandbox().snapshots();
+    let mode = snapshot_mode(state);
+    if mode == "off" {
+        tracing::info!("snapshots: off");
+        return;
+    }
+    let looking_for = match &snapshots.config().wasm_opt {
+        Some(path) => format!("the configured wasm-opt ({})", path.display()),
+        None => format!(
+            "binaryen {}'s wasm-opt (obtained by its sha256 once per machine, in the \
+             background)",
+            wasm_opt::PINNED_VERSION
+        ),
+    };
+    tracing::info!("snapshots: {mode}; looking for {looking_for}");
+    snapshots.obtain_wasm_opt();
 }
 
 /// The `kB` fields of `/proc/meminfo` that are asked for, when readable.
@@ -102,6 +166,8 @@ async fn usage(State(state): State<AppState>) -> Json<Value> {
         "executions": {
             "running": state.in_flight(),
             "max_concurrent": state.config().max_concurrent,
+            "queued": state.queued(),
+            "queue_limit": state.config().queue_limit,
         },
         "memory_budget": state.executor().memory_use().map(|m| json!({
             "total_mib": m.total_mib,

@@ -41,10 +41,29 @@ pub enum ServiceError {
     /// 403 Forbidden: the node was started without a token, so control routes are disabled.
     #[error("control routes disabled (the node has no token configured)")]
     ControlDisabled,
-    /// 503 Service Unavailable (with `Retry-After: 1`): the node-wide limit on concurrent
-    /// executions is reached.
-    #[error("the node is running as many executions as it allows; retry shortly")]
-    NodeFull,
+    /// 503 Service Unavailable (with `Retry-After: 1`): every execution slot of the node is
+    /// taken and its queue of requests waiting for one holds as many as it may
+    /// ([`ServerConfig::queue_limit`](super::ServerConfig::queue_limit)).
+    #[error(
+        "the node's request queue is full: every execution slot is taken and {limit} requests \
+         (the queue's bound) already wait for one; retry shortly"
+    )]
+    QueueFull {
+        /// The queue's bound.
+        limit: usize,
+    },
+    /// 503 Service Unavailable (with `Retry-After: 1`): the request waited in the node's queue
+    /// for as long as it may
+    /// ([`ServerConfig::queue_timeout`](super::ServerConfig::queue_timeout)) and no execution
+    /// slot freed.
+    #[error(
+        "no execution slot freed while the request waited in the node's request queue \
+         ({seconds} s, the queue's time bound); retry shortly"
+    )]
+    QueueTimeout {
+        /// The queue's time bound in seconds.
+        seconds: f64,
+    },
     /// 503 Service Unavailable (with `Retry-After: 1`): the program's memory does not fit in
     /// the node's memory budget, even after retiring idle instances.
     #[error("{0}; retry shortly")]
@@ -86,9 +105,10 @@ impl ServiceError {
             ServiceError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ServiceError::Unauthorized => StatusCode::UNAUTHORIZED,
             ServiceError::ControlDisabled => StatusCode::FORBIDDEN,
-            ServiceError::NodeFull | ServiceError::MemoryFull(_) | ServiceError::PoolFull(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ServiceError::QueueFull { .. }
+            | ServiceError::QueueTimeout { .. }
+            | ServiceError::MemoryFull(_)
+            | ServiceError::PoolFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServiceError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ServiceError::ProgramFailed(_) | ServiceError::Unobtainable(_) => {
                 StatusCode::BAD_GATEWAY
@@ -119,7 +139,10 @@ impl IntoResponse for ServiceError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         match self {
-            ServiceError::NodeFull | ServiceError::MemoryFull(_) | ServiceError::PoolFull(_) => {
+            ServiceError::QueueFull { .. }
+            | ServiceError::QueueTimeout { .. }
+            | ServiceError::MemoryFull(_)
+            | ServiceError::PoolFull(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ServiceError::Unauthorized => {

@@ -2,7 +2,7 @@
 //! executions by outcome, requests refused before execution, response codes of program
 //! routes, cold starts (executions that started a new instance; how many of them restored a
 //! snapshot) and module compilations, fuel, an execution-latency histogram, the executions,
-//! idle warm instances, the memory budget and the instance pool at the time of the scrape, and
+//! requests waiting in the node's queue for an execution slot, idle warm instances, the memory budget and the instance pool at the time of the scrape, and
 //! the triggers: cron ticks
 //! (run or skipped), restarts of persistent instances (by reason), message deliveries (by
 //! result), persistent instances running at the time of the scrape.
@@ -69,6 +69,7 @@ pub struct Metrics {
     fuel: Counter<u64, AtomicU64>,
     latency: Histogram,
     in_flight: Gauge,
+    queued: Gauge,
     idle_instances: Gauge,
     cron_ticks: Family<ResultLabels, Counter>,
     persistent_restarts: Family<ReasonLabels, Counter>,
@@ -170,6 +171,12 @@ impl Metrics {
             "Executions running at the time of the scrape",
             in_flight.clone(),
         );
+        let queued = Gauge::default();
+        registry.register(
+            "queued_requests",
+            "Requests waiting in the node's queue for an execution slot at the time of the scrape",
+            queued.clone(),
+        );
         let idle_instances = Gauge::default();
         registry.register(
             "idle_instances",
@@ -219,6 +226,7 @@ impl Metrics {
             fuel,
             latency,
             in_flight,
+            queued,
             idle_instances,
         }
     }
@@ -309,9 +317,15 @@ impl Metrics {
         self.pool_held.set(held as i64);
     }
 
-    /// The text exposition, with the gauges set to `in_flight` and `idle_instances`.
-    pub fn encode(&self, in_flight: usize, idle_instances: usize) -> Result<String, ServiceError> {
+    /// The text exposition, with the gauges set to `in_flight`, `queued` and `idle_instances`.
+    pub fn encode(
+        &self,
+        in_flight: usize,
+        queued: usize,
+        idle_instances: usize,
+    ) -> Result<String, ServiceError> {
         self.in_flight.set(in_flight as i64);
+        self.queued.set(queued as i64);
         self.idle_instances.set(idle_instances as i64);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
@@ -332,7 +346,9 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ServiceError
         .set_persistent_running(state.triggers().persistent_running());
     state.metrics().set_memory(state.executor().memory_use());
     state.metrics().set_pool(state.executor().pool_use());
-    let text = state.metrics().encode(state.in_flight(), idle)?;
+    let text = state
+        .metrics()
+        .encode(state.in_flight(), state.queued(), idle)?;
     let mut response = text.into_response();
     response
         .headers_mut()

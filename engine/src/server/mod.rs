@@ -2,8 +2,9 @@
 //! [`Executor`].
 //!
 //! This module owns the service's configuration ([`ServerConfig`]), its shared state
-//! ([`AppState`]: the executor with warm instances kept, the node-wide execution slots, the
-//! metrics, what is known of each program served), the assembly of the routes ([`router`],
+//! ([`AppState`]: the executor with warm instances kept, the node-wide execution slots and the
+//! bounded queue in front of them ([`queue`]), the metrics, what is known of each program
+//! served), the assembly of the routes ([`router`],
 //! testable without a socket) with host-based routing in front of them, and the server's life:
 //! [`start`] binds and serves in the background, [`Server::shutdown`] stops gracefully,
 //! [`serve`] runs until SIGINT or SIGTERM.
@@ -33,6 +34,7 @@ pub mod control;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
+pub mod queue;
 pub mod triggers;
 pub mod vm;
 pub mod ws;
@@ -65,6 +67,15 @@ pub use metrics::Metrics;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4020";
 /// The node-wide limit on concurrent executions unless told otherwise.
 pub const DEFAULT_MAX_CONCURRENT: usize = 64;
+/// How many requests may wait for an execution slot unless told otherwise
+/// ([`ServerConfig::queue_limit`]). Enough for a load test of 1024 connections to one program
+/// (at most 1024 − [`DEFAULT_MAX_CONCURRENT`] of them wait at once) four times over; a waiting
+/// request costs a parked task and its connection, not an instance or its memory.
+pub const DEFAULT_QUEUE_LIMIT: usize = 4096;
+/// How long a request may wait for an execution slot unless told otherwise
+/// ([`ServerConfig::queue_timeout`]): a minute, about when a client or proxy in front gives
+/// up anyway.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest request body passed to a program unless told otherwise: 64 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
 /// How long an idle warm instance is kept unless told otherwise: 5 minutes.
@@ -88,9 +99,19 @@ pub struct ServerConfig {
     /// How long an idle warm instance is kept before it is retired. By default
     /// [`DEFAULT_IDLE_TIMEOUT`].
     pub idle_timeout: Duration,
-    /// How many executions may run at once on the node; a request beyond that is answered 503.
-    /// By default [`DEFAULT_MAX_CONCURRENT`].
+    /// How many executions may run at once on the node; a request beyond that waits in the
+    /// queue ([`ServerConfig::queue_limit`]). By default [`DEFAULT_MAX_CONCURRENT`].
     pub max_concurrent: usize,
+    /// How many requests to programs may wait for an execution slot when all
+    /// [`ServerConfig::max_concurrent`] are taken, first come first served ([`queue`]); a
+    /// request that finds this many already waiting is answered 503 with `Retry-After: 1`
+    /// naming the queue. 0: none wait (a busy node refuses at once). By default
+    /// [`DEFAULT_QUEUE_LIMIT`].
+    pub queue_limit: usize,
+    /// How long a request may wait in the queue for an execution slot; one that waited this
+    /// long is answered 503 with `Retry-After: 1`. `None`: as long as it takes. By default
+    /// [`DEFAULT_QUEUE_TIMEOUT`].
+    pub queue_timeout: Option<Duration>,
     /// The largest request body passed to a program; a longer one is answered 413. By default
     /// [`DEFAULT_MAX_BODY_BYTES`].
     pub max_body_bytes: usize,
@@ -118,6 +139,10 @@ pub struct ServerConfig {
     /// Whether an interpreter instance serves one request or many ([`Isolation`]). By default
     /// [`Isolation::Warm`]. Persistent programs keep their long-lived instance either way.
     pub isolation: Isolation,
+    /// How many requests one warm interpreter instance serves at once, interleaved at their
+    /// awaits (`ExecutorConfig::instance_concurrency`). By default
+    /// [`crate::executor::DEFAULT_INSTANCE_CONCURRENCY`].
+    pub instance_concurrency: usize,
     /// The engine's instance pool ([`PoolingLimits`]; [`ServerConfig::default_pooling`] sizes
     /// one from the other settings). A request that needs a new instance while every slot is
     /// held (after retiring idle instances) is answered 503 naming the pool. By default none:
@@ -151,6 +176,8 @@ impl Default for ServerConfig {
             token_file: None,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_concurrent: DEFAULT_MAX_CONCURRENT,
+            queue_limit: DEFAULT_QUEUE_LIMIT,
+            queue_timeout: Some(DEFAULT_QUEUE_TIMEOUT),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             module_cache: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
@@ -159,6 +186,7 @@ impl Default for ServerConfig {
             triggers: triggers::TriggerConfig::default(),
             memory_budget_mib: default_memory_budget_mib(),
             isolation: Isolation::Warm,
+            instance_concurrency: crate::executor::DEFAULT_INSTANCE_CONCURRENCY,
             pooling: None,
         }
     }
@@ -175,6 +203,7 @@ impl ServerConfig {
             retire_after_answer: true,
             idle_timeout: self.idle_timeout,
             memory_budget_mib: self.memory_budget_mib,
+            instance_concurrency: self.instance_concurrency,
             ..ExecutorConfig::default()
         };
         config.sandbox.snapshot = self.snapshot.clone();
@@ -227,7 +256,7 @@ struct Inner {
     token: Option<String>,
     executor: Arc<Executor>,
     prefetcher: Option<Prefetcher>,
-    slots: Arc<Semaphore>,
+    slots: queue::ExecutionSlots,
     metrics: Metrics,
     started: Instant,
     started_unix: f64,
@@ -289,7 +318,11 @@ impl AppState {
         let triggers = triggers::Triggers::new(config.triggers.clone());
         Ok(AppState {
             inner: Arc::new(Inner {
-                slots: Arc::new(Semaphore::new(config.max_concurrent)),
+                slots: queue::ExecutionSlots::new(
+                    config.max_concurrent,
+                    config.queue_limit,
+                    config.queue_timeout,
+                ),
                 config,
                 domain,
                 token,
@@ -340,14 +373,24 @@ impl AppState {
         self.inner.token.as_deref()
     }
 
-    /// The node-wide execution slots.
+    /// The node-wide execution slots (waited for without the queue's bounds).
     pub(crate) fn slots(&self) -> &Arc<Semaphore> {
+        self.inner.slots.semaphore()
+    }
+
+    /// The node-wide execution slots with the queue in front of them, for requests.
+    pub(crate) fn execution_slots(&self) -> &queue::ExecutionSlots {
         &self.inner.slots
     }
 
     /// Executions running now (node-wide).
     pub fn in_flight(&self) -> usize {
-        self.inner.config.max_concurrent - self.inner.slots.available_permits()
+        self.inner.slots.taken()
+    }
+
+    /// Requests waiting for an execution slot now (node-wide).
+    pub fn queued(&self) -> usize {
+        self.inner.slots.waiting()
     }
 
     /// How long the service has been up.
@@ -455,6 +498,7 @@ impl std::fmt::Debug for Server {
 /// accepting connections; call [`Server::shutdown`] to also wait and retire instances.
 pub async fn start(config: ServerConfig, store: Store) -> anyhow::Result<Server> {
     let state = AppState::new(config, store)?;
+    about::start_snapshots(&state);
     let listen = state.config().listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -4,7 +4,10 @@
 //!
 //! A request becomes a [`Trigger::Http`] for the shared executor; the execution runs in its own
 //! task holding one of the node's execution slots, so it finishes (and frees its slot and its
-//! warm instance) even if the client goes away. The outcome becomes the response: the app's
+//! warm instance) even if the client goes away. When every slot is taken the request waits in
+//! the node's bounded queue first ([`super::queue`]): 503 with `Retry-After: 1` when the queue
+//! is full or the wait outlasts its time bound; a client that goes away while it waits leaves
+//! the queue. The outcome becomes the response: the app's
 //! own for `ok` (and for an app exception, which the runtime answers 500), 504 when
 //! `resources.seconds` ran out, 502 with a short reason otherwise. Every response of a known
 //! program carries `Aleph-Program-ItemHash` and `Aleph-Program-Code-Ref`. Hop-by-hop headers
@@ -28,6 +31,7 @@ use data_encoding::BASE32_NOPAD;
 
 use super::AppState;
 use super::error::ServiceError;
+use super::queue::Refusal;
 use crate::interface::{HttpRequest, Trigger};
 use crate::message::{CodeSource, Message};
 use crate::outcome::{Outcome, OutcomeKind};
@@ -229,9 +233,21 @@ async fn execute(
         state.metrics().refused("http_disabled");
         return Err(ServiceError::HttpDisabled(msg.item_hash.clone()));
     }
-    let Ok(slot) = state.slots().clone().try_acquire_owned() else {
-        state.metrics().refused("node_full");
-        return Err(ServiceError::NodeFull);
+    let slot = match state.execution_slots().acquire().await {
+        Ok(slot) => slot,
+        Err(Refusal::Full { limit }) => {
+            state.metrics().refused("queue_full");
+            return Err(ServiceError::QueueFull { limit });
+        }
+        Err(Refusal::TimedOut { waited }) => {
+            state.metrics().refused("queue_timeout");
+            return Err(ServiceError::QueueTimeout {
+                seconds: waited.as_secs_f64(),
+            });
+        }
+        Err(Refusal::Closed) => {
+            return Err(anyhow::anyhow!("the node's execution slots are closed").into());
+        }
     };
     if let Err(refused) = state.executor().admit(msg).await {
         state.metrics().refused(refused.cause.as_str());
@@ -405,10 +421,30 @@ fn respond(outcome: &Outcome, seconds: u64, is_head: bool) -> Result<Response, S
         (OutcomeKind::OutOfMemory, _) => Err(ServiceError::ProgramFailed(
             "the program ran out of memory (resources.memory)".into(),
         )),
-        (OutcomeKind::Ok | OutcomeKind::Error, _) => Err(ServiceError::ProgramFailed(
-            "the program did not produce a valid HTTP response".into(),
-        )),
+        (OutcomeKind::Ok | OutcomeKind::Error, _) => {
+            Err(ServiceError::ProgramFailed(
+                match outcome.error.as_deref() {
+                    // What went wrong, in one sentence of the engine's (a protocol error, the
+                    // instance discarded under the request, …), never a backtrace.
+                    Some(why) if !why.is_empty() => format!(
+                        "the program did not produce a valid HTTP response: {}",
+                        first_line(why, 400)
+                    ),
+                    _ => "the program did not produce a valid HTTP response".into(),
+                },
+            ))
+        }
     }
+}
+
+/// The first line of `text`, at most `max` characters.
+fn first_line(text: &str, max: usize) -> String {
+    text.lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(max)
+        .collect()
 }
 
 fn app_response(outcome: &Outcome, status: u16, is_head: bool) -> Result<Response, ServiceError> {

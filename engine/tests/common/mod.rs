@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod exchange;
 pub mod http;
 pub mod node;
 pub mod perturb;

@@ -2,8 +2,28 @@
 //! SIGTERM.
 
 use std::io::BufRead as _;
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
+
+/// `aleph-wasm --store <store> --module-cache <module_cache> --snapshots off serve --listen
+/// 127.0.0.1:0 <args…>`, inheriting no `ALEPH_WASM_*` setting from the test's environment: a
+/// node on a free loopback port whose instances start cold.
+pub fn cold_command(store: &Path, module_cache: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(super::BIN);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ALEPH_WASM_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.arg("--store")
+        .arg(store)
+        .arg("--module-cache")
+        .arg(module_cache)
+        .args(["--snapshots", "off", "serve", "--listen", "127.0.0.1:0"])
+        .args(args);
+    cmd
+}
 
 /// A `serve` process a test started; killed if the test ends without stopping it.
 pub struct ServeProcess {

@@ -3,9 +3,6 @@
 //! receipts that `verify` accepts; without `reproducible` the receipts differ; an edited
 //! output is named; a missing code object makes verification inconclusive.
 
-#[path = "../common/mod.rs"]
-mod common;
-
 use super::*;
 use common::perturb::{self, export_bytes, file_in_tar_gz, perturbed_run};
 

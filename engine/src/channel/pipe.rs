@@ -1,12 +1,11 @@
-//! Channels between the host and a long-lived guest: a stdin the host feeds line by line, and a
-//! stdout the host reads as frames.
+//! The pipes between the host and a long-lived guest: a stdin the host feeds, and a stream
+//! the host reads as lines (a guest's raw stderr, a binary job's stdout).
 //!
 //! A guest blocked reading an empty [`ChannelInput`] waits (asynchronously; no host thread is
-//! held) until the host sends more or closes it. [`FrameOutput`] splits what the guest writes
-//! into lines: lines that start with [`FRAME_PREFIX`] are protocol frames, every other line is
-//! the program's own output and becomes a log line. What is queued and not yet taken by the
-//! host is capped; past the cap, log lines are dropped and counted, and an oversized frame
-//! marks the channel as overflowed.
+//! held) until the host sends more or closes it; `poll_oneoff` on stdin waits the same way, so
+//! a guest can wait on stdin and its timers together. [`LineOutput`] splits what the guest
+//! writes into lines; what is queued and not yet taken by the host is capped, and lines past
+//! the cap are dropped and counted.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -19,10 +18,7 @@ use tokio::sync::Notify;
 use wasmtime_wasi::cli::{IsTerminal, StdinStream};
 use wasmtime_wasi::p2::{InputStream, Pollable, StreamError};
 
-use super::output::Sink;
-
-/// The bytes that open every protocol frame line on the guest's stdout.
-pub const FRAME_PREFIX: &[u8] = b"\x1eAW1 ";
+use crate::sandbox::output::Sink;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     match m.lock() {
@@ -33,7 +29,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[derive(Debug, Default)]
 struct InputState {
-    buf: VecDeque<u8>,
+    /// What the host sent and the guest has not read, in the pieces it was sent in.
+    buf: VecDeque<Bytes>,
     closed: bool,
     waiting: bool,
 }
@@ -54,7 +51,14 @@ impl ChannelInput {
 
     /// Queues bytes for the guest to read.
     pub fn send(&self, bytes: &[u8]) {
-        lock(&self.state).buf.extend(bytes);
+        self.send_bytes(Bytes::copy_from_slice(bytes));
+    }
+
+    /// Queues bytes for the guest to read, without copying them.
+    pub fn send_bytes(&self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            lock(&self.state).buf.push_back(bytes);
+        }
         self.data.notify_waiters();
         self.data.notify_one();
     }
@@ -89,9 +93,13 @@ impl ChannelInput {
                 Ok(Bytes::new())
             };
         }
-        let n = size.min(s.buf.len());
-        let out: Vec<u8> = s.buf.drain(..n).collect();
-        Ok(Bytes::from(out))
+        let Some(front) = s.buf.front_mut() else {
+            return Ok(Bytes::new());
+        };
+        if front.len() <= size {
+            return Ok(s.buf.pop_front().unwrap_or_default());
+        }
+        Ok(front.split_to(size))
     }
 
     async fn wait_data(&self) {
@@ -167,43 +175,34 @@ impl AsyncRead for ChannelInput {
     }
 }
 
-/// One line the guest wrote on stdout.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Line {
-    /// A protocol frame (the JSON after [`FRAME_PREFIX`]).
-    Frame(Vec<u8>),
-    /// Anything else: the program's own output.
-    Log(Vec<u8>),
-}
-
 #[derive(Debug, Default)]
 struct OutputState {
     partial: Vec<u8>,
-    lines: VecDeque<Line>,
+    lines: VecDeque<Vec<u8>>,
     queued: usize,
     dropped: u64,
-    overflowed: bool,
 }
 
-/// The guest's stdout, read by the host as lines.
+/// A stream the guest writes and the host reads as lines.
 #[derive(Debug, Clone)]
-pub struct FrameOutput {
+pub struct LineOutput {
     cap: usize,
     state: Arc<Mutex<OutputState>>,
     notify: Arc<Notify>,
 }
 
-impl FrameOutput {
-    /// A stdout that holds at most `cap` bytes not yet taken by the host.
+impl LineOutput {
+    /// A stream that holds at most `cap` bytes not yet taken by the host.
     pub fn new(cap: usize) -> Self {
-        FrameOutput {
+        LineOutput {
             cap,
             state: Arc::new(Mutex::new(OutputState::default())),
             notify: Arc::new(Notify::new()),
         }
     }
 
-    fn push(&self, data: &[u8]) {
+    /// Takes bytes the guest wrote.
+    pub fn push(&self, data: &[u8]) {
         let mut s = lock(&self.state);
         let mut rest = data;
         while let Some(end) = rest.iter().position(|&b| b == b'\n') {
@@ -213,77 +212,60 @@ impl FrameOutput {
             Self::queue(&mut s, self.cap, line);
         }
         if s.partial.len() + rest.len() > self.cap {
-            // A line longer than the cap: whatever it is, it cannot be kept.
+            // A line longer than the cap cannot be kept.
             s.dropped += (s.partial.len() + rest.len()) as u64;
-            if s.partial.starts_with(FRAME_PREFIX) {
-                s.overflowed = true;
-            }
             s.partial.clear();
         } else {
             s.partial.extend_from_slice(rest);
         }
         drop(s);
-        self.notify.notify_waiters();
-        self.notify.notify_one();
+        self.wake();
     }
 
     fn queue(s: &mut OutputState, cap: usize, line: Vec<u8>) {
-        let line = match line.strip_prefix(FRAME_PREFIX) {
-            Some(frame) => Line::Frame(frame.to_vec()),
-            None => Line::Log(line),
-        };
-        let len = match &line {
-            Line::Frame(b) | Line::Log(b) => b.len(),
-        };
-        if s.queued + len > cap {
-            match line {
-                Line::Frame(_) => s.overflowed = true,
-                Line::Log(_) => s.dropped += len as u64,
-            }
+        if s.queued + line.len() > cap {
+            s.dropped += line.len() as u64;
             return;
         }
-        s.queued += len;
+        s.queued += line.len();
         s.lines.push_back(line);
     }
 
     /// The next line, waiting for one. `None` once `closed()` says the guest is gone and every
-    /// line was taken.
-    pub async fn next(&self, closed: impl Fn() -> bool) -> Option<Line> {
+    /// line was taken (a last line without a newline included).
+    pub async fn next(&self, closed: impl Fn() -> bool) -> Option<Vec<u8>> {
         loop {
             let notified = self.notify.notified();
             {
                 let mut s = lock(&self.state);
                 if let Some(line) = s.lines.pop_front() {
-                    let len = match &line {
-                        Line::Frame(b) | Line::Log(b) => b.len(),
-                    };
-                    s.queued -= len;
+                    s.queued -= line.len();
                     return Some(line);
                 }
                 if closed() {
-                    return None;
+                    return (!s.partial.is_empty()).then(|| std::mem::take(&mut s.partial));
                 }
             }
             notified.await;
         }
     }
 
-    /// Wakes anyone waiting in [`FrameOutput::next`] (e.g. when the guest has ended).
+    /// Wakes anyone waiting in [`LineOutput::next`] (e.g. when the guest has ended).
     pub fn wake(&self) {
         self.notify.notify_waiters();
         self.notify.notify_one();
     }
 
-    /// Bytes of log output dropped so far, and whether a frame was lost.
-    pub fn losses(&self) -> (u64, bool) {
-        let s = lock(&self.state);
-        (s.dropped, s.overflowed)
+    /// Bytes dropped so far.
+    #[cfg(test)]
+    pub fn dropped(&self) -> u64 {
+        lock(&self.state).dropped
     }
 }
 
-impl Sink for FrameOutput {
+impl Sink for LineOutput {
     fn push(&self, data: &[u8]) {
-        FrameOutput::push(self, data)
+        LineOutput::push(self, data)
     }
 }
 
@@ -292,29 +274,21 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn frames_and_logs_are_told_apart() {
-        let out = FrameOutput::new(1024);
-        out.push(b"hello\n\x1eAW1 {\"t\":\"done\"}\npart");
-        out.push(b"ial\n");
-        assert_eq!(out.next(|| false).await, Some(Line::Log(b"hello".to_vec())));
-        assert_eq!(
-            out.next(|| false).await,
-            Some(Line::Frame(b"{\"t\":\"done\"}".to_vec()))
-        );
-        assert_eq!(
-            out.next(|| false).await,
-            Some(Line::Log(b"partial".to_vec()))
-        );
+    async fn lines_are_split_and_the_last_comes_at_the_end() {
+        let out = LineOutput::new(1024);
+        out.push(b"hello\nwor");
+        out.push(b"ld\npartial");
+        assert_eq!(out.next(|| false).await, Some(b"hello".to_vec()));
+        assert_eq!(out.next(|| false).await, Some(b"world".to_vec()));
+        assert_eq!(out.next(|| true).await, Some(b"partial".to_vec()));
         assert_eq!(out.next(|| true).await, None);
     }
 
     #[tokio::test]
-    async fn logs_past_the_cap_are_dropped_and_counted() {
-        let out = FrameOutput::new(8);
+    async fn lines_past_the_cap_are_dropped_and_counted() {
+        let out = LineOutput::new(8);
         out.push(b"12345\n12345\n");
-        assert_eq!(out.losses(), (5, false));
-        out.push(b"\x1eAW1 0123456789\n");
-        assert!(out.losses().1);
+        assert_eq!(out.dropped(), 5);
     }
 
     #[tokio::test]

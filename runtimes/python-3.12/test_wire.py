@@ -1,0 +1,443 @@
+"""Checks of boot.py's side of the AW2 channel (docs/channel.md), with the machine's python3:
+
+    python3 runtimes/python-3.12/test_wire.py
+
+1. the shared test vectors (aw2-vectors.json): boot's encoders give each frame's bytes exactly, and
+   its incremental reader decodes them, fed in chunks of any size;
+2. the real boot.py, run natively as `python3 -i boot.py` with pipes, playing the host: READY, the
+   run line, SERVING, then requests (concurrent and sequential), events, cancellation, calls, EOF.
+"""
+
+import asyncio
+import contextvars
+import json
+import os
+import random
+import select
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True  # no __pycache__ next to boot.py
+import boot  # noqa: E402  (does not boot: that runs only as __main__)
+
+TESTS = []
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+# --- 1. Vectors ----------------------------------------------------------------------------------
+
+def encode(v):
+    """A vector's decoded form encoded with boot's own functions."""
+    kind, id, h = v["kind"], v["id"], bytes.fromhex
+    if kind == boot.START:
+        request = boot._Request(id, None)
+        fields = [h(x) for x in v["fields"]]
+        boot._out.clear()
+        asyncio.run(request.send({"type": "http.response.start", "status": v["status"],
+                                  "headers": list(zip(fields[::2], fields[1::2]))}))
+        return b"".join(boot._out)
+    if kind == boot.RESPONSE_BODY:
+        boot._out.clear()
+        boot._emit_body(id, h(v["data"]), v["more"])
+        return b"".join(boot._out)
+    if kind == boot.LOG:
+        written, saved = [], boot._write_all
+        boot._write_all = written.append
+        try:
+            stream = boot._LogStream(v["stream"])
+            contextvars_run(id, stream.write, h(v["data"]).decode())
+            stream.flush()
+        finally:
+            boot._write_all = saved
+        return b"".join(written)
+    if kind == boot.REPLY:
+        payload = b"\x01" + h(v["data"]) if v["ok"] else b"\x00" + boot._pack_fields([h(x) for x in v["fields"]])
+    elif "fields" in v:
+        payload = boot._pack_fields([h(x) for x in v["fields"]])
+    elif "more" in v:
+        payload = bytes([v["more"]]) + h(v["data"])
+    elif "json" in v:
+        payload = boot._json(v["json"])
+    elif "text" in v:
+        payload = boot._text(v["text"])
+    else:
+        payload = b""
+    return boot._frame(kind, id, payload)
+
+
+def contextvars_run(id, fn, *args):
+    context = contextvars.copy_context()
+    context.run(boot._rid.set, id)
+    return context.run(fn, *args)
+
+
+def read_all(data, sizes):
+    reader, frames, at = boot._FrameReader(), [], 0
+    for size in sizes:
+        frames += reader.feed(data[at:at + size])
+        at += size
+    assert at >= len(data) and reader.pending() == 0, (at, reader.pending())
+    return frames
+
+
+@test
+def vectors():
+    spec = json.load(open(os.path.join(HERE, "aw2-vectors.json")))
+    assert spec["protocol"] == boot.PROTOCOL == "AW2"
+    rng = random.Random(7)
+    stream, expected = b"", []
+    for v in spec["vectors"]:
+        raw = bytes.fromhex(v["hex"])
+        assert encode(v) == raw, (v["name"], encode(v).hex(), v["hex"])
+        kind, id, payload = raw[8], struct.unpack_from("<I", raw, 9)[0], raw[13:]
+        assert (kind, id) == (v["kind"], v["id"]), v["name"]
+        if "fields" in v and kind not in (boot.START, boot.REPLY):
+            assert boot._unpack_fields(payload) == [bytes.fromhex(x) for x in v["fields"]], v["name"]
+        for sizes in ([1] * len(raw), [len(raw)], [rng.randint(1, 9) for _ in raw]):
+            assert read_all(raw, sizes) == [(kind, id, payload)], (v["name"], sizes)
+        stream += raw
+        expected.append((kind, id, payload))
+    for _ in range(20):  # every vector in one stream, cut anywhere
+        assert read_all(stream, [rng.randint(1, 300) for _ in stream]) == expected
+
+
+@test
+def wire_faults():
+    for data, fault in ((b"\x1eAW1 {}\n", "not an AW2 frame"), (b"hello world", "not an AW2 frame"),
+                        (b"\x1eAW2" + struct.pack("<I", (16 << 20) + 6), "out of bounds"),
+                        (b"\x1eAW2" + struct.pack("<I", 4) + b"\x01abc", "out of bounds")):
+        try:
+            boot._FrameReader().feed(data)
+        except boot.WireError as exc:
+            assert fault in str(exc), (data, exc)
+        else:
+            raise AssertionError(f"no error for {data!r}")
+    try:  # the frames before the fault are kept
+        boot._FrameReader().feed(boot._frame(boot.CANCEL, 3) + b"xx")
+    except boot.WireError as exc:
+        assert exc.frames == [(boot.CANCEL, 3, b"")], exc.frames
+    for bad in (b"\x05\x00\x00\x00ab", b"\x01\x00"):
+        try:
+            boot._unpack_fields(bad)
+            raise AssertionError(bad)
+        except boot.WireError:
+            pass
+
+
+# --- 2. The real guest ---------------------------------------------------------------------------
+
+APP = """
+import asyncio, sys
+from _aleph_wasm import call, HostCallError
+active = peak = 0
+
+async def respond(send, body, status=200, headers=()):
+    await send({"type": "http.response.start", "status": status, "headers": list(headers)})
+    await send({"type": "http.response.body", "body": body})
+
+async def app(scope, receive, send):
+    global active, peak
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            print(message["type"])
+            if message["type"] == "lifespan.startup":
+                scope["state"]["greeting"] = "hi"
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return await respond(send, repr((scope["type"], scope.get("time"), scope.get("body"))).encode())
+    body, parts = b"", 0
+    while True:
+        message = await receive()
+        body, parts = body + message["body"], parts + 1
+        if not message["more_body"]:
+            break
+    path = scope["path"]
+    if path == "/hello":
+        print("hello from", scope["query_string"].decode())
+        await respond(send, b"hello", headers=[(b"content-type", b"text/plain")])
+    elif path == "/scope":
+        keys = ("method", "scheme", "http_version", "path", "raw_path", "query_string", "root_path",
+                "client", "server", "headers", "asgi", "state")
+        await respond(send, repr({k: scope[k] for k in keys}).encode())
+    elif path == "/sleep":
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.2)
+        active -= 1
+        await respond(send, str(peak).encode())
+    elif path == "/echo":
+        await respond(send, body, headers=[(b"x-parts", str(parts).encode())])
+    elif path == "/stream":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for i in range(3):
+            await asyncio.sleep(0.01)
+            await send({"type": "http.response.body", "body": b"part%d;" % i, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    elif path == "/raise":
+        raise ValueError("boom")
+    elif path == "/bad":
+        await send({"type": "http.response.nope"})
+    elif path == "/forever":
+        await asyncio.sleep(3600)
+    elif path == "/call":
+        try:
+            result = await call(scope["query_string"].decode(), body)
+        except HostCallError as exc:
+            result = f"{type(exc).__name__} {exc.kind} {exc.message}".encode()
+        await respond(send, result)
+    elif path == "/stuck":
+        await receive()  # a disconnect comes only after the response: never
+"""
+
+SEED = "00" * 32
+
+
+def http_frames(id, path, query=b"", body_parts=(b"",), headers=((b"host", b"localhost"),)):
+    fields = [b"GET", b"http", b"1.1", path.encode(), path.encode(), query, b"", b"127.0.0.1", b"5555",
+              b"localhost", b"8080"] + [x for pair in headers for x in pair]
+    frames = boot._frame(boot.HTTP, id, boot._pack_fields(fields))
+    for i, part in enumerate(body_parts):
+        frames += boot._frame(boot.BODY, id, bytes([i < len(body_parts) - 1]) + part)
+    return frames
+
+
+class Guest:
+    """boot.py under native python3, driven through its pipes as the host drives it."""
+
+    def __init__(self, code, mode=1, files=None):
+        env = {"PATH": os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
+               "ALEPH_WASM_CODE": code, "ALEPH_WASM_ENTRYPOINT": "main:app", "ALEPH_WASM_PATHS": ""}
+        self.proc = subprocess.Popen([sys.executable, "-i", os.path.join(HERE, "boot.py")], cwd="/",
+                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, bufsize=0)
+        self.reader, self.backlog, self.calls = boot._FrameReader(), [], []
+        self.boot_logs = []  # what the app's import printed
+        while (frame := self.next())[0] == boot.LOG:
+            self.boot_logs.append(frame)
+        self.boot = frame
+        if self.boot[0] == boot.READY:
+            self.send(f'__aleph_wasm__.run("{SEED}", {mode})\n'.encode())
+            serving = self.next()
+            assert serving[:2] == (boot.SERVING, 0), serving
+            assert json.loads(serving[2]) == {"protocol": "AW2", "concurrent": bool(mode)}, serving
+
+    def send(self, data):
+        self.proc.stdin.write(data)
+
+    def next(self, timeout=10.0):
+        """The next frame the guest writes (None at its end)."""
+        deadline = time.monotonic() + timeout
+        while not self.backlog:
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([self.proc.stdout], [], [], left)[0], "the guest is silent"
+            data = os.read(self.proc.stdout.fileno(), 1 << 16)
+            if not data:
+                return None
+            self.backlog += self.reader.feed(data)
+        return self.backlog.pop(0)
+
+    def answers(self, ids):
+        """Frames per id until DONE for each of `ids` (LOG frames included); CALLs answered."""
+        got, open_ids = {id: [] for id in ids}, set(ids)
+        while open_ids:
+            frame = self.next()
+            assert frame is not None, f"the guest ended: {self.proc.stderr.read()!r}"
+            kind, id, payload = frame
+            if kind == boot.CALL:
+                name, args = boot._unpack_fields(payload)
+                self.calls.append((id, name))
+                reply = b"\x01" + args if name == b"ping" else b"\x00" + boot._pack_fields(
+                    [b"unknown_call", b"no function " + name])
+                self.send(boot._frame(boot.REPLY, id, reply))
+                continue
+            got.setdefault(id, []).append(frame)
+            if kind == boot.DONE:
+                open_ids.discard(id)
+        return got
+
+    def request(self, path, **kw):
+        self.send(http_frames(77, path, **kw))
+        return self.answers([77])[77]
+
+    def close(self):
+        self.proc.stdin.close()
+        rest = []
+        while (frame := self.next()) is not None:
+            rest.append(frame)
+        assert self.proc.wait(10) == 0
+        stderr = self.proc.stderr.read()
+        assert stderr == b"", stderr  # fd 2 is never written: everything is a frame on fd 1
+        return rest
+
+
+def response(frames):
+    """(status, headers, body, BODY frame count) of one request's frames, which end with DONE."""
+    kinds = [f[0] for f in frames if f[0] != boot.LOG]
+    assert kinds[0] == boot.START and kinds[-1] == boot.DONE and boot.ERROR not in kinds, frames
+    start = next(f[2] for f in frames if f[0] == boot.START)
+    fields = boot._unpack_fields(start[2:])
+    bodies = [f[2] for f in frames if f[0] == boot.RESPONSE_BODY]
+    assert bodies[-1][0] == 0 and all(b[0] == 1 for b in bodies[:-1]), bodies
+    return (struct.unpack_from("<H", start)[0], list(zip(fields[::2], fields[1::2])),
+            b"".join(b[1:] for b in bodies), len(bodies))
+
+
+def of_kind(frames, kind):
+    return [f[2] for f in frames if f[0] == kind]
+
+
+def logs(frames, stream):
+    return "".join(p[1:].decode() for p in of_kind(frames, boot.LOG) if p[0] == stream)
+
+
+CODE_DIRS = []
+
+
+def code_dir(source):
+    code = tempfile.mkdtemp(prefix="aw2-test-")
+    CODE_DIRS.append(code)
+    with open(os.path.join(code, "main.py"), "w") as f:
+        f.write(textwrap.dedent(source))
+    return code
+
+
+@test
+def concurrent_guest():
+    g = Guest(code_dir(APP))
+    assert json.loads(g.boot[2]) == {"asgi_version": "3.0"}, g.boot
+    hello = g.request("/hello", query=b"q=1")
+    assert response(hello)[:3] == (200, [(b"content-type", b"text/plain")], b"hello"), hello
+    assert of_kind(hello, boot.LOG) == [b"\x01hello from q=1\n"] and hello[0][0] == boot.LOG, hello
+
+    g.send(boot._frame(boot.EVENT, 5, boot._json({"type": "lifespan", "event": "startup"})))
+    startup = g.answers([5])[5]
+    assert [json.loads(p) for p in of_kind(startup, boot.LIFESPAN)] == [{"result": "complete", "message": ""}]
+    assert logs(startup, 1) == "lifespan.startup\n" and startup[-1][0] == boot.DONE, startup
+
+    _, _, body, _ = response(g.request("/scope", query=b"a=%20"))
+    scope = eval(body.decode())
+    assert scope == {"method": "GET", "scheme": "http", "http_version": "1.1", "path": "/scope",
+                     "raw_path": b"/scope", "query_string": b"a=%20", "root_path": "",
+                     "client": ("127.0.0.1", 5555), "server": ("localhost", 8080),
+                     "headers": [(b"host", b"localhost")], "asgi": {"version": "3.0", "spec_version": "2.3"},
+                     "state": {"greeting": "hi"}}, scope
+
+    started = time.monotonic()  # 20 requests in flight together
+    g.send(b"".join(http_frames(100 + i, "/sleep") for i in range(20)))
+    answers = g.answers(range(100, 120))
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0, elapsed
+    assert max(int(response(a)[2]) for a in answers.values()) > 1, answers
+
+    status, headers, body, _ = response(g.request("/echo", body_parts=[b"ab", b"", b"cd", b"e"]))
+    assert body == b"abcde" and headers == [(b"x-parts", b"4")], (body, headers)
+    every_byte = bytes(range(256)) * 5000  # > 1 MiB: split into several BODY frames back
+    status, _, body, parts = response(g.request("/echo", body_parts=[every_byte[:1000], every_byte[1000:]]))
+    assert body == every_byte and parts == 2, parts
+
+    assert response(g.request("/stream"))[2:] == (b"part0;part1;part2;", 4)
+
+    failed = g.request("/raise")
+    assert of_kind(failed, boot.ERROR) == [b"ValueError: boom"] and failed[-1][0] == boot.DONE, failed
+    assert 'raise ValueError("boom")' in logs(failed, 2), failed
+    bad = g.request("/bad")
+    assert [f[0] for f in bad if f[0] != boot.LOG] == [boot.PROTOCOL_ERROR, boot.DONE], bad
+    assert b"'http.response.nope'" in of_kind(bad, boot.PROTOCOL_ERROR)[0]
+
+    g.send(http_frames(200, "/forever"))  # cancel one sleeping request while another answers
+    g.send(http_frames(201, "/sleep"))
+    time.sleep(0.05)
+    g.send(boot._frame(boot.CANCEL, 200))
+    answers = g.answers([200, 201])
+    assert [f[0] for f in answers[200]] == [boot.LOG, boot.DONE], answers[200]
+    assert logs(answers[200], 2) == "request 200 cancelled by the host\n"
+    assert response(answers[201])[0] == 200
+    g.send(boot._frame(boot.CANCEL, 200))  # an id no longer in flight: ignored
+
+    assert response(g.request("/call", body_parts=[b"\x00abc"], query=b"ping"))[2] == b"\x00abc"
+    assert response(g.request("/call", query=b"nope"))[2] == b"HostCallError unknown_call no function nope"
+    assert [name for _, name in g.calls] == [b"ping", b"nope"] and g.calls[0][0] != g.calls[1][0]
+
+    g.send(boot._frame(boot.EVENT, 6, boot._json({"type": "aleph.cron", "time": 1700000000.5})))
+    assert response(g.answers([6])[6])[2] == b"('aleph.cron', 1700000000.5, None)"
+    g.send(boot._frame(boot.EVENT, 7, b'{"type":"nonsense"}') + boot._frame(0x42, 8, b""))
+    odd = g.answers([7, 8])
+    assert of_kind(odd[7], boot.ERROR) == [b"ValueError: unknown event type 'nonsense'"], odd
+    assert of_kind(odd[8], boot.ERROR) == [b"WireError: unknown frame kind 0x42"], odd
+
+    g.send(boot._frame(boot.EVENT, 9, boot._json({"type": "lifespan", "event": "shutdown"})))
+    shutdown = g.answers([9])[9]
+    assert json.loads(of_kind(shutdown, boot.LIFESPAN)[0])["result"] == "complete"
+    assert logs(shutdown, 1) == "lifespan.shutdown\n", shutdown
+
+    g.send(http_frames(300, "/forever"))  # EOF: the request in flight is cancelled, then the end
+    time.sleep(0.05)
+    rest = g.close()
+    assert [(f[0], f[1]) for f in rest] == [(boot.LOG, 300), (boot.DONE, 300)], rest
+
+
+@test
+def sequential_guest():
+    g = Guest(code_dir(APP), mode=0)
+    assert response(g.request("/hello"))[2] == b"hello"
+    g.send(http_frames(10, "/echo", body_parts=[b"x" * 100, b"y"])[:-30])  # the body arrives late
+    time.sleep(0.1)
+    g.send(http_frames(10, "/echo", body_parts=[b"x" * 100, b"y"])[-30:])
+    assert response(g.answers([10])[10])[2] == b"x" * 100 + b"y"
+    assert response(g.request("/sleep"))[2] == b"1"
+    assert response(g.request("/call", query=b"ping", body_parts=[b"seq"]))[2] == b"seq"
+    stuck = g.request("/stuck")
+    assert of_kind(stuck, boot.ERROR) == [b"RuntimeError: " + boot._DEADLOCK.encode()], stuck
+    assert "Request aborted" in logs(stuck, 2) and stuck[-1][0] == boot.DONE
+    assert response(g.request("/hello"))[2] == b"hello"
+    g.send(b"GET / HTTP/1.1\r\n\r\n")  # garbage: explained on stderr, then the end
+    rest = g.close()
+    assert len(rest) == 1 and rest[0][:2] == (boot.LOG, 0) and b"not an AW2 frame" in rest[0][2], rest
+    assert rest[0][2].startswith(b"\x02aleph-wasm: stdin carries something that is not an AW2 frame")
+
+
+@test
+def boot_error():
+    g = Guest(code_dir("import does_not_exist\n"))
+    assert g.boot[0] == boot.BOOT_ERROR, g.boot
+    error = json.loads(g.boot[2])
+    assert error["message"] == "ModuleNotFoundError: No module named 'does_not_exist'", error
+    assert "import does_not_exist" in error["traceback"]
+    assert g.close() == []
+
+
+def main():
+    passed = failed = 0
+    for fn in TESTS:
+        started = time.monotonic()
+        try:
+            fn()
+            passed += 1
+            print(f"ok    {fn.__name__} ({time.monotonic() - started:.2f}s)")
+        except Exception:
+            failed += 1
+            print(f"FAIL  {fn.__name__}\n{traceback.format_exc()[-3000:]}")
+    for code in CODE_DIRS:
+        shutil.rmtree(code, ignore_errors=True)
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
