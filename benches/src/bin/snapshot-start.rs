@@ -13,8 +13,8 @@
 //!   second request on a new instance of the original interpreter and on a restored one, the
 //!   two taking turns (median of each, as a ratio), with the fuel of one request on each.
 //!
-//! Run: `cargo run -p aleph-wasm-benches --bin snapshot-start [-- --loop-only]` (needs
-//! binaryen's `wasm-opt`); `--loop-only` runs only the CPU-bound comparison.
+//! Run: `cargo run -p aleph-wasm-benches --bin snapshot-start [-- --loop-only]` (the engine
+//! obtains binaryen's `wasm-opt` by hash); `--loop-only` runs only the CPU-bound comparison.
 //! Caches live in `$CARGO_TARGET_DIR/aleph-wasm-bench-cache` (default `target/`).
 
 use std::path::{Path, PathBuf};

@@ -65,8 +65,9 @@ struct Live {
     pending_stderr: Vec<u8>,
     served: u64,
     last_used: Instant,
-    /// Why the instance was discarded, once it was.
-    broken: Option<String>,
+    /// Why the instance was discarded, once it was, and whether it was stuck (a request ran
+    /// without yielding past its deadline: every request in flight on it then timed out).
+    broken: Option<(String, bool)>,
 }
 
 /// A booted instance of one program, with everything it was made from.
@@ -176,10 +177,10 @@ impl Warm {
     }
 
     /// Discards the instance: every request in flight on it ends, told `why`.
-    fn discard(&self, why: &str) {
+    fn discard(&self, why: &str, stuck: bool) {
         super::lock(&self.live)
             .broken
-            .get_or_insert_with(|| why.to_string());
+            .get_or_insert_with(|| (why.to_string(), stuck));
         if let Some(pin) = &self.pin {
             super::lock(&pin.state.reason).get_or_insert_with(|| why.to_string());
         }
@@ -192,8 +193,10 @@ impl Warm {
 enum Fate {
     /// Healthy: it stays in service.
     Keep,
-    /// Crashed, stuck, out of memory or broke the protocol: discard it, with the reason.
+    /// Crashed, out of memory or broke the protocol: discard it, with the reason.
     Discard(String),
+    /// Stuck past a request's deadline: discard it; the requests in flight timed out.
+    Stuck(String),
 }
 
 /// Why an instance did not boot.
@@ -375,8 +378,18 @@ impl Executor {
         let left = warm.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
         self.pool_changed.notify_waiters();
         match fate {
-            Fate::Discard(why) => {
-                warm.discard(&why);
+            Fate::Discard(why) | Fate::Stuck(why) if warm.retiring.load(Ordering::SeqCst) => {
+                // Already discarded (by another request in flight on it).
+                let _ = why;
+                self.remove_live(key, &warm);
+            }
+            fate @ (Fate::Discard(_) | Fate::Stuck(_)) => {
+                let (why, stuck) = match fate {
+                    Fate::Stuck(why) => (why, true),
+                    Fate::Discard(why) => (why, false),
+                    Fate::Keep => unreachable!(),
+                };
+                warm.discard(&why, stuck);
                 self.remove_live(key, &warm);
                 if outcome.kind != OutcomeKind::Error
                     && let Some(plan) = &warm.export
@@ -858,10 +871,17 @@ impl Executor {
             let broken = super::lock(&warm.live).broken.clone();
             let end = warm.instance.ended();
             let fate = |why: &str| Fate::Discard(why.to_string());
+            // The guest's own end (out of fuel, a trap) speaks for every request in flight;
+            // when the host stopped it, the reason it was discarded does.
+            let broken = broken.filter(|_| matches!(end, None | Some(GuestEnd::Error(_))));
             let (kind, error, fate) = match (broken, end) {
                 // Another request's end took the instance down while this one was in flight.
-                (Some(why), _) => (
-                    OutcomeKind::Error,
+                (Some((why, stuck)), _) => (
+                    if stuck {
+                        OutcomeKind::Timeout
+                    } else {
+                        OutcomeKind::Error
+                    },
                     format!("the instance was discarded while this request was in flight: {why}"),
                     Fate::Discard(why),
                 ),
@@ -901,13 +921,13 @@ impl Executor {
                 ),
                 (None, None) if got.timed_out => {
                     let why = format!(
-                        "wall-clock deadline of {} s reached, and the request did not end within \
-                         {} ms of its cancellation (the app does not yield): the instance was \
-                         stopped",
+                        "a request ran past its wall-clock deadline of {} s and the instance did \
+                         not let go of it within {} ms of its cancellation (code that does not \
+                         yield holds the interpreter): the instance was stopped",
                         deadline.as_secs(),
                         CANCEL_GRACE.as_millis()
                     );
-                    (OutcomeKind::Timeout, why.clone(), fate(&why))
+                    (OutcomeKind::Timeout, why.clone(), Fate::Stuck(why))
                 }
                 (None, None) => {
                     let why = "the instance stopped answering".to_string();
