@@ -288,7 +288,8 @@ pub struct ServeArgs {
     #[arg(long, env = "ALEPH_WASM_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// Seconds an idle warm instance is kept.
-    #[arg(long, env = "ALEPH_WASM_IDLE_TIMEOUT", default_value_t = 300)]
+    #[arg(long, env = "ALEPH_WASM_IDLE_TIMEOUT",
+          default_value_t = crate::executor::DEFAULT_IDLE_TIMEOUT.as_secs())]
     pub idle_timeout: u64,
     /// How many executions may run at once on the node; more wait in the queue (--queue).
     #[arg(long, env = "ALEPH_WASM_MAX_CONCURRENT", default_value_t = crate::server::DEFAULT_MAX_CONCURRENT)]

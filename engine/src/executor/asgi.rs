@@ -76,6 +76,9 @@ pub(super) struct Warm {
     /// Keeps the per-execution directory (data, export, ephemeral volumes) alive.
     _exec_dir: tempfile::TempDir,
     export: Option<ExportPlan>,
+    /// Whether what the program writes outlives the instance (an export mount, a persistent
+    /// volume): then its interpreter exits properly at retirement, flushing its files.
+    durable: bool,
     owner: String,
     time: f64,
     inputs: Vec<ResolvedInput>,
@@ -416,7 +419,7 @@ impl Executor {
                     let retiring = memory::Retiring::start(&self.retiring);
                     tokio::spawn(async move {
                         let _retiring = retiring;
-                        let logs = end_gracefully(&warm.instance, limit).await;
+                        let logs = end_gracefully(&warm.instance, limit, warm.durable).await;
                         if !logs.is_empty() {
                             tracing::debug!(
                                 program,
@@ -673,6 +676,11 @@ impl Executor {
         let warm = Warm {
             instance,
             _exec_dir: exec_dir,
+            durable: mounts.export.is_some()
+                || program
+                    .volumes
+                    .iter()
+                    .any(|v| matches!(v, Volume::Persistent { .. })),
             export: mounts.export,
             owner: program.address.clone(),
             time: program.time,
@@ -1033,7 +1041,7 @@ impl Executor {
         &self,
         warm: &Warm,
     ) -> (Result<Option<ExportInfo>, String>, Vec<u8>) {
-        let logs = end_gracefully(&warm.instance, self.config.shutdown_timeout).await;
+        let logs = end_gracefully(&warm.instance, self.config.shutdown_timeout, warm.durable).await;
         let export = match &warm.export {
             Some(plan) => volumes::collect_export(&self.store, plan, &warm.owner, warm.time)
                 .map(Some)
@@ -1136,10 +1144,13 @@ struct PythonCode {
     input: Option<ResolvedInput>,
 }
 
-/// Ends an instance gracefully: lifespan shutdown (within `limit`), end of stdin, at most 2 s
-/// for the interpreter to exit, then the instance is stopped. Returns what the program logged
+/// Ends an instance gracefully: lifespan shutdown (within `limit`), then — when what the
+/// program writes outlives the instance (`durable`) — end of stdin and at most 2 s for the
+/// interpreter to exit, flushing its open files; then the instance is stopped. An instance
+/// with nothing durable is stopped right after lifespan shutdown: CPython's own exit takes
+/// tens of milliseconds and leaves nothing anyone will see. Returns what the program logged
 /// meanwhile.
-async fn end_gracefully(instance: &Instance, limit: Duration) -> Vec<u8> {
+async fn end_gracefully(instance: &Instance, limit: Duration, durable: bool) -> Vec<u8> {
     let mut logs = Vec::new();
     if instance.ended().is_none() {
         let got = exchange(
@@ -1151,8 +1162,10 @@ async fn end_gracefully(instance: &Instance, limit: Duration) -> Vec<u8> {
         )
         .await;
         logs.extend_from_slice(&got.exchange.stderr);
-        instance.close_stdin();
-        let _ = instance.wait_end(Duration::from_secs(2)).await;
+        if durable {
+            instance.close_stdin();
+            let _ = instance.wait_end(Duration::from_secs(2)).await;
+        }
     }
     logs.extend_from_slice(&instance.session().take_logs().stderr);
     instance.kill();

@@ -120,6 +120,9 @@ pub struct ExecutorConfig {
     pub instance_concurrency: usize,
 }
 
+/// How long an idle warm instance is kept unless told otherwise.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// How many requests one warm interpreter instance serves at once unless told otherwise: as
 /// many connections as a load test opens to one uvicorn worker.
 pub const DEFAULT_INSTANCE_CONCURRENCY: usize = 64;
@@ -132,7 +135,7 @@ impl Default for ExecutorConfig {
             module_cache: None,
             isolation: Isolation::PerRequest,
             retire_after_answer: false,
-            idle_timeout: Duration::from_secs(300),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             boot_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
             memory_budget_mib: None,

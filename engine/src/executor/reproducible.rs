@@ -43,7 +43,7 @@ pub fn profile(
             ));
         }
     }
-    let trigger = crate::receipt::canonical_hash(&trigger.describe());
+    let trigger = crate::message::canonical_hash(&trigger.describe());
     Ok(Some(Determinism::keyed(
         &[&msg.item_hash],
         &[&trigger],

@@ -2,7 +2,8 @@
 //! seed's `vm-function` draft — into one typed, normalised [`Message`] that later stages trust.
 //!
 //! Owns: the message model ([`Message`], [`ProgramContent`], [`StoreContent`], …), the one
-//! validation point [`parse()`], item-hash checks ([`sha256_hex`]), mount-path rules
+//! validation point [`parse()`], item-hash checks ([`sha256_hex`]), canonical JSON for hashing
+//! ([`canonical`], [`canonical_hash`]: receipts, reproducible keys), mount-path rules
 //! ([`MountPath`]), the seed-draft mapping (`latest_amend` → `use_latest`, `on.aleph` →
 //! `on.message`, `tar.gzip`, inline `code.content`, `on.cron`), and [`build_inline`] for new
 //! inline messages. It does not fetch referenced objects or check signatures.
@@ -15,6 +16,7 @@
 //! Aleph message but not runnable here (squashfs, `persistence: store`) passes [`parse()`] and
 //! is rejected by [`ProgramContent::check_supported`].
 
+mod canonical;
 mod cron;
 mod error;
 mod hash;
@@ -27,6 +29,7 @@ mod seed;
 #[cfg(test)]
 mod tests;
 
+pub use canonical::{canonical, canonical_hash};
 pub use cron::validate_cron;
 pub use error::{FieldError, MessageError};
 pub use hash::{HashKind, is_item_hash, is_sha256, item_hash_kind, sha256_hex};

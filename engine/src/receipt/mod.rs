@@ -27,53 +27,12 @@ use serde_json::{Map, Value, json};
 
 use crate::interface::Trigger;
 use crate::message::sha256_hex;
+pub use crate::message::{canonical, canonical_hash};
 use crate::outcome::Outcome;
 use crate::sandbox::{SandboxConfig, WASMTIME_VERSION, determinism};
 
 /// The version of the receipt format.
 pub const RECEIPT_VERSION: u32 = 1;
-
-/// The canonical serialisation of `value` (see the module docs).
-pub fn canonical(value: &Value) -> String {
-    let mut out = String::new();
-    write_canonical(value, &mut out);
-    out
-}
-
-fn write_canonical(value: &Value, out: &mut String) {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write_canonical(&map[k], out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(']');
-        }
-        scalar => out.push_str(&scalar.to_string()),
-    }
-}
-
-/// The sha256 (hex) of the canonical form of `value`.
-pub fn canonical_hash(value: &Value) -> String {
-    sha256_hex(canonical(value).as_bytes())
-}
 
 /// The identity of this engine as receipts record it.
 pub fn engine_identity(config: &SandboxConfig) -> Value {
@@ -185,12 +144,6 @@ pub fn is_sealed(receipt: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn canonical_form_sorts_keys_and_has_no_whitespace() {
-        let v = json!({"b": [1, {"z": null, "a": "x\"y"}], "a": true});
-        assert_eq!(canonical(&v), r#"{"a":true,"b":[1,{"a":"x\"y","z":null}]}"#);
-    }
 
     #[test]
     fn sealing_detects_any_edit() {

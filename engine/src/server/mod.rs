@@ -79,7 +79,7 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest request body passed to a program unless told otherwise: 64 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
 /// How long an idle warm instance is kept unless told otherwise: 5 minutes.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = crate::executor::DEFAULT_IDLE_TIMEOUT;
 /// How long a shutdown waits for running executions unless told otherwise: 2 minutes.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 

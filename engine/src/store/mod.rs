@@ -124,6 +124,13 @@ pub struct Store {
     verified: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, FileStamp>>>,
 }
 
+/// One line that identifies this version of the file `meta` describes (size, times, inode):
+/// any write or replacement changes it. A file hashed once can be trusted by a later process
+/// while its line is unchanged.
+pub(crate) fn file_stamp(meta: &fs::Metadata) -> String {
+    FileStamp::of(meta).encode()
+}
+
 /// What identifies one version of a file: any write or replacement changes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct FileStamp {
@@ -136,6 +143,21 @@ struct FileStamp {
 }
 
 impl FileStamp {
+    /// The stamp as one line of text (what `cache/verified/<sha256>` holds).
+    fn encode(&self) -> String {
+        let modified = self
+            .modified
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(-1, |d| d.as_nanos() as i128);
+        #[cfg(unix)]
+        return format!(
+            "{} {modified} {} {} {} {}",
+            self.len, self.ctime.0, self.ctime.1, self.inode.0, self.inode.1
+        );
+        #[cfg(not(unix))]
+        return format!("{} {modified}", self.len);
+    }
+
     fn of(meta: &fs::Metadata) -> Self {
         #[cfg(unix)]
         use std::os::unix::fs::MetadataExt as _;
@@ -289,9 +311,10 @@ impl Store {
     }
 
     /// Re-hashes a stored object and returns its path when the bytes still match. An object
-    /// this store already hashed in this process is not hashed again while its file keeps the
-    /// same size, times and inode (an interpreter of 26 MB is verified once, not per
-    /// execution); any write or replacement makes it hashed again.
+    /// already hashed — in this process, or by an earlier one, which left the file's stamp in
+    /// `cache/verified/` — is not hashed again while its file keeps the same size, times and
+    /// inode (an interpreter of 26 MB is verified once, not per execution); any write or
+    /// replacement (which changes the inode or the change time) makes it hashed again.
     pub fn verify_object(&self, hash: &str) -> Result<PathBuf, StoreError> {
         let path = self.object_file(hash)?;
         let mut file = match fs::File::open(&path) {
@@ -311,15 +334,29 @@ impl Store {
         if memo(&mut lock_map(&self.verified)) {
             return Ok(path);
         }
+        // Hashed by an earlier process, and the file unchanged since (same size, times and
+        // inode): the stamp it left says so, and a one-shot run does not hash 26 MB again.
+        let recorded = self.root.join("cache").join("verified").join(hash);
+        if let Some(stamp) = &stamp
+            && fs::read_to_string(&recorded).is_ok_and(|text| text == stamp.encode())
+        {
+            lock_map(&self.verified).insert(hash.to_string(), stamp.clone());
+            return Ok(path);
+        }
         let actual = sha256_reader(&mut file).map_err(io_at(&path))?;
         if actual != hash {
             lock_map(&self.verified).remove(hash);
+            let _ = fs::remove_file(&recorded);
             return Err(StoreError::Corrupt {
                 hash: hash.to_string(),
                 actual,
             });
         }
         if let Some(stamp) = stamp {
+            if let Ok(dir) = self.cache_dir("verified") {
+                // Best effort: without the stamp the next process hashes the file again.
+                let _ = self.write_atomic(&dir.join(hash), stamp.encode().as_bytes());
+            }
             lock_map(&self.verified).insert(hash.to_string(), stamp);
         }
         Ok(path)
@@ -656,6 +693,32 @@ mod tests {
             s.verify_object(&hash),
             Err(StoreError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn another_process_trusts_the_stamp_of_an_unchanged_verified_object_only() {
+        let (d, s) = store();
+        let hash = s.put_object(b"interpreter").unwrap();
+        let path = s.verify_object(&hash).unwrap();
+        let stamp = d.path().join("store/cache/verified").join(&hash);
+        assert!(stamp.is_file(), "the verification left a stamp");
+        // A new store on the same directory (what a new process opens) does not hash again:
+        // it trusts the stamp while the file is unchanged.
+        let later = Store::open(d.path().join("store")).unwrap();
+        assert_eq!(later.verify_object(&hash).unwrap(), path);
+        // Any change of the file (new bytes, same length) makes the next process hash it again.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        fs::write(&path, b"INTERPRETER").unwrap();
+        let later = Store::open(d.path().join("store")).unwrap();
+        assert!(matches!(
+            later.verify_object(&hash),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(!stamp.exists(), "a failed verification removes the stamp");
+        // A forged stamp for other bytes does not match the file's own stamp either.
+        fs::write(&stamp, "11 0 0 0 0 0").unwrap();
+        let later = Store::open(d.path().join("store")).unwrap();
+        assert!(later.verify_object(&hash).is_err());
     }
 
     #[test]

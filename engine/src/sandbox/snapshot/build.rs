@@ -16,7 +16,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use sha2::{Digest, Sha256};
 use wasmtime::{Module, Store};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wizer::{InstanceState, SnapshotVal, ValType, Wizer};
@@ -26,6 +25,7 @@ use super::prepare_cache::Prepared;
 use super::restore::{Meta, Restorable};
 use super::{Hook, Made, SnapshotEvent, SnapshotSource, Snapshots, cache, prepare};
 use crate::channel::wire::{Frame, Item, Reader};
+use crate::message::sha256_hex;
 use crate::sandbox::output::{CappedOutput, SinkStream};
 use crate::sandbox::{GuestSpec, GuestState, Sandbox, Stdio, StoreExtras, write_atomic};
 
@@ -181,10 +181,6 @@ fn booted(stdout: &[u8]) -> Result<(), String> {
     Err("the bootstrap never said it was ready".into())
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 impl Snapshots {
     /// The prepared interpreter for `source` (from memory, the cache, or prepared now).
     pub(super) async fn prepared(
@@ -229,11 +225,12 @@ impl Snapshots {
     ) -> Result<(Prepared, bool), String> {
         let wasm_path = self.dir.join(format!("prepared-{key}.wasm"));
         let meta_path = self.dir.join(format!("prepared-{key}.json"));
-        if let (Ok(meta), Ok(wasm)) = (std::fs::read(&meta_path), std::fs::read(&wasm_path))
+        // Cached: its metadata now, its bytes (checked against the sha256) when needed.
+        if let Ok(meta) = std::fs::read(&meta_path)
             && let Ok(mut prepared) = serde_json::from_slice::<Prepared>(&meta)
-            && prepared.sha256 == sha256_hex(&wasm)
+            && wasm_path.is_file()
         {
-            prepared.wasm = wasm;
+            prepared.path = wasm_path;
             return Ok((prepared, false));
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
@@ -266,13 +263,9 @@ impl Snapshots {
             prepare::asyncify(&wasm_opt, &rewritten.wasm, &names, work.path())
         })
         .await?;
-        let prepared = Prepared {
-            sha256: sha256_hex(&wasm),
-            stack,
-            wasm,
-        };
+        write_atomic(&wasm_path, &wasm).map_err(|e| e.to_string())?;
+        let prepared = Prepared::made(sha256_hex(&wasm), stack, wasm_path, wasm);
         let meta = serde_json::to_vec(&prepared).map_err(|e| e.to_string())?;
-        write_atomic(&wasm_path, &prepared.wasm).map_err(|e| e.to_string())?;
         write_atomic(&meta_path, &meta).map_err(|e| e.to_string())?;
         tracing::info!(
             key,
@@ -349,7 +342,7 @@ impl Snapshots {
         }
         let wizer = Wizer::new();
         let (cx, instrumented) = wizer
-            .instrument(&prepared.wasm)
+            .instrument(prepared.wasm()?)
             .map_err(|e| format!("cannot instrument: {e:#}"))?;
         let module = compile(sandbox, instrumented).await?;
         let hook = Hook::Unwind {

@@ -685,7 +685,13 @@ fn block<T>(f: impl FnOnce() -> T) -> T {
 }
 
 pub(crate) mod prepare_cache {
-    //! The prepared interpreter as cached: the module and the pause stack it was made for.
+    //! The prepared interpreter as cached: the module and the pause stack it was made for. Its
+    //! 13 MB are read (and their sha256 checked) only when they are needed — a cold start on
+    //! it that misses the compiled-module cache, or a snapshot build — not by every process
+    //! that restores a snapshot.
+
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
 
     use serde::{Deserialize, Serialize};
 
@@ -696,8 +702,42 @@ pub(crate) mod prepare_cache {
         pub sha256: String,
         /// The pause stack (function indices, innermost first).
         pub stack: Vec<u32>,
-        /// The prepared module's bytes (not in the JSON file).
+        /// Where the module's bytes are kept (not in the JSON file).
         #[serde(skip)]
-        pub wasm: Vec<u8>,
+        pub path: PathBuf,
+        #[serde(skip)]
+        bytes: OnceLock<Vec<u8>>,
+    }
+
+    impl Prepared {
+        /// A prepared interpreter just made: its bytes are at hand.
+        pub fn made(sha256: String, stack: Vec<u32>, path: PathBuf, wasm: Vec<u8>) -> Self {
+            Prepared {
+                sha256,
+                stack,
+                path,
+                bytes: OnceLock::from(wasm),
+            }
+        }
+
+        /// The module's bytes, read from [`Prepared::path`] on first use and checked against
+        /// [`Prepared::sha256`].
+        pub fn wasm(&self) -> Result<&[u8], String> {
+            if let Some(bytes) = self.bytes.get() {
+                return Ok(bytes);
+            }
+            let bytes = std::fs::read(&self.path)
+                .map_err(|e| format!("the prepared interpreter {}: {e}", self.path.display()))?;
+            let actual = crate::message::sha256_hex(&bytes);
+            if actual != self.sha256 {
+                return Err(format!(
+                    "the prepared interpreter {} has sha256 {actual}, expected {} (remove it to \
+                     prepare it again)",
+                    self.path.display(),
+                    self.sha256
+                ));
+            }
+            Ok(self.bytes.get_or_init(|| bytes))
+        }
     }
 }

@@ -74,7 +74,9 @@ impl Sandbox {
                     }
                     let wasm = prepared.clone();
                     let loaded = self
-                        .module_off_thread(&prepared.sha256, move || Ok(wasm.wasm.clone()))
+                        .module_off_thread(&prepared.sha256, move || {
+                            wasm.wasm().map(<[u8]>::to_vec).map_err(anyhow::Error::msg)
+                        })
                         .await
                         .map_err(|e| format!("content.runtime: {e:#}"))?;
                     let instance = self.spawn(&loaded.module, spec.clone(), boot_fuel)?;

