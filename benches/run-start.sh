@@ -22,6 +22,8 @@ while [ $# -gt 0 ]; do
 done
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=benches/common.sh
+. "$ROOT/benches/common.sh"
 WORK="$ROOT/target/run-start"
 CACHE="$ROOT/target/aleph-wasm-bench-cache"
 STORE="$WORK/store"
@@ -33,19 +35,8 @@ aw() { "$BIN" --store "$STORE" --module-cache "$CACHE/modules" "$@"; }
 
 rm -rf "$STORE"
 mkdir -p "$WORK" "$CACHE/interpreter" "$CACHE/modules"
-SHA=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["interpreter"]["sha256"])' \
-    "$ROOT/runtimes/python-3.12/runtime.json")
-COPY=""
-for c in "$CACHE/interpreter/$SHA" "$ROOT/target/tmp/aleph-wasm-test-cache/$SHA"; do
-    [ -f "$c" ] && { COPY="$c"; break; }
-done
-if [ -n "$COPY" ]; then
-    aw runtime fetch python-3.12 --file "$COPY" >/dev/null
-else
-    echo "run-start: fetching the python-3.12 interpreter by hash" >&2
-    aw runtime fetch python-3.12 >/dev/null
-    cp "$STORE/objects/sha256/${SHA:0:2}/$SHA" "$CACHE/interpreter/$SHA"
-fi
+# The interpreter by hash: a verified copy kept by an earlier bench or test run, else its sources.
+store_python_runtime run-start
 
 STARLETTE="$WORK/starlette"
 if [ ! -d "$STARLETTE/packages/starlette" ]; then

@@ -32,6 +32,8 @@ while [ $# -gt 0 ]; do
 done
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=benches/common.sh
+. "$ROOT/benches/common.sh"
 APP_DIR="$ROOT/examples/python-hello"
 WORK="$ROOT/target/serve-load"
 CACHE="$ROOT/target/aleph-wasm-bench-cache"
@@ -62,19 +64,7 @@ STORE="$WORK/store"
 aw() { "$BIN" --store "$STORE" --module-cache "$CACHE/modules" "$@"; }
 
 # The interpreter by hash: a verified copy kept by an earlier bench or test run, else its sources.
-SHA=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["interpreter"]["sha256"])' \
-    "$ROOT/runtimes/python-3.12/runtime.json")
-COPY=""
-for c in "$CACHE/interpreter/$SHA" "$ROOT/target/tmp/aleph-wasm-test-cache/$SHA"; do
-    [ -f "$c" ] && { COPY="$c"; break; }
-done
-if [ -n "$COPY" ]; then
-    aw runtime fetch python-3.12 --file "$COPY" >/dev/null
-else
-    echo "serve-load: fetching the python-3.12 interpreter by hash" >&2
-    aw runtime fetch python-3.12 >/dev/null
-    cp "$STORE/objects/sha256/${SHA:0:2}/$SHA" "$CACHE/interpreter/$SHA"
-fi
+store_python_runtime serve-load
 
 # The native side: uvicorn from PyPI in a venv of its own.
 if [ ! -x "$VENV/bin/uvicorn" ]; then
