@@ -196,10 +196,23 @@ impl Warm {
 enum Fate {
     /// Healthy: it stays in service.
     Keep,
-    /// Crashed, out of memory or broke the protocol: discard it, with the reason.
-    Discard(String),
-    /// Stuck past a request's deadline: discard it; the requests in flight timed out.
-    Stuck(String),
+    /// Crashed, out of memory, broke the protocol, or stuck past a request's deadline (then
+    /// every request in flight on it timed out): discard it, with the reason.
+    Discard {
+        /// Why.
+        why: String,
+        /// Whether it was stuck.
+        stuck: bool,
+    },
+}
+
+impl Fate {
+    fn discard(why: impl Into<String>) -> Self {
+        Fate::Discard {
+            why: why.into(),
+            stuck: false,
+        }
+    }
 }
 
 /// Why an instance did not boot.
@@ -381,17 +394,11 @@ impl Executor {
         let left = warm.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
         self.pool_changed.notify_waiters();
         match fate {
-            Fate::Discard(why) | Fate::Stuck(why) if warm.retiring.load(Ordering::SeqCst) => {
-                // Already discarded (by another request in flight on it).
-                let _ = why;
+            // Already discarded, by another request in flight on it.
+            Fate::Discard { .. } if warm.retiring.load(Ordering::SeqCst) => {
                 self.remove_live(key, &warm);
             }
-            fate @ (Fate::Discard(_) | Fate::Stuck(_)) => {
-                let (why, stuck) = match fate {
-                    Fate::Stuck(why) => (why, true),
-                    Fate::Discard(why) => (why, false),
-                    Fate::Keep => unreachable!(),
-                };
+            Fate::Discard { why, stuck } => {
                 warm.discard(&why, stuck);
                 self.remove_live(key, &warm);
                 if outcome.kind != OutcomeKind::Error
@@ -878,7 +885,7 @@ impl Executor {
         if !x.done {
             let broken = super::lock(&warm.live).broken.clone();
             let end = warm.instance.ended();
-            let fate = |why: &str| Fate::Discard(why.to_string());
+            let fate = Fate::discard;
             // The guest's own end (out of fuel, a trap) speaks for every request in flight;
             // when the host stopped it, the reason it was discarded does.
             let broken = broken.filter(|_| matches!(end, None | Some(GuestEnd::Error(_))));
@@ -891,7 +898,7 @@ impl Executor {
                         OutcomeKind::Error
                     },
                     format!("the instance was discarded while this request was in flight: {why}"),
-                    Fate::Discard(why),
+                    Fate::discard(why),
                 ),
                 (None, Some(GuestEnd::Timeout(why))) => {
                     (OutcomeKind::Timeout, why.clone(), fate(&why))
@@ -935,7 +942,11 @@ impl Executor {
                         deadline.as_secs(),
                         CANCEL_GRACE.as_millis()
                     );
-                    (OutcomeKind::Timeout, why.clone(), Fate::Stuck(why))
+                    (
+                        OutcomeKind::Timeout,
+                        why.clone(),
+                        Fate::Discard { why, stuck: true },
+                    )
                 }
                 (None, None) => {
                     let why = "the instance stopped answering".to_string();
@@ -960,7 +971,7 @@ impl Executor {
             let why = format!("malformed frames from the bootstrap: {:?}", x.bad_frames);
             outcome.kind = OutcomeKind::Error;
             outcome.error = Some(why.clone());
-            return (outcome, Fate::Discard(why));
+            return (outcome, Fate::discard(why));
         }
         if x.body_dropped > 0 {
             outcome.kind = OutcomeKind::Error;
@@ -1030,7 +1041,7 @@ impl Executor {
                 outcome.error.as_deref().unwrap_or("the request failed")
             );
             outcome.error = Some(why.clone());
-            return (outcome, Fate::Discard(why));
+            return (outcome, Fate::discard(why));
         }
         (outcome, Fate::Keep)
     }
