@@ -54,6 +54,21 @@ pub struct Logs {
     pub dropped: u64,
 }
 
+impl Logs {
+    /// Keeps `data` written on `stream` (2 stderr, else stdout), at most `cap` bytes a stream;
+    /// the rest is counted as dropped.
+    fn keep(&mut self, stream: u8, data: &[u8], cap: usize) {
+        let target = if stream == 2 {
+            &mut self.stderr
+        } else {
+            &mut self.stdout
+        };
+        let room = cap.saturating_sub(target.len()).min(data.len());
+        target.extend_from_slice(&data[..room]);
+        self.dropped += (data.len() - room) as u64;
+    }
+}
+
 #[derive(Default)]
 struct State {
     reader: Reader,
@@ -243,15 +258,7 @@ impl Session {
                         // cancelled request still writes) or it is the instance's own log.
                         if let Frame::Log { stream, data, .. } = frame {
                             let cap = self.shared.log_cap;
-                            let logs = &mut state.logs;
-                            let target = if stream == 2 {
-                                &mut logs.stderr
-                            } else {
-                                &mut logs.stdout
-                            };
-                            let room = cap.saturating_sub(target.len()).min(data.len());
-                            target.extend_from_slice(&data[..room]);
-                            logs.dropped += (data.len() - room) as u64;
+                            state.logs.keep(stream, &data, cap);
                         }
                     }
                 },
@@ -261,9 +268,7 @@ impl Session {
                 }
                 Item::Stray(bytes) => {
                     let cap = self.shared.log_cap;
-                    let room = cap.saturating_sub(state.logs.stdout.len()).min(bytes.len());
-                    state.logs.stdout.extend_from_slice(&bytes[..room]);
-                    state.logs.dropped += (bytes.len() - room) as u64;
+                    state.logs.keep(1, &bytes, cap);
                     if state.lines.len() < 4096 {
                         let line = bytes.strip_suffix(b"\n").unwrap_or(&bytes).to_vec();
                         state.lines.push_back(line);

@@ -157,6 +157,17 @@ mod kind {
     pub const CALL: u8 = 0x8b;
 }
 
+/// Appends the host's `BODY` frame for `data` to `out`: what [`Frame::Body`] encodes to,
+/// without first copying a request's body part into a frame of its own.
+pub fn encode_body(out: &mut Vec<u8>, id: u32, more: bool, data: &[u8]) {
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&((data.len() + 6) as u32).to_le_bytes());
+    out.push(kind::BODY);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.push(u8::from(more));
+    out.extend_from_slice(data);
+}
+
 /// Appends `items` as fields (each a u32 LE length and its bytes).
 fn put_fields<'a>(out: &mut Vec<u8>, items: impl IntoIterator<Item = &'a [u8]>) {
     for item in items {
@@ -226,6 +237,9 @@ impl Frame {
 
     /// Appends the frame's bytes to `out` (one frame, never split).
     pub fn encode(&self, out: &mut Vec<u8>) {
+        if let Frame::Body { id, more, data } = self {
+            return encode_body(out, *id, *more, data);
+        }
         let start = out.len();
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&[0; 4]);
@@ -258,10 +272,7 @@ impl Frame {
                 );
                 put_fields(out, head.headers.iter().flat_map(|(k, v)| [&k[..], &v[..]]));
             }
-            Frame::Body { more, data, .. } => {
-                out.push(u8::from(*more));
-                out.extend_from_slice(data);
-            }
+            Frame::Body { .. } => unreachable!("encoded by encode_body"),
             Frame::Event(_, v)
             | Frame::Ready(v)
             | Frame::BootError(v)

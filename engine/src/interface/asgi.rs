@@ -13,6 +13,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::HttpRequest;
+use crate::channel::wire::encode_body;
 use crate::channel::{Frame, RequestHead};
 
 /// The largest request body chunk handed to the app in one `http.request` event.
@@ -80,22 +81,12 @@ pub fn http_frames(id: u32, req: &HttpRequest) -> Bytes {
     Frame::Http(id, Box::new(head)).encode(&mut out);
     let mut parts = req.body.chunks(BODY_CHUNK).peekable();
     if parts.peek().is_none() {
-        body_frame(&mut out, id, false, &[]);
+        encode_body(&mut out, id, false, &[]);
     }
     while let Some(part) = parts.next() {
-        body_frame(&mut out, id, parts.peek().is_some(), part);
+        encode_body(&mut out, id, parts.peek().is_some(), part);
     }
     out.into()
-}
-
-/// Appends a `BODY` frame without copying the part twice.
-fn body_frame(out: &mut Vec<u8>, id: u32, more: bool, part: &[u8]) {
-    out.extend_from_slice(crate::channel::wire::MAGIC);
-    out.extend_from_slice(&((part.len() + 6) as u32).to_le_bytes());
-    out.push(0x02);
-    out.extend_from_slice(&id.to_le_bytes());
-    out.push(u8::from(more));
-    out.extend_from_slice(part);
 }
 
 /// Decodes `%XX` escapes of a URL path (invalid escapes are kept as they are; invalid UTF-8 is
