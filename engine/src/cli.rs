@@ -273,6 +273,62 @@ pub struct RunArgs {
     /// from it first, verified by hash, and stored.
     #[arg(long, env = "ALEPH_WASM_API")]
     pub api: Option<String>,
+    /// Host capabilities.
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+/// The node's options for host capabilities (`run` and `serve`; see docs/host.md).
+#[derive(Debug, Args)]
+pub struct HostArgs {
+    /// Allow programs with `internet` to connect to this address range (CIDR, e.g.
+    /// `127.0.0.0/8`), which is refused by default (loopback, private, link-local, …);
+    /// repeatable.
+    #[arg(
+        long = "allow-net",
+        value_name = "CIDR",
+        env = "ALEPH_WASM_ALLOW_NET",
+        value_delimiter = ','
+    )]
+    pub allow_net: Vec<String>,
+    /// A PEM file of more root certificates for the TLS the host does for programs.
+    #[arg(long, value_name = "PEM", env = "ALEPH_WASM_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Connections one instance may have open at once.
+    #[arg(long, value_name = "N", env = "ALEPH_WASM_NET_MAX_CONNECTIONS",
+          default_value_t = crate::host::net::NetOptions::default().max_connections)]
+    pub net_max_connections: usize,
+    /// Bytes one connection may receive.
+    #[arg(long, value_name = "BYTES", env = "ALEPH_WASM_NET_MAX_BYTES",
+          default_value_t = crate::host::net::NetOptions::default().max_bytes)]
+    pub net_max_bytes: u64,
+    /// Where the guest API keeps programs' caches: `embedded` (in the store) or
+    /// `redis://HOST:PORT`.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "ALEPH_WASM_CACHE",
+        default_value = "embedded"
+    )]
+    pub cache: String,
+}
+
+impl HostArgs {
+    /// The host configuration these options describe.
+    pub fn config(&self, upstream_api: Option<String>) -> Result<crate::host::HostConfig, String> {
+        let mut net = crate::host::net::NetOptions::default();
+        net.policy = crate::host::policy::AddressPolicy::parse(&self.allow_net)?;
+        if let Some(path) = &self.ca_file {
+            net.add_ca_file(path)?;
+        }
+        net.max_connections = self.net_max_connections.max(1);
+        net.max_bytes = self.net_max_bytes;
+        Ok(crate::host::HostConfig {
+            net: std::sync::Arc::new(net),
+            cache: crate::host::api::CacheConfig::parse(&self.cache)?,
+            upstream_api,
+        })
+    }
 }
 
 /// `aleph-wasm serve`
@@ -336,6 +392,9 @@ pub struct ServeArgs {
     /// needs an instance while the pool is full is answered 503.
     #[arg(long, env = "ALEPH_WASM_POOLING")]
     pub pooling: bool,
+    /// Host capabilities.
+    #[command(flatten)]
+    pub host: HostArgs,
 }
 
 /// A failure to report with exit code 2.
@@ -458,6 +517,7 @@ fn run_cli(cli: Cli) -> CliResult {
             let store = open_store(&cli.store)?;
             let mut config = one_shot_config(&cli.module_cache);
             config.sandbox.snapshot = snapshot_config(&snapshots, SnapshotMode::Off);
+            config.host = args.host.config(args.api.clone()).map_err(UsageError)?;
             run_program(store, config, &args)
         }
         Command::Verify(args) => {
@@ -541,6 +601,7 @@ fn serve_node(
         snapshot,
         isolation: a.isolation.parse().map_err(UsageError)?,
         instance_concurrency: a.instance_concurrency.max(1),
+        host: a.host.config(a.api.clone()).map_err(UsageError)?,
         ..crate::server::ServerConfig::default()
     };
     if a.pooling {

@@ -7,6 +7,8 @@
 //! [`receipt`].
 //!
 //! [`message`] validates a message once, at [`message::parse`]; later steps trust the model.
+//! [`host`] holds the capabilities a message may grant (outbound connections, the guest API),
+//! reached by guests through [`channel`] calls or the `aleph_host` imports.
 //! [`executor`] is the composition root that walks a message through the steps. [`cli`] is a
 //! thin shell over the library.
 
@@ -15,6 +17,7 @@
 pub mod channel;
 pub mod cli;
 pub mod executor;
+pub mod host;
 pub mod interface;
 pub mod message;
 pub mod outcome;

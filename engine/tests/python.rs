@@ -1338,3 +1338,9 @@ mod concurrency;
 
 #[path = "python/reproducible.rs"]
 mod reproducible;
+
+#[path = "python/internet.rs"]
+mod internet;
+
+#[path = "python/guest_api.rs"]
+mod guest_api;

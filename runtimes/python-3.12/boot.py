@@ -23,8 +23,8 @@ What this file owns, inside the guest:
     deadlock: the requests in flight fail). Outside serving (the app's import, the warm-up) it only
     sleeps. A policy makes get_event_loop()/new_event_loop()/asyncio.run() use it. No threads
     either: run_in_executor() and anyio's worker threads run the call inline (ThreadPoolExecutor,
-    left out of the build, is an inline stand-in), and anyio's asyncio backend (which imports ssl)
-    can import on a build without ssl;
+    left out of the build, is an inline stand-in). Its network methods (create_connection, ...)
+    are hostnet.py's, over host connections;
   * fd 1, for frames only: sys.stdout/sys.stderr become streams that turn writes into LOG frames
     (tagged with the id of the request whose task wrote them); response frames are buffered and
     written once per loop turn; fd 0 is the channel: the app's sys.stdin is empty (input() raises
@@ -32,7 +32,8 @@ What this file owns, inside the guest:
   * the ASGI side: http and the aleph triggers, one task per request; lifespan (one long-lived
     task per instance);
   * guest -> host calls: the module ``_aleph_wasm`` (``await call(name, args) -> bytes``,
-    ``HostCallError``);
+    ``call_blocking(name, args)`` for sync code, ``HostCallError``); sockets and ssl over them
+    (hostnet.py, installed at boot);
   * the warm-up: after the app's import, the request path runs once without the app, so that its
     first-run costs are in a snapshot rather than in each restored instance's first requests.
 """
@@ -44,6 +45,7 @@ import concurrent.futures
 import contextvars
 import importlib
 import importlib.machinery
+import importlib.util
 import inspect
 import io
 import json
@@ -83,6 +85,7 @@ _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
 _HEAD_SIZE = _HEAD.size  # 13
 _MAX_LEN = (16 << 20) + 5  # the largest `len`
+_select = select.select  # fd 0's; hostnet.py makes select.select understand host sockets too
 
 
 class WireError(ValueError):
@@ -387,19 +390,27 @@ class _ServeSelector:
         self.reader = _FrameReader()
         self.ended = False  # stdin ended (or carried garbage): the requests in flight are cancelled
         self.deadline = 0.0
+        self.deferred = []  # frames read by a blocking host call, for the loop's next turn
+        self.lost = None  # why stdin ended while a blocking host call read it
 
     def select(self, timeout=None):
         if _out:
             _flush_out()
+        if self.deferred:
+            frames, self.deferred = self.deferred, []
+            return frames
+        if self.lost is not None:
+            reason, self.lost = self.lost, None
+            self._end(reason)
         if self.ended:
             return self._drain(timeout)
         if self.concurrent:
-            if not select.select((0,), (), (), timeout)[0]:
+            if not _select((0,), (), (), timeout)[0]:
                 return []
         elif _requests and not any(not r.body_complete for r in _requests.values()):
             # a request is in flight and has its whole body: timers only, unless it awaits a reply
             if _calls:
-                if not select.select((0,), (), (), timeout)[0]:
+                if not _select((0,), (), (), timeout)[0]:
                     return []
             elif timeout is None:
                 self._deadlock()
@@ -412,13 +423,35 @@ class _ServeSelector:
         if not data:
             self._end("as the host closed the channel")
             return []
+        frames, lost = self.feed(data)
+        if lost is not None:
+            self._end(lost)
+        return frames
+
+    def feed(self, data):
+        """The frames in `data`, and why the channel is lost if it is."""
         try:
-            return self.reader.feed(data)
+            return self.reader.feed(data), None
         except WireError as exc:
             _STDERR.write(f"aleph-wasm: stdin carries something that is not an AW2 frame ({exc}); "
                           "serving stops\n")
-            self._end("as the channel broke")
-            return exc.frames
+            return exc.frames, "as the channel broke"
+
+    def wait_reply(self, id):
+        """Reads stdin until the REPLY for call `id` (a blocking call); what else arrives waits
+        for the loop's next turn."""
+        while self.lost is None and not self.ended:
+            data = os.read(0, _READ_SIZE)
+            if not data:
+                self.lost = "as the host closed the channel"
+                break
+            frames, self.lost = self.feed(data)
+            for at, (kind, fid, payload) in enumerate(frames):
+                if kind == REPLY and fid == id:
+                    self.deferred += frames[at + 1:]
+                    return payload
+                self.deferred.append((kind, fid, payload))
+        raise HostCallError("io", "the host closed the channel before answering")
 
     def _end(self, reason):
         self.ended = True
@@ -465,7 +498,20 @@ class _InlineExecutor(concurrent.futures.Executor):
         return future
 
 
-class _Loop(asyncio.BaseEventLoop):
+def _load_hostnet():
+    """hostnet.py, beside this file (which is not on sys.path)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hostnet.py")
+    spec = importlib.util.spec_from_file_location("_aleph_wasm_net", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_net = _load_hostnet()
+
+
+class _Loop(_net.LoopMethods, asyncio.BaseEventLoop):
     """Callbacks, tasks and timers; while serving (the instance loop only), the frames read from
     stdin too. run_until_complete() can be called again and again; between calls nothing runs
     and pending tasks stay suspended."""
@@ -509,7 +555,7 @@ class _Policy(asyncio.AbstractEventLoopPolicy):
         return _Loop()
 
 
-# --- anyio (under Starlette, FastAPI) on a Python without threads or ssl ---------------------
+# --- anyio (under Starlette, FastAPI, httpx) on a Python without threads ----------------------
 
 async def _run_sync_inline(func, *args):
     await asyncio.sleep(0)  # a checkpoint, as anyio's own version makes
@@ -533,60 +579,14 @@ def _adapt_anyio():
             lambda cls, func, args, *_, **__: _run_sync_inline(func, *args))
     elif hasattr(backend, "run_sync_in_worker_thread"):  # anyio 3: (func, *args, cancellable, limiter)
         backend.run_sync_in_worker_thread = lambda func, *args, **_: _run_sync_inline(func, *args)
-
-
-def _ssl_placeholder():
-    """A stand-in "ssl" module: class names (SSLContext, SSLError, ...) are inert classes, so
-    imports, annotations, isinstance() and except clauses work; anything else raises."""
-    module = types.ModuleType("ssl", "placeholder: this Python has no ssl module")
-
-    def __getattr__(name):
-        if name[:1].isupper() and not name.isupper():
-            setattr(module, name, type(name, (Exception,), {"__module__": "ssl"}))
-            return getattr(module, name)
-        raise AttributeError(f"ssl.{name}: this Python has no ssl module (no TLS in the sandbox)")
-
-    module.__getattr__ = __getattr__
-    return module
-
-
-class _AnyioSSLFinder:
-    """Installed when ssl is missing. anyio's asyncio backend imports its socket and TLS modules,
-    which `import ssl` but use it only for TLS: those two modules execute with the placeholder
-    as sys.modules["ssl"], removed right after; every other importer still gets ImportError."""
-
-    names = ("anyio._core._sockets", "anyio.streams.tls")
-
-    def find_spec(self, name, path=None, target=None):
-        spec = importlib.machinery.PathFinder.find_spec(name, path) if name in self.names else None
-        if spec is not None and spec.loader is not None:
-            spec.loader = _SSLPlaceholderLoader(spec.loader)
-        return spec
-
-
-class _SSLPlaceholderLoader:
-    def __init__(self, loader):
-        self._loader = loader
-
-    def __getattr__(self, name):  # create_module, get_source, ...: the real loader's
-        return getattr(self._loader, name)
-
-    def exec_module(self, module):
-        placeholder = _ssl_placeholder()
-        sys.modules.setdefault("ssl", placeholder)
-        try:
-            self._loader.exec_module(module)
-        finally:
-            if sys.modules.get("ssl") is placeholder:
-                del sys.modules["ssl"]
+    _net._adapt_anyio_tls()
 
 
 def _fill_gaps():
-    """Stand-ins for what the WASI build leaves out but common packages import."""
-    try:
-        importlib.import_module("ssl")
-    except ImportError:
-        sys.meta_path.insert(0, _AnyioSSLFinder())
+    """Stand-ins for what the WASI build leaves out but common packages import: sockets and ssl
+    through the host (hostnet.py), ThreadPoolExecutor."""
+    _net.install(call, call_blocking, HostCallError, lambda handle: _call_soon(
+        "net.close", struct.pack("<I", handle)))
     try:
         importlib.import_module("concurrent.futures.thread")
     except ImportError:  # anyio 3 and others import ThreadPoolExecutor at import time
@@ -969,18 +969,11 @@ def _on_cancel(id, payload):
 def _on_reply(id, payload):
     future = _calls.pop(id, None)
     if future is None or future.done():
-        return  # the caller has gone (cancelled)
-    if payload[:1] == b"\x01":
-        future.set_result(payload[1:])
-        return
+        return  # the caller has gone (cancelled), or nobody waits for this answer
     try:
-        if payload[:1] != b"\x00":
-            raise WireError("a REPLY frame starts with its `ok` byte, 0 or 1")
-        kind, message = _unpack_fields(payload[1:])
-        error = HostCallError(kind.decode("utf-8", "replace"), message.decode("utf-8", "replace"))
-    except ValueError as exc:
-        error = HostCallError("malformed_reply", f"the host's REPLY could not be read: {exc}")
-    future.set_exception(error)
+        future.set_result(_reply_result(payload))
+    except HostCallError as error:
+        future.set_exception(error)
 
 
 _HANDLERS = {HTTP: _on_http, BODY: _on_body, EVENT: _on_event, CANCEL: _on_cancel, REPLY: _on_reply}
@@ -1001,8 +994,64 @@ def _dispatch(kind, id, payload):
 
 # --- Guest -> host calls -------------------------------------------------------------------------
 
-_calls = {}  # call id -> the future of its REPLY
+_calls = {}  # call id -> the future of its REPLY (None: read by a blocking call, or ignored)
 _next_call = 0
+
+
+def _new_call(name, args, waiter):
+    """Queues a CALL frame and returns its id; `waiter` (a future or None) gets the REPLY."""
+    global _next_call
+    if not isinstance(name, str):
+        raise TypeError(f"the name of a host call must be a str, not {type(name).__name__}")
+    if not isinstance(args, _BYTES):
+        raise TypeError(f"the arguments of a host call must be bytes, not {type(args).__name__}")
+    while True:
+        _next_call = _next_call % 0xFFFFFFFF + 1
+        if _next_call not in _calls:
+            break
+    id = _next_call
+    _calls[id] = waiter
+    _emit(CALL, id, _pack_fields((name.encode(), bytes(args))))
+    return id
+
+
+def _reply_result(payload):
+    """The result bytes of a REPLY payload; HostCallError if it reports a failure."""
+    if payload[:1] == b"\x01":
+        return payload[1:]
+    try:
+        if payload[:1] != b"\x00":
+            raise WireError("a REPLY frame starts with its `ok` byte, 0 or 1")
+        kind, message = _unpack_fields(payload[1:])
+        error = HostCallError(kind.decode("utf-8", "replace"), message.decode("utf-8", "replace"))
+    except ValueError as exc:
+        error = HostCallError("malformed_reply", f"the host's REPLY could not be read: {exc}")
+    raise error
+
+
+def _serving_now():
+    if _serving is None:
+        raise RuntimeError("host calls are only possible while the instance serves requests "
+                           "(not while the program is imported)")
+    return _serving
+
+
+def call_blocking(name, args=b""):
+    """Calls the host function `name` and waits for its answer, blocking the instance: for sync
+    code (a plain socket). Returns the result bytes or raises HostCallError."""
+    serving = _serving_now()
+    id = _new_call(name, args, None)
+    try:
+        _flush_out()
+        return _reply_result(serving.wait_reply(id))
+    finally:
+        _calls.pop(id, None)
+
+
+def _call_soon(name, args=b""):
+    """Sends a call whose answer nobody waits for (closing a connection)."""
+    if _serving is not None:
+        _new_call(name, args, None)
 
 
 class HostCallError(RuntimeError):
@@ -1016,20 +1065,11 @@ class HostCallError(RuntimeError):
 async def call(name, args=b""):
     """Calls the host function `name` with `args` (bytes) and returns its result (bytes); raises
     HostCallError when the host answers with a failure. Other requests go on meanwhile."""
-    global _next_call
-    if not isinstance(name, str):
-        raise TypeError(f"the name of a host call must be a str, not {type(name).__name__}")
-    if not isinstance(args, _BYTES):
-        raise TypeError(f"the arguments of a host call must be bytes, not {type(args).__name__}")
-    if _serving is None or asyncio.get_running_loop() is not _loop:
+    _serving_now()
+    if asyncio.get_running_loop() is not _loop:
         raise RuntimeError("host calls are only possible on the instance's loop while it serves")
-    while True:
-        _next_call = _next_call % 0xFFFFFFFF + 1
-        if _next_call not in _calls:
-            break
-    id = _next_call
-    future = _calls[id] = _loop.create_future()
-    _emit(CALL, id, _pack_fields((name.encode(), bytes(args))))
+    future = _loop.create_future()
+    id = _new_call(name, args, future)
     try:
         return await future
     finally:
@@ -1039,8 +1079,8 @@ async def call(name, args=b""):
 
 def _calls_module():
     module = types.ModuleType("_aleph_wasm", "Calls from the program to its host (aleph-wasm).")
-    module.call, module.HostCallError = call, HostCallError
-    HostCallError.__module__ = call.__module__ = "_aleph_wasm"
+    module.call, module.call_blocking, module.HostCallError = call, call_blocking, HostCallError
+    HostCallError.__module__ = call.__module__ = call_blocking.__module__ = "_aleph_wasm"
     return module
 
 

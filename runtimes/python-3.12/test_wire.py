@@ -203,6 +203,15 @@ async def app(scope, receive, send):
         await respond(send, result)
     elif path == "/stuck":
         await receive()  # a disconnect comes only after the response: never
+    elif path == "/blocking":  # sync code: the instance waits for the answer
+        from _aleph_wasm import call_blocking
+        await respond(send, call_blocking("ping", body))
+    elif path == "/urlopen":  # the stdlib's client over host sockets; the host refuses
+        import urllib.request
+        try:
+            urllib.request.urlopen("https://example.org/", timeout=5)
+        except Exception as exc:
+            await respond(send, f"{type(exc).__name__}: {exc}".encode())
 """
 
 SEED = "00" * 32
@@ -226,7 +235,7 @@ class Guest:
         self.proc = subprocess.Popen([sys.executable, "-i", os.path.join(HERE, "boot.py")], cwd="/",
                                      env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, bufsize=0)
-        self.reader, self.backlog, self.calls = boot._FrameReader(), [], []
+        self.reader, self.backlog, self.calls, self.held = boot._FrameReader(), [], [], []
         self.boot_logs = []  # what the app's import printed
         while (frame := self.next())[0] == boot.LOG:
             self.boot_logs.append(frame)
@@ -262,14 +271,25 @@ class Guest:
             if kind == boot.CALL:
                 name, args = boot._unpack_fields(payload)
                 self.calls.append((id, name))
-                reply = b"\x01" + args if name == b"ping" else b"\x00" + boot._pack_fields(
-                    [b"unknown_call", b"no function " + name])
-                self.send(boot._frame(boot.REPLY, id, reply))
+                if self.hold_calls:
+                    self.held.append((id, name, args))
+                    continue
+                self.send(boot._frame(boot.REPLY, id, self.reply(name, args)))
                 continue
             got.setdefault(id, []).append(frame)
             if kind == boot.DONE:
                 open_ids.discard(id)
         return got
+
+    hold_calls = False  # CALLs are kept in `held` instead of answered
+
+    @staticmethod
+    def reply(name, args):
+        if name == b"ping":
+            return b"\x01" + args
+        if name.startswith(b"net."):
+            return b"\x00" + boot._pack_fields([b"permission", b"content.environment.internet is false"])
+        return b"\x00" + boot._pack_fields([b"unknown_call", b"no function " + name])
 
     def request(self, path, **kw):
         self.send(http_frames(77, path, **kw))
@@ -373,6 +393,20 @@ def concurrent_guest():
     assert response(g.request("/call", body_parts=[b"\x00abc"], query=b"ping"))[2] == b"\x00abc"
     assert response(g.request("/call", query=b"nope"))[2] == b"HostCallError unknown_call no function nope"
     assert [name for _, name in g.calls] == [b"ping", b"nope"] and g.calls[0][0] != g.calls[1][0]
+
+    # A blocking call: frames that arrive before its REPLY wait for the loop's next turn.
+    g.hold_calls = True
+    g.send(http_frames(400, "/blocking", body_parts=[b"sync"]))
+    while not g.held:
+        frame = g.next()
+        assert frame[0] == boot.CALL, frame
+        g.held.append((frame[1],) + tuple(boot._unpack_fields(frame[2])))
+    g.send(http_frames(401, "/hello") + boot._frame(boot.REPLY, g.held[0][0], b"\x01sync"))
+    g.hold_calls = False
+    both = g.answers([400, 401])
+    assert response(both[400])[2] == b"sync" and response(both[401])[2] == b"hello", both
+    refused = response(g.request("/urlopen"))[2]
+    assert refused == b"URLError: <urlopen error [Errno 13] content.environment.internet is false>", refused
 
     g.send(boot._frame(boot.EVENT, 6, boot._json({"type": "aleph.cron", "time": 1700000000.5})))
     assert response(g.answers([6])[6])[2] == b"('aleph.cron', 1700000000.5, None)"

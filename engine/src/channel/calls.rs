@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use super::wire::CallFailure;
 
@@ -48,5 +49,34 @@ pub fn unknown(name: &str) -> CallFailure {
     CallFailure {
         kind: "unknown_call".into(),
         message: format!("the host has no function {name:?}"),
+    }
+}
+
+/// Makes the [`HostCalls`] of each new instance of a program: an instance's calls hold its
+/// state (open connections), which ends with it. By default every instance gets [`Builtin`].
+#[derive(Clone)]
+pub struct CallsFactory(Arc<dyn Fn() -> Arc<dyn HostCalls> + Send + Sync>);
+
+impl CallsFactory {
+    /// A factory calling `make` once per instance.
+    pub fn new(make: impl Fn() -> Arc<dyn HostCalls> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(make))
+    }
+
+    /// The calls of a new instance.
+    pub fn make(&self) -> Arc<dyn HostCalls> {
+        (self.0)()
+    }
+}
+
+impl Default for CallsFactory {
+    fn default() -> Self {
+        Self::new(|| Arc::new(Builtin))
+    }
+}
+
+impl std::fmt::Debug for CallsFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallsFactory")
     }
 }

@@ -15,7 +15,7 @@ pub(crate) mod pipe;
 pub(crate) mod session;
 pub mod wire;
 
-pub use calls::{Builtin, CallResult, HostCalls};
+pub use calls::{Builtin, CallResult, CallsFactory, HostCalls};
 pub use wire::{CallFailure, Frame, RequestHead};
 
 /// The REPL line that starts serving on an instance paused after its boot: reseeds Python's

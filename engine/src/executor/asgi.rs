@@ -352,7 +352,7 @@ impl Executor {
         determinism: Option<Determinism>,
         booting: Option<Booting>,
     ) -> Result<Outcome, String> {
-        let warm = match self.boot(program, &runtime, determinism).await {
+        let warm = match self.boot(key, program, &runtime, determinism).await {
             Ok(warm) => Arc::new(warm),
             Err(e) => return Ok(e.outcome()),
         };
@@ -585,6 +585,7 @@ impl Executor {
     /// Boots an instance: interpreter, app import, lifespan startup.
     pub(super) async fn boot(
         &self,
+        item_hash: &str,
         program: &ProgramContent,
         runtime: &ResolvedRuntime,
         determinism: Option<Determinism>,
@@ -644,6 +645,7 @@ impl Executor {
             env.push(("ALEPH_WASM_ENTRYPOINT".into(), entry.clone()));
         }
         env.push(("ALEPH_WASM_PATHS".into(), extra_paths(program).join(":")));
+        let calls = self.grant(item_hash, program, &mut env).await?;
         let spec = GuestSpec {
             args: interp.argv.clone(),
             env,
@@ -652,6 +654,7 @@ impl Executor {
             memory_bytes: program.resources.memory_mib.saturating_mul(1 << 20),
             seconds: program.resources.seconds,
             determinism,
+            calls,
         };
         let reproducible = spec.determinism.is_some();
         let boot_limit = self

@@ -36,6 +36,7 @@ impl Executor {
     /// Runs a binary program once.
     pub(super) async fn execute_binary(
         &self,
+        item_hash: &str,
         program: &ProgramContent,
         runtime: ResolvedRuntime,
         trigger: &Trigger,
@@ -46,7 +47,7 @@ impl Executor {
             Err(refused) => return Ok(refused.outcome()),
         };
         let prepared = self
-            .prepare_binary(program, runtime, trigger, determinism)
+            .prepare_binary(item_hash, program, runtime, trigger, determinism)
             .await?;
         let run = self
             .sandbox
@@ -79,6 +80,7 @@ impl Executor {
     /// a message, nothing more for a job or a cron tick.
     pub(super) async fn prepare_binary(
         &self,
+        item_hash: &str,
         program: &ProgramContent,
         runtime: ResolvedRuntime,
         trigger: &Trigger,
@@ -140,6 +142,7 @@ impl Executor {
             Trigger::Message(message) => stdin = message.to_string().into_bytes(),
             Trigger::Job | Trigger::Cron { .. } => {}
         }
+        let calls = self.grant(item_hash, program, &mut env).await?;
         let mut args = vec![program.code.entrypoint.clone()];
         args.extend(program.code.args.iter().cloned());
         let spec = GuestSpec {
@@ -151,6 +154,7 @@ impl Executor {
             seconds: program.resources.seconds,
             // A WASI program has no boot phase of its own: the execution key throughout.
             determinism: determinism.map(Determinism::without_boot_phase),
+            calls,
         };
         Ok(Prepared {
             loaded,

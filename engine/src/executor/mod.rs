@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use crate::host::{Host, HostConfig};
 use crate::interface::Trigger;
 use crate::message::{Interface, Message};
 use crate::outcome::Outcome;
@@ -118,6 +119,8 @@ pub struct ExecutorConfig {
     /// `resources.vcpus` instances; requests beyond `vcpus × instance_concurrency` wait for a
     /// place. Reproducible executions and per-request isolation serve one per instance.
     pub instance_concurrency: usize,
+    /// Host capabilities: outbound connections, the guest API ([`crate::host`]).
+    pub host: HostConfig,
 }
 
 /// How long an idle warm instance is kept unless told otherwise.
@@ -140,12 +143,14 @@ impl Default for ExecutorConfig {
             shutdown_timeout: Duration::from_secs(10),
             memory_budget_mib: None,
             instance_concurrency: DEFAULT_INSTANCE_CONCURRENCY,
+            host: HostConfig::default(),
         }
     }
 }
 
 /// Runs programs from one store. Create one per process and share it.
 pub struct Executor {
+    host: Host,
     store: Store,
     sandbox: Sandbox,
     config: ExecutorConfig,
@@ -186,7 +191,9 @@ impl Executor {
             .sandbox
             .pooling
             .map(|p| memory::Budget::new(p.executor_slots().into()));
+        let host = Host::new(store.clone(), config.host.clone());
         Ok(Executor {
+            host,
             store,
             sandbox,
             config,
@@ -205,6 +212,34 @@ impl Executor {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The node's host capabilities.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// What `program` (item hash `item_hash`) is granted: the variables that go with its
+    /// capabilities (added to `env`), and what makes each instance's host calls.
+    pub(crate) async fn grant(
+        &self,
+        item_hash: &str,
+        program: &crate::message::ProgramContent,
+        env: &mut Vec<(String, String)>,
+    ) -> Result<crate::channel::CallsFactory, String> {
+        let grants = crate::host::Grants {
+            internet: program.environment.internet,
+            aleph_api: program.environment.aleph_api,
+        };
+        env.push((crate::host::ITEM_HASH_ENV.into(), item_hash.into()));
+        if grants.aleph_api {
+            env.extend(
+                crate::host::API_ENV
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string())),
+            );
+        }
+        self.host.calls_for(item_hash, grants).await
     }
 
     /// The sandbox.
@@ -328,7 +363,10 @@ impl Executor {
             Err(e) => return Outcome::error(e.to_string()),
         };
         let result = match runtime.manifest.kind {
-            RuntimeKind::Wasi => self.execute_binary(program, runtime, trigger, det).await,
+            RuntimeKind::Wasi => {
+                self.execute_binary(&msg.item_hash, program, runtime, trigger, det)
+                    .await
+            }
             RuntimeKind::Interpreter if program.code.interface == Interface::Asgi => {
                 self.execute_asgi(&msg.item_hash, program, runtime, trigger, det, booting)
                     .await

@@ -158,7 +158,7 @@ impl Executor {
             RuntimeKind::Wasi => {
                 let memory = self.reserve_memory(program.resources.memory_mib).await?;
                 let prepared = self
-                    .prepare_binary(program, runtime, &Trigger::Job, None)
+                    .prepare_binary(&key, program, runtime, &Trigger::Job, None)
                     .await?;
                 let mut spec = prepared.spec;
                 // Every read of stdin refills the fuel to `seconds` worth: unlimited as well.
@@ -192,7 +192,7 @@ impl Executor {
                     .acquire()
                     .await
                     .map_err(|_| "the program's execution slots are closed".to_string())?;
-                let mut warm = self.boot(program, &runtime, None).await?;
+                let mut warm = self.boot(&key, program, &runtime, None).await?;
                 let state = Arc::new(PinState::default());
                 let (tx, rx) = oneshot::channel();
                 warm.pin = Some(Pin {

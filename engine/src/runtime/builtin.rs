@@ -55,6 +55,7 @@ pub const SHIPPED: &[Shipped] = &[
         manifest: include_str!("../../../runtimes/python-3.12/runtime.json"),
         files: shipped_files!("python-3.12":
             "boot.py",
+            "hostnet.py",
             "licences/cpython-psf-2.0.txt",
             "licences/webassembly-language-runtimes-apache-2.0.txt",
             "licences/webassembly-language-runtimes-notice.txt",

@@ -16,9 +16,9 @@ use super::determinism::{Determinism, Reseed};
 use super::meter::Meter;
 use super::output::{Sink, SinkStream};
 use super::{GuestEnd, GuestSpec, GuestState, Sandbox, Stdio, StoreExtras, exit_end, start};
+use crate::channel::HostCalls;
 use crate::channel::pipe::{ChannelInput, LineOutput};
 use crate::channel::session::Session;
-use crate::channel::{Builtin, HostCalls};
 
 /// How an instance's guest code is entered.
 pub(crate) enum Entry {
@@ -206,7 +206,8 @@ impl Sandbox {
         extras: StoreExtras,
     ) -> Result<Instance, String> {
         let input = ChannelInput::new();
-        let calls: Arc<dyn HostCalls> = Arc::new(Builtin);
+        let calls: Arc<dyn HostCalls> = spec.calls.make();
+        let calls_for_store = calls.clone();
         let session = Session::new(input.clone(), calls, self.config.output_cap);
         let stderr = LineOutput::new(self.config.output_cap);
         let budget = spec.seconds.saturating_mul(self.config.fuel_per_second);
@@ -218,6 +219,7 @@ impl Sandbox {
             stderr: Box::new(SinkStream(stderr.clone())),
         };
         let mut store = self.new_store(&spec, stdio, boot_fuel, Some(meter.clone()), extras)?;
+        store.data_mut().calls = calls_for_store;
         let memory_refusals = store.data().limiter.refusals();
         let linker = self.linker_for(&store);
         let end: Arc<Mutex<Option<GuestEnd>>> = Arc::new(Mutex::new(None));

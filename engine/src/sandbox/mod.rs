@@ -17,6 +17,8 @@
 #[macro_use]
 mod wasi_call;
 
+pub mod host_calls;
+
 pub mod determinism;
 pub mod instance;
 pub mod limits;
@@ -232,6 +234,8 @@ pub struct GuestSpec {
     pub seconds: u64,
     /// The determinism profile, for reproducible executions.
     pub determinism: Option<determinism::Determinism>,
+    /// The host functions each instance may call (its program's capabilities).
+    pub calls: crate::channel::CallsFactory,
 }
 
 impl GuestSpec {
@@ -304,6 +308,10 @@ pub struct GuestState {
     fuel_at_tick: u64,
     /// What the snapshot checkpoint import does in this store.
     hook: Hook,
+    /// The host functions this guest may call (`aleph_host`, or its channel's `CALL`s).
+    calls: Arc<dyn crate::channel::HostCalls>,
+    /// The result of the latest `aleph_host.call`, not yet taken.
+    pending: Vec<u8>,
 }
 
 /// How a store differs from a plain one: the snapshot checkpoint's job, and a monotonic clock
@@ -387,6 +395,7 @@ impl Sandbox {
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut GuestState| &mut s.wasi)
             .map_err(|e| anyhow::anyhow!("cannot link WASI: {e}"))?;
         snapshot::add_to_linker(&mut linker)?;
+        host_calls::add_to_linker(&mut linker)?;
         let mut full_linker = linker.clone();
         quota::add_to_linker(&mut full_linker)?;
         meter::add_to_linker(&mut full_linker)?;
@@ -660,6 +669,8 @@ impl Sandbox {
             det,
             fuel_at_tick: fuel_budget,
             hook: extras.hook,
+            calls: spec.calls.make(),
+            pending: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);

@@ -3,7 +3,7 @@
 //! routes, cold starts (executions that started a new instance; how many of them restored a
 //! snapshot) and module compilations, fuel, an execution-latency histogram, the executions,
 //! requests waiting in the node's queue for an execution slot, idle warm instances, the memory budget and the instance pool at the time of the scrape, and
-//! the triggers: cron ticks
+//! outbound traffic per program (bytes received and sent, connections opened), the triggers: cron ticks
 //! (run or skipped), restarts of persistent instances (by reason), message deliveries (by
 //! result), persistent instances running at the time of the scrape.
 
@@ -49,6 +49,11 @@ struct CodeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProgramLabels {
+    program: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: String,
 }
@@ -75,6 +80,9 @@ pub struct Metrics {
     persistent_restarts: Family<ReasonLabels, Counter>,
     message_deliveries: Family<ResultLabels, Counter>,
     persistent_running: Gauge,
+    net_received: Family<ProgramLabels, Counter<u64, AtomicU64>>,
+    net_sent: Family<ProgramLabels, Counter<u64, AtomicU64>>,
+    net_connections: Family<ProgramLabels, Counter<u64, AtomicU64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -207,7 +215,28 @@ impl Metrics {
             "Persistent programs whose instance runs at the time of the scrape",
             persistent_running.clone(),
         );
+        let net_received = Family::<ProgramLabels, Counter<u64, AtomicU64>>::default();
+        registry.register(
+            "program_net_received_bytes",
+            "Bytes programs received over outbound connections, by program",
+            net_received.clone(),
+        );
+        let net_sent = Family::<ProgramLabels, Counter<u64, AtomicU64>>::default();
+        registry.register(
+            "program_net_sent_bytes",
+            "Bytes programs sent over outbound connections, by program",
+            net_sent.clone(),
+        );
+        let net_connections = Family::<ProgramLabels, Counter<u64, AtomicU64>>::default();
+        registry.register(
+            "program_net_connections",
+            "Outbound connections (and guest API connections) programs opened, by program",
+            net_connections.clone(),
+        );
         Metrics {
+            net_received,
+            net_sent,
+            net_connections,
             registry,
             cron_ticks,
             persistent_restarts,
@@ -317,6 +346,29 @@ impl Metrics {
         self.pool_held.set(held as i64);
     }
 
+    /// Brings the per-program traffic counters up to the host's totals.
+    pub fn set_net_traffic(
+        &self,
+        traffic: &[(String, std::sync::Arc<crate::host::net::NetCounters>)],
+    ) {
+        for (program, counters) in traffic {
+            let labels = ProgramLabels {
+                program: program.clone(),
+            };
+            for (family, total) in [
+                (&self.net_received, counters.bytes_in()),
+                (&self.net_sent, counters.bytes_out()),
+                (&self.net_connections, counters.connections()),
+            ] {
+                let counter = family.get_or_create(&labels);
+                let seen = counter.get();
+                if total > seen {
+                    counter.inc_by(total - seen);
+                }
+            }
+        }
+    }
+
     /// The text exposition, with the gauges set to `in_flight`, `queued` and `idle_instances`.
     pub fn encode(
         &self,
@@ -346,6 +398,9 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ServiceError
         .set_persistent_running(state.triggers().persistent_running());
     state.metrics().set_memory(state.executor().memory_use());
     state.metrics().set_pool(state.executor().pool_use());
+    state
+        .metrics()
+        .set_net_traffic(&state.executor().host().traffic());
     let text = state
         .metrics()
         .encode(state.in_flight(), state.queued(), idle)?;

@@ -148,6 +148,10 @@ pub struct ServerConfig {
     /// held (after retiring idle instances) is answered 503 naming the pool. By default none:
     /// instances are allocated on demand.
     pub pooling: Option<PoolingLimits>,
+    /// Host capabilities granted to programs: the address policy, TLS roots and limits of
+    /// outbound connections, the guest API's cache ([`crate::host`]). Its upstream API is
+    /// [`ServerConfig::api`].
+    pub host: crate::host::HostConfig,
 }
 
 /// How many pool slots the node keeps for idle warm and pinned (persistent) instances besides
@@ -188,6 +192,7 @@ impl Default for ServerConfig {
             isolation: Isolation::Warm,
             instance_concurrency: crate::executor::DEFAULT_INSTANCE_CONCURRENCY,
             pooling: None,
+            host: crate::host::HostConfig::default(),
         }
     }
 }
@@ -204,6 +209,10 @@ impl ServerConfig {
             idle_timeout: self.idle_timeout,
             memory_budget_mib: self.memory_budget_mib,
             instance_concurrency: self.instance_concurrency,
+            host: crate::host::HostConfig {
+                upstream_api: self.api.clone(),
+                ..self.host.clone()
+            },
             ..ExecutorConfig::default()
         };
         config.sandbox.snapshot = self.snapshot.clone();

@@ -19,9 +19,10 @@
 //! Submodules: [`remote`] fetches messages, amends and objects from another node's API and
 //! stores them only once verified; [`prefetch`] knows what a program needs (its message, every
 //! ref, the runtime's interpreter and bootstrap files) and fetches what is missing, once per
-//! program.
+//! program; [`query`] lists stored messages the way Aleph's `GET /api/v0/messages.json` does.
 
 pub mod prefetch;
+pub mod query;
 pub mod remote;
 
 use std::fs;

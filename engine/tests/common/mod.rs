@@ -6,9 +6,11 @@
 
 pub mod exchange;
 pub mod http;
+pub mod loopback;
 pub mod node;
 pub mod perturb;
 pub mod python;
+pub mod redis;
 pub mod serve;
 
 use std::fmt::Write as _;
