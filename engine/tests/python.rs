@@ -957,11 +957,13 @@ async fn at_most_vcpus_instances_serve_concurrent_requests() {
 
 // --- A real framework ------------------------------------------------------------------------
 
-/// Starlette and its dependencies as wheels, downloaded with pip once per target directory.
-fn starlette_wheels() -> Vec<PathBuf> {
+/// The pure-Python wheels of `specs` (exact pins), downloaded with pip once per target
+/// directory, into a directory named from `name` and the list (a changed pin downloads anew).
+fn pure_wheels(name: &str, specs: &[&str]) -> Vec<PathBuf> {
     static ONCE: Mutex<()> = Mutex::new(());
     let _once = lock(&ONCE);
-    let dir = cache_dir().join("wheels-starlette-0.37.2");
+    let key = hex::encode(&Sha256::digest(specs.join("\n").as_bytes())[..6]);
+    let dir = cache_dir().join(format!("wheels-{name}-{key}"));
     if !dir.join(".complete").is_file() {
         let partial = cache_dir().join(format!("wheels-partial-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&partial);
@@ -969,6 +971,7 @@ fn starlette_wheels() -> Vec<PathBuf> {
         let python = std::env::var_os(runtime::PYTHON_ENV)
             .filter(|p| !p.is_empty())
             .unwrap_or_else(|| "python3".into());
+        // `--platform any --implementation py --abi none`: pip takes pure-Python wheels only.
         let out = Command::new(&python)
             .args(["-m", "pip", "download", "--disable-pip-version-check"])
             .args([
@@ -977,7 +980,15 @@ fn starlette_wheels() -> Vec<PathBuf> {
                 "--python-version",
                 "3.12",
             ])
-            .args(STARLETTE_WHEELS)
+            .args([
+                "--platform",
+                "any",
+                "--implementation",
+                "py",
+                "--abi",
+                "none",
+            ])
+            .args(specs)
             .arg("-d")
             .arg(&partial)
             .output()
@@ -998,27 +1009,53 @@ fn starlette_wheels() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|e| e == "whl"))
         .collect();
     wheels.sort();
-    assert_eq!(wheels.len(), STARLETTE_WHEELS.len(), "{wheels:?}");
+    assert_eq!(wheels.len(), specs.len(), "{wheels:?}");
+    for wheel in &wheels {
+        let file = wheel.file_name().unwrap().to_string_lossy();
+        assert!(
+            file.ends_with("-none-any.whl"),
+            "not a pure-Python wheel: {file}"
+        );
+    }
     wheels
 }
 
-/// The Starlette app with its packages unpacked into `packages/`, in `py`'s directory.
-fn starlette_code(py: &Py) -> PathBuf {
-    let code = py.dir.path().join("starlette-code");
+/// `app`'s `main.py` with `wheels` unpacked into `packages/`, as the directory `name` in `py`'s
+/// directory. Compiled modules (`*.so`) cannot load under WASI; were any in a wheel, they are
+/// deleted, so what runs is what a test claims runs: the pure-Python code.
+fn code_with_wheels(py: &Py, app: &str, name: &str, wheels: &[PathBuf]) -> PathBuf {
+    let code = py.dir.path().join(name);
     let packages = code.join("packages");
     std::fs::create_dir_all(&packages).unwrap();
-    std::fs::copy(
-        Path::new(STARLETTE_APP).join("main.py"),
-        code.join("main.py"),
-    )
-    .unwrap();
-    for wheel in starlette_wheels() {
-        let file = std::fs::File::open(&wheel).unwrap();
+    std::fs::copy(Path::new(app).join("main.py"), code.join("main.py")).unwrap();
+    for wheel in wheels {
+        let file = std::fs::File::open(wheel).unwrap();
         zip::ZipArchive::new(file)
             .and_then(|mut z| z.extract(&packages))
             .unwrap_or_else(|e| panic!("{}: {e}", wheel.display()));
     }
+    let mut dirs = vec![packages];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "so" || e == "pyd") {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+    }
     code
+}
+
+/// The Starlette app with its packages.
+fn starlette_code(py: &Py) -> PathBuf {
+    code_with_wheels(
+        py,
+        STARLETTE_APP,
+        "starlette-code",
+        &pure_wheels("starlette", &STARLETTE_WHEELS),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,21 +15,12 @@ const GUEST_API_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/g
 
 /// The app with aiohttp (and what it needs) in `packages/`.
 fn guest_api_code(py: &Py) -> PathBuf {
-    let code = py.dir.path().join("guest-api-code");
-    let packages = code.join("packages");
-    std::fs::create_dir_all(&packages).unwrap();
-    std::fs::copy(
-        Path::new(GUEST_API_APP).join("main.py"),
-        code.join("main.py"),
+    code_with_wheels(
+        py,
+        GUEST_API_APP,
+        "guest-api-code",
+        &super::internet::internet_wheels(),
     )
-    .unwrap();
-    for wheel in super::internet::internet_wheels() {
-        let file = std::fs::File::open(&wheel).unwrap();
-        zip::ZipArchive::new(file)
-            .and_then(|mut z| z.extract(&packages))
-            .unwrap_or_else(|e| panic!("{}: {e}", wheel.display()));
-    }
-    code
 }
 
 /// Two programs (same code, different item hashes) granted `aleph_api`, and one not.

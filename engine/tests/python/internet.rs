@@ -90,105 +90,14 @@ fn net_options(allow: &[&str], ca_pem: Option<&Path>, max_bytes: Option<u64>) ->
 
 // --- Set-up ------------------------------------------------------------------------------------
 
-/// The wheels of [`INTERNET_WHEELS`], downloaded with pip once per target directory (the
-/// directory's name changes with the list).
+/// The clients' wheels.
 pub(crate) fn internet_wheels() -> Vec<PathBuf> {
-    static ONCE: Mutex<()> = Mutex::new(());
-    let _once = lock(&ONCE);
-    let key: String = Sha256::digest(INTERNET_WHEELS.join("\n").as_bytes())[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let dir = cache_dir().join(format!("wheels-internet-{key}"));
-    if !dir.join(".complete").is_file() {
-        let partial = cache_dir().join(format!("wheels-internet-partial-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&partial);
-        std::fs::create_dir_all(&partial).unwrap();
-        let python = std::env::var_os(runtime::PYTHON_ENV)
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| "python3".into());
-        // `--platform any --implementation py --abi none`: pip takes pure-Python wheels only.
-        let out = Command::new(&python)
-            .args(["-m", "pip", "download", "--disable-pip-version-check"])
-            .args([
-                "--no-deps",
-                "--only-binary=:all:",
-                "--python-version",
-                "3.12",
-            ])
-            .args([
-                "--platform",
-                "any",
-                "--implementation",
-                "py",
-                "--abi",
-                "none",
-            ])
-            .args(INTERNET_WHEELS)
-            .arg("-d")
-            .arg(&partial)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {python:?} -m pip: {e}"));
-        assert!(
-            out.status.success(),
-            "pip download failed\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::write(partial.join(".complete"), b"").unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&partial, &dir).unwrap();
-    }
-    let mut wheels: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "whl"))
-        .collect();
-    wheels.sort();
-    assert_eq!(wheels.len(), INTERNET_WHEELS.len(), "{wheels:?}");
-    for wheel in &wheels {
-        let name = wheel.file_name().unwrap().to_string_lossy();
-        assert!(
-            name.ends_with("-none-any.whl"),
-            "not a pure-Python wheel: {name}"
-        );
-    }
-    wheels
+    pure_wheels("internet", &INTERNET_WHEELS)
 }
 
-/// The app with its packages unpacked into `packages/`, in `py`'s directory. Compiled modules
-/// (`*.so`) cannot load under WASI; were any in a wheel, they are deleted, so what runs is
-/// what the test claims runs: the pure-Python code.
+/// The app with the clients in `packages/`.
 fn internet_code(py: &Py) -> PathBuf {
-    let code = py.dir.path().join("internet-code");
-    let packages = code.join("packages");
-    std::fs::create_dir_all(&packages).unwrap();
-    std::fs::copy(
-        Path::new(INTERNET_APP).join("main.py"),
-        code.join("main.py"),
-    )
-    .unwrap();
-    for wheel in internet_wheels() {
-        let file = std::fs::File::open(&wheel).unwrap();
-        zip::ZipArchive::new(file)
-            .and_then(|mut z| z.extract(&packages))
-            .unwrap_or_else(|e| panic!("{}: {e}", wheel.display()));
-    }
-    let mut dirs = vec![packages];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path
-                .extension()
-                .is_some_and(|e| e == "so" || e == "pyd" || e == "dylib")
-            {
-                std::fs::remove_file(&path).unwrap();
-            }
-        }
-    }
-    code
+    code_with_wheels(py, INTERNET_APP, "internet-code", &internet_wheels())
 }
 
 /// The app on one warm instance (`vcpus: 1`) of an executor with the given network options.
