@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::executor::{Executor, ExecutorConfig};
+use crate::executor::{Executor, ExecutorConfig, Isolation};
 use crate::interface::{HttpRequest, Trigger};
 use crate::message::{self, Message, MessageType};
 use crate::runtime;
@@ -377,8 +377,9 @@ pub struct ServeArgs {
     /// from the program's snapshot with --snapshots, else started cold), retired right after
     /// it, so no state carries from one request to the next. Persistent programs keep their
     /// long-lived instance either way.
-    #[arg(long, env = "ALEPH_WASM_ISOLATION", default_value = "warm",
-          value_parser = ["warm", "per-request"])]
+    #[arg(long, env = "ALEPH_WASM_ISOLATION",
+          default_value = crate::server::DEFAULT_ISOLATION.as_str(),
+          value_parser = [Isolation::Warm.as_str(), Isolation::PerRequest.as_str()])]
     pub isolation: String,
     /// How many requests one warm interpreter instance serves at once, interleaved at their
     /// awaits as on one uvicorn worker; a program has at most `vcpus` instances, and requests

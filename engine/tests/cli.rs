@@ -1412,52 +1412,12 @@ fn out_of_memory_error_names_the_trap() {
 
 // --- Host capabilities for WASI modules ------------------------------------------------------
 
-/// A job that connects to the TCP echo server at `port` through `aleph_host.call`, sends
-/// "ping" and prints what comes back; on a failed call it prints the failure's text and exits
-/// with its errno.
-fn echo_client_guest(port: u16) -> String {
-    let connect = format!(r#"{{"host":"127.0.0.1","port":{port}}}"#);
-    format!(
-        r#"(module
-  (import "aleph_host" "call" (func $call (param i32 i32 i32 i32) (result i64)))
-  (import "aleph_host" "take" (func $take (param i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 0) "net.connect")
-  (data (i32.const 16) "net.send")
-  (data (i32.const 32) "net.recv")
-  (data (i32.const 64) "{json}")
-  ;; handle 1 (the first connection), then "ping"; handle 1, max 64, timeout 5000 ms
-  (data (i32.const 512) "\01\00\00\00ping")
-  (data (i32.const 544) "\01\00\00\00\40\00\00\00\88\13\00\00")
-  (func $out (param $ptr i32) (param $len i32)
-    (i32.store (i32.const 2048) (local.get $ptr))
-    (i32.store (i32.const 2052) (local.get $len))
-    (drop (call $fd_write (i32.const 1) (i32.const 2048) (i32.const 1) (i32.const 2056))))
-  (func $check (param $r i64)
-    (if (i64.lt_s (local.get $r) (i64.const 0))
-      (then
-        (call $out (i32.const 1024) (call $take (i32.const 1024) (i32.const 1024)))
-        (call $exit (i32.wrap_i64 (i64.sub (i64.const 0) (local.get $r)))))))
-  (func (export "_start")
-    (call $check (call $call (i32.const 0) (i32.const 11) (i32.const 64) (i32.const {len})))
-    (drop (call $take (i32.const 1024) (i32.const 1024)))
-    (call $check (call $call (i32.const 16) (i32.const 8) (i32.const 512) (i32.const 8)))
-    (drop (call $take (i32.const 1024) (i32.const 1024)))
-    (call $check (call $call (i32.const 32) (i32.const 8) (i32.const 544) (i32.const 12)))
-    (call $out (i32.const 1024) (call $take (i32.const 1024) (i32.const 1024)))))"#,
-        json = connect.replace('"', "\\\""),
-        len = connect.len(),
-    )
-}
-
 #[test]
 fn a_wasi_module_reaches_the_network_through_aleph_host_when_granted() {
     let t = TestDir::new();
     let echo = common::loopback::Loopback::start();
     let port = echo.echo_addr().port();
-    let guest = echo_client_guest(port);
+    let guest = common::echo_client_guest(port, "");
 
     // Granted, and loopback allowed by the node: the echo comes back.
     let program = t.guest_program(&guest, &["--internet"]);

@@ -1241,3 +1241,50 @@ async fn idle_python_instances_retire_after_the_idle_timeout() {
     }
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_traffic_is_counted_per_program_in_metrics() {
+    let echo = common::loopback::Loopback::start();
+    let node = Node::new();
+    let wat = common::echo_client_guest(echo.echo_addr().port(), "Content-Type: text/plain\n\n");
+    let mut msg = binary_program(&node.store, &wat, 5, true);
+    // The same program, granted the internet.
+    let mut content = msg.to_json()["content"].clone();
+    if content.is_null() {
+        content = serde_json::from_str(msg.to_json()["item_content"].as_str().unwrap()).unwrap();
+    }
+    content["environment"] = json!({"internet": true});
+    msg = put_program(&node.store, content);
+    let node = node
+        .start(|config, _| {
+            let mut net = aleph_wasm::host::net::NetOptions::default();
+            net.policy = aleph_wasm::host::policy::AddressPolicy::parse(&["127.0.0.0/8"]).unwrap();
+            config.host.net = std::sync::Arc::new(net);
+        })
+        .await;
+    let hash = &msg.item_hash;
+    for _ in 0..2 {
+        node.get(&format!("/vm/{hash}"))
+            .await
+            .status(200)
+            .has("ping");
+    }
+    let (samples, body) = metrics(&node).await;
+    for (name, want) in [
+        ("aleph_wasm_program_net_sent_bytes_total", 8.0),
+        ("aleph_wasm_program_net_received_bytes_total", 8.0),
+        ("aleph_wasm_program_net_connections_total", 2.0),
+    ] {
+        let got = sample(&samples, name, &[("program", hash)]).map(|s| s.value);
+        assert_eq!(got, Some(want), "{name}\n{body}");
+    }
+    // The node's host options are shown with its configuration.
+    let config = node.json("/about/config").await;
+    assert_eq!(
+        config["host"]["allow_net"],
+        json!(["127.0.0.0/8"]),
+        "{config}"
+    );
+    assert_eq!(config["host"]["cache"], json!("embedded"), "{config}");
+    node.shutdown().await;
+}

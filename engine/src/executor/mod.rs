@@ -55,7 +55,7 @@ pub enum Isolation {
 
 impl Isolation {
     /// The name used on the command line and in the node API: `warm` or `per-request`.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Isolation::Warm => "warm",
             Isolation::PerRequest => "per-request",

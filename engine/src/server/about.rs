@@ -1,5 +1,5 @@
 //! What the node tells about itself: `/healthz`, `/about/config` (listen address, domain,
-//! isolation, instance pool, limits, the request queue's bounds, snapshots and their `wasm-opt`), `/about/usage/system` (cores,
+//! isolation, instance pool, limits, the request queue's bounds, snapshots and their `wasm-opt`, host capability options), `/about/usage/system` (cores,
 //! load, memory from `/proc`, uptime, executions running and requests queued, the memory budget
 //! and instance pool in use) and
 //! `/about/executions/list` (each program the node knows to be active: executions started and
@@ -56,7 +56,23 @@ async fn config(State(state): State<AppState>) -> Json<Value> {
             "drain_timeout_seconds": c.drain_timeout.as_secs_f64(),
         },
         "snapshots": snapshots(&state),
+        "host": host(&executor.host),
     }))
+}
+
+/// The host capability options: the address ranges allowed besides public ones, how many extra
+/// TLS roots, the limits, the guest API's cache and upstream.
+fn host(host: &crate::host::HostConfig) -> Value {
+    let net = &host.net;
+    json!({
+        "allow_net": net.policy.allowed().iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        "extra_tls_roots": net.extra_roots.len(),
+        "net_max_connections": net.max_connections,
+        "net_max_bytes": net.max_bytes,
+        "connect_timeout_seconds": net.connect_timeout.as_secs_f64(),
+        "cache": host.cache.to_string(),
+        "upstream_api": host.upstream_api,
+    })
 }
 
 /// The snapshot mode (`off`, `wait`, `background`).

@@ -80,6 +80,9 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
 /// How long an idle warm instance is kept unless told otherwise: 5 minutes.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = crate::executor::DEFAULT_IDLE_TIMEOUT;
+/// The node's isolation unless told otherwise: warm instances serve request after request
+/// (the library's own default, for one-shot runs, is per request).
+pub const DEFAULT_ISOLATION: Isolation = Isolation::Warm;
 /// How long a shutdown waits for running executions unless told otherwise: 2 minutes.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -189,7 +192,7 @@ impl Default for ServerConfig {
             api: None,
             triggers: triggers::TriggerConfig::default(),
             memory_budget_mib: default_memory_budget_mib(),
-            isolation: Isolation::Warm,
+            isolation: DEFAULT_ISOLATION,
             instance_concurrency: crate::executor::DEFAULT_INSTANCE_CONCURRENCY,
             pooling: None,
             host: crate::host::HostConfig::default(),
