@@ -37,6 +37,7 @@ _U32 = struct.Struct("<I")
 _RECV = struct.Struct("<III")  # handle, max, timeout_ms
 _FOREVER = 0xFFFFFFFF
 _CHUNK = 256 * 1024  # bytes asked of the host per read
+_SEND_MAX = 1 << 20  # bytes sent in one call (a frame carries at most 16 MiB)
 _HIGH_WATER = 256 * 1024  # transport write buffer limits
 _LOW_WATER = 64 * 1024
 API_SOCKET = "/tmp/socat-socket"
@@ -302,12 +303,14 @@ class HostSocket(_RealSocket):
 
     def send(self, data, flags=0):
         self._check_open()
-        data = bytes(data)
-        result = _blocking("net.send", _U32.pack(self._handle) + data)
-        return _U32.unpack(result)[0] if len(result) == 4 else len(data)
+        piece = bytes(memoryview(data).cast("B")[:_SEND_MAX])
+        result = _blocking("net.send", _U32.pack(self._handle) + piece)
+        return _U32.unpack(result)[0] if len(result) == 4 else len(piece)
 
     def sendall(self, data, flags=0):
-        self.send(data)
+        view = memoryview(data).cast("B")
+        while view:
+            view = view[self.send(view):]
 
     def sendfile(self, file, offset=0, count=None):
         return self._sendfile_use_send(file, offset, count)
@@ -965,9 +968,11 @@ class _HostTransport(asyncio.Transport):
     async def _write_loop(self):
         try:
             while self._wbuf:
-                data = b"".join(self._wbuf)
-                self._wbuf.clear()
-                await _async("net.send", _U32.pack(self._handle) + data)
+                data = self._wbuf.popleft()
+                while self._wbuf and len(data) + len(self._wbuf[0]) <= _SEND_MAX:
+                    data += self._wbuf.popleft()
+                for at in range(0, len(data), _SEND_MAX):
+                    await _async("net.send", _U32.pack(self._handle) + data[at:at + _SEND_MAX])
                 self._wsize -= len(data)
                 if self._writing_paused and self._wsize <= self._low:
                     self._writing_paused = False
@@ -1164,7 +1169,9 @@ class LoopMethods:
 
     async def sock_sendall(self, sock, data):
         sock._check_open()
-        await _async("net.send", _U32.pack(sock._handle) + bytes(data))
+        data = bytes(data)
+        for at in range(0, max(len(data), 1), _SEND_MAX):
+            await _async("net.send", _U32.pack(sock._handle) + data[at:at + _SEND_MAX])
 
     async def create_connection(self, protocol_factory, host=None, port=None, *, ssl=None,
                                 family=0, proto=0, flags=0, sock=None, local_addr=None,

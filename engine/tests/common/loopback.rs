@@ -331,6 +331,7 @@ fn app(counters: Arc<Counters>) -> Router {
         .route("/big", get(big))
         .route("/redirect", get(redirect))
         .route("/echo", post(|body: Bytes| async move { body }))
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
         .layer(axum::middleware::from_fn_with_state(
             counters.clone(),
             count_requests,

@@ -314,6 +314,23 @@ async fn with_internet_every_client_reaches_the_loopback_servers_over_http_and_h
     })
     .await;
 
+    // 20 MiB uploads (more than one call carries) through a blocking socket and through the
+    // loop's transport come back whole: the echo's length is counted by the app.
+    for client in ["urllib", "aiohttp"] {
+        let size = (20 << 20).to_string();
+        let f = t
+            .get(
+                client,
+                &[
+                    ("url", &format!("{}/echo", lb.base_url())),
+                    ("data_bytes", &size),
+                ],
+            )
+            .await;
+        assert!(f.ok(), "{f}");
+        assert_eq!(f.reply["len"], json!(20 << 20), "{f}");
+    }
+
     for client in URL_CLIENTS {
         // A POST body goes out and comes back.
         let sent = format!("posted through {client}: {}", "é ".repeat(100));

@@ -15,7 +15,8 @@ ran on one instance at the same time.
 HTTPS uses each library's defaults (ssl.create_default_context(), requests' verify=True, httpx's
 and aiohttp's defaults): no CA file is named here. Routes:
 
-  GET /urllib?url=U[&data=D]            urllib.request.urlopen (POST when `data` is given)
+  GET /urllib?url=U[&data=D]            urllib.request.urlopen (POST when `data` is given;
+                                        `data_bytes=N` posts N bytes 0..255 over and over)
   GET /http_client?host=H&port=P&path=/x&tls=0|1   http.client.HTTP(S)Connection
   GET /requests?url=U[&data=D]          requests
   GET /httpx_sync?url=U[&data=D]        httpx.Client
@@ -50,6 +51,8 @@ def _fetched(status, data):
 
 
 def _payload(q):
+    if "data_bytes" in q:  # a large body: the bytes 0..255 over and over
+        return bytes(range(256)) * (int(q["data_bytes"]) // 256)
     data = q.get("data")
     return None if data is None else data.encode()
 
