@@ -311,6 +311,11 @@ pub struct HostArgs {
         default_value = "embedded"
     )]
     pub cache: String,
+    /// The node's Ethereum private key, with which the guest API signs programs' messages
+    /// (`/properties`, `/sign`): a file of the raw 32 bytes (as the Aleph SDK's
+    /// `ethereum.key`) or of 64 hex digits. Without it both answer 501.
+    #[arg(long, value_name = "PATH", env = "ALEPH_WASM_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
 }
 
 impl HostArgs {
@@ -327,6 +332,10 @@ impl HostArgs {
             net: std::sync::Arc::new(net),
             cache: crate::host::api::CacheConfig::parse(&self.cache)?,
             upstream_api,
+            signing_key: match &self.signing_key {
+                Some(path) => Some(std::sync::Arc::new(crate::host::api::Signer::load(path)?)),
+                None => None,
+            },
         })
     }
 }

@@ -47,6 +47,9 @@ fn cgi_echo_guest() -> String {
     ))
 }
 
+/// The variables every program gets from the node: its item hash and its host label.
+const NODE_FIXED: &[&str] = &["ALEPH_ITEM_HASH", "ALEPH_ADDRESS_TO_USE"];
+
 /// The RFC 3875 meta-variables a CGI host may set.
 const RFC3875: &[&str] = &[
     "AUTH_TYPE",
@@ -132,7 +135,8 @@ fn cgi_request_gets_meta_variables_body_and_status() {
         );
     }
     assert_eq!(echoed, "hello world", "the body was not on stdin");
-    // Nothing of the host's environment leaks: only variables, CGI meta-variables, HTTP_*.
+    // Nothing of the host's environment leaks: only variables, CGI meta-variables, HTTP_*, and
+    // the node's fixed ones naming the program.
     assert!(
         !body.contains(&secret),
         "the host's ALEPH_TEST_SECRET is visible: {lines:#?}"
@@ -140,7 +144,10 @@ fn cgi_request_gets_meta_variables_body_and_status() {
     for line in &lines {
         let name = line.split('=').next().unwrap();
         assert!(
-            name == "GREETING" || name.starts_with("HTTP_") || RFC3875.contains(&name),
+            name == "GREETING"
+                || name.starts_with("HTTP_")
+                || RFC3875.contains(&name)
+                || NODE_FIXED.contains(&name),
             "unexpected variable {name:?} in the guest's environment: {lines:#?}"
         );
     }
@@ -444,10 +451,13 @@ fn job_gets_argv_and_only_its_variables() {
     );
     let mut env: Vec<&str> = env.lines().collect();
     env.sort();
+    let label = aleph_wasm::message::host_label(&program).expect("an item hash has a label");
+    let address = format!("ALEPH_ADDRESS_TO_USE={label}");
+    let item_hash = format!("ALEPH_ITEM_HASH={program}");
     assert_eq!(
         env,
-        ["EMPTY=", "K=V"],
-        "a job's environment is exactly its variables\n{run}"
+        [address.as_str(), item_hash.as_str(), "EMPTY=", "K=V"],
+        "a job's environment is exactly its variables and the two naming the program\n{run}"
     );
     assert!(
         run.json["status"].is_null(),

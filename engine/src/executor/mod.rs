@@ -220,7 +220,8 @@ impl Executor {
     }
 
     /// What `program` (item hash `item_hash`) is granted: the variables that go with its
-    /// capabilities (added to `env`), and what makes each instance's host calls.
+    /// capabilities (added to `env` unless the program's own variables set them, which win as
+    /// on Aleph's VMs), and what makes each instance's host calls.
     pub(crate) async fn grant(
         &self,
         item_hash: &str,
@@ -231,13 +232,21 @@ impl Executor {
             internet: program.environment.internet,
             aleph_api: program.environment.aleph_api,
         };
-        env.push((crate::host::ITEM_HASH_ENV.into(), item_hash.into()));
+        let mut ours = vec![(crate::host::ITEM_HASH_ENV, item_hash.to_string())];
+        if let Some(label) = crate::message::host_label(item_hash) {
+            ours.push((crate::host::ADDRESS_ENV, label));
+        }
         if grants.aleph_api {
-            env.extend(
+            ours.extend(
                 crate::host::API_ENV
                     .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string())),
+                    .map(|(k, v)| (*k, v.to_string())),
             );
+        }
+        for (key, value) in ours {
+            if !program.variables.contains_key(key) {
+                env.push((key.to_string(), value));
+            }
         }
         self.host.calls_for(item_hash, grants).await
     }

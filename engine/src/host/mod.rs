@@ -104,6 +104,9 @@ pub struct HostConfig {
     pub cache: api::CacheConfig,
     /// The Aleph API the guest API proxies what the node's store does not hold (`--api`).
     pub upstream_api: Option<String>,
+    /// The key with which the guest API signs programs' messages (`--signing-key`); without
+    /// it `/properties` and `/sign` answer 501.
+    pub signing_key: Option<Arc<api::Signer>>,
 }
 
 /// The environment a program with `aleph_api` gets, as on Aleph's VMs: where the guest API is.
@@ -116,6 +119,10 @@ pub const API_ENV: [(&str, &str); 4] = [
 
 /// The variable holding the program's own item hash (every program gets it).
 pub const ITEM_HASH_ENV: &str = "ALEPH_ITEM_HASH";
+
+/// The variable holding the program's host label, as on Aleph's VMs (its hostname there): the
+/// item hash as lowercase unpadded base32 (every program gets it).
+pub const ADDRESS_ENV: &str = "ALEPH_ADDRESS_TO_USE";
 
 /// A node's host capabilities: its options, the guest API (made when a program first needs
 /// it), and each program's traffic counters.
@@ -147,11 +154,12 @@ impl Host {
         self.api
             .get_or_try_init(|| async {
                 let cache = self.config.cache.backend(&self.store).await?;
-                Ok::<_, String>(Arc::new(api::GuestApi::new(
-                    self.store.clone(),
-                    cache,
-                    self.config.upstream_api.clone(),
-                )))
+                let mut api =
+                    api::GuestApi::new(self.store.clone(), cache, self.config.upstream_api.clone());
+                if let Some(signer) = &self.config.signing_key {
+                    api = api.with_signer(Arc::clone(signer));
+                }
+                Ok::<_, String>(Arc::new(api))
             })
             .await
             .cloned()

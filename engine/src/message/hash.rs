@@ -1,5 +1,6 @@
 //! Item hashes: sha256 of inline and storage content, and the IPFS CIDs of ipfs content.
 
+use data_encoding::BASE32_NOPAD;
 use sha2::{Digest, Sha256};
 
 /// Lower-case hex sha256 of `bytes` (the item hash of inline and storage content).
@@ -43,4 +44,23 @@ pub fn item_hash_kind(s: &str) -> Option<HashKind> {
 /// Whether `s` is a valid item hash (sha256 hex or IPFS CID).
 pub fn is_item_hash(s: &str) -> bool {
     item_hash_kind(s).is_some()
+}
+
+/// The host label of a program: its item hash (64 hex digits) as lowercase unpadded base32
+/// of the 32 bytes (52 characters). `None` for an item hash that is not a sha256 in hex.
+pub fn host_label(item_hash: &str) -> Option<String> {
+    let bytes = hex::decode(item_hash).ok().filter(|b| b.len() == 32)?;
+    Some(BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
+}
+
+/// The item hash (64 lowercase hex digits) a host label names, if it is 52 base32
+/// characters (any case, as DNS names are) of 32 bytes.
+pub fn item_hash_of_label(label: &str) -> Option<String> {
+    if label.len() != 52 {
+        return None;
+    }
+    let bytes = BASE32_NOPAD
+        .decode(label.to_ascii_uppercase().as_bytes())
+        .ok()?;
+    (bytes.len() == 32).then(|| hex::encode(bytes))
 }

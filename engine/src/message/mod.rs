@@ -32,7 +32,9 @@ mod tests;
 pub use canonical::{canonical, canonical_hash};
 pub use cron::validate_cron;
 pub use error::{FieldError, MessageError};
-pub use hash::{HashKind, is_item_hash, is_sha256, item_hash_kind, sha256_hex};
+pub use hash::{
+    HashKind, host_label, is_item_hash, is_sha256, item_hash_kind, item_hash_of_label, sha256_hex,
+};
 pub use model::{
     CodeContent, CodeSource, Content, DataContent, Encoding, Environment, ExportContent, Interface,
     ItemType, Message, MessageType, ObjectRef, Persistence, ProgramContent, Resources, RuntimeRef,

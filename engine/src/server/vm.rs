@@ -27,7 +27,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use data_encoding::BASE32_NOPAD;
 
 use super::AppState;
 use super::error::ServiceError;
@@ -65,24 +64,7 @@ pub fn router() -> Router<AppState> {
         .route("/vm/{ref}/{*path}", any(by_path))
 }
 
-/// The host label of a program: its item hash (64 hex digits) as lowercase unpadded base32
-/// of the 32 bytes (52 characters). `None` for an item hash that is not a sha256 in hex.
-pub fn host_label(item_hash: &str) -> Option<String> {
-    let bytes = hex::decode(item_hash).ok().filter(|b| b.len() == 32)?;
-    Some(BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
-}
-
-/// The item hash (64 lowercase hex digits) a host label names, if it is 52 base32
-/// characters (any case, as DNS names are) of 32 bytes.
-pub fn item_hash_of_label(label: &str) -> Option<String> {
-    if label.len() != 52 {
-        return None;
-    }
-    let bytes = BASE32_NOPAD
-        .decode(label.to_ascii_uppercase().as_bytes())
-        .ok()?;
-    (bytes.len() == 32).then(|| hex::encode(bytes))
-}
+pub use crate::message::{host_label, item_hash_of_label};
 
 /// The host a request is addressed to (`Host`, else the URI's authority), without the port.
 fn request_host<'a>(headers: &'a HeaderMap, uri: &'a axum::http::Uri) -> Option<&'a str> {

@@ -171,6 +171,8 @@ async fn the_guest_api_serves_the_store_and_a_cache_of_each_programs_own() {
         "{env:#}"
     );
     assert_eq!(env["ALEPH_ITEM_HASH"], json!(p.a.item_hash), "{env:#}");
+    let label = aleph_wasm::message::host_label(&p.a.item_hash).unwrap();
+    assert_eq!(env["ALEPH_ADDRESS_TO_USE"], json!(label), "{env:#}");
 
     // An object and a message from the node's store, both ways.
     let object =

@@ -13,12 +13,15 @@
 //! - [`proxy`]: the Aleph API (`/api/v0/…`) from the node's store, else from the upstream API;
 //! - [`cache`]: key and pattern rules, the [`CacheBackend`] trait, [`CacheConfig`], the
 //!   embedded backend ([`EmbeddedCache`]);
-//! - [`redis`]: the Redis backend ([`RedisCache`]), laid out as aleph-vm's.
+//! - [`redis`]: the Redis backend ([`RedisCache`]), laid out as aleph-vm's;
+//! - [`signer`]: the node's signing key ([`Signer`], `--signing-key`), with which `/sign`
+//!   signs a program's messages as aleph-vm's VM connector does.
 
 pub mod cache;
 pub mod proxy;
 pub mod redis;
 pub mod routes;
+pub mod signer;
 
 #[cfg(test)]
 mod tests;
@@ -34,6 +37,7 @@ pub use self::cache::{
     CACHE_TTL, CacheBackend, CacheConfig, CacheError, CacheFuture, EmbeddedCache,
 };
 pub use self::redis::RedisCache;
+pub use self::signer::Signer;
 use crate::store::Store;
 
 /// The buffer of a guest connection, in each direction.
@@ -53,6 +57,8 @@ pub struct GuestApi {
     upstream: Option<String>,
     client: reqwest::Client,
     cache_ttl: Duration,
+    /// The node's signing key, if it has one.
+    signer: Option<Arc<Signer>>,
     router: Router<Guest>,
 }
 
@@ -63,6 +69,7 @@ impl std::fmt::Debug for GuestApi {
             .field("cache", &self.cache.describe())
             .field("upstream", &self.upstream)
             .field("cache_ttl", &self.cache_ttl)
+            .field("signer", &self.signer)
             .finish_non_exhaustive()
     }
 }
@@ -95,6 +102,7 @@ impl GuestApi {
                 .filter(|u| !u.is_empty()),
             client,
             cache_ttl: CACHE_TTL,
+            signer: None,
             router: routes::router(),
         }
     }
@@ -103,6 +111,18 @@ impl GuestApi {
     pub fn with_cache_ttl(mut self, ttl: Duration) -> Self {
         self.cache_ttl = ttl;
         self
+    }
+
+    /// The same API signing programs' messages with `signer` (`/properties`, `/sign`); without
+    /// one both answer 501.
+    pub fn with_signer(mut self, signer: Arc<Signer>) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// The node's signing key, if any.
+    pub fn signer(&self) -> Option<&Arc<Signer>> {
+        self.signer.as_ref()
     }
 
     /// The upstream Aleph API's base URL, if any.

@@ -4,8 +4,8 @@
 //!
 //! | route | answer |
 //! | --- | --- |
-//! | `GET /properties` | the node's signing properties; 501 while the node has no signing key |
-//! | `POST /sign` | the message signed by the node; 403 unless its `content.address` is the program's own item hash, then 501 while the node has no signing key |
+//! | `GET /properties` | the node's signing account, `{"chain": "ETH", "curve": "secp256k1", "address", "public_key"}`; 501 while the node has no signing key |
+//! | `POST /sign` | the message signed by the node ([`super::signer`]): `sender` set, `signature` added; 403 unless its `content.address` is the program's own item hash, then 501 while the node has no signing key, 400 unless it is an inline message whose `item_hash` is its `item_content`'s |
 //! | `GET /cache/?pattern=P` | the program's keys matching the glob `P` (`*` when absent), a JSON list; 400 for a bad pattern |
 //! | `GET /cache/{key}` | the value's bytes; 404 `No such key in cache` |
 //! | `PUT /cache/{key}` | sets the value (the body, at most [`MAX_VALUE_BYTES`]) for [`super::CACHE_TTL`]: `true` |
@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use super::Guest;
 use super::cache::{KEY_RULE, PATTERN_RULE, valid_key, valid_pattern};
 use super::proxy;
+use crate::message::sha256_hex;
 use crate::store::remote::{MESSAGES_PATH, RAW_PATH};
 
 /// The largest request body (a cached value, a message to sign or publish): 1 MiB, the
@@ -96,18 +97,29 @@ fn cache_failed(e: super::cache::CacheError) -> Response {
     )
 }
 
-/// `GET /properties`: aleph-vm answers the node's signing account, `{"chain", "curve",
-/// "address", "public_key"}`. This node has no signing key yet.
-async fn properties() -> Response {
-    error(StatusCode::NOT_IMPLEMENTED, NO_SIGNING_KEY.into())
+/// `GET /properties`: the node's signing account, as aleph-vm's VM connector answers it
+/// (`vm_connector/main.py`, `properties`): `{"chain": "ETH", "curve": "secp256k1",
+/// "address": EIP-55 address, "public_key": 0x + compressed key}`.
+async fn properties(State(guest): State<Guest>) -> Response {
+    match &guest.api.signer {
+        Some(signer) => Json(signer.properties()).into_response(),
+        None => error(StatusCode::NOT_IMPLEMENTED, NO_SIGNING_KEY.into()),
+    }
 }
 
 /// `POST /sign`: the body is a message whose content (`item_content`, a JSON string, or
-/// `content`) has the program's item hash as its `address`: a program signs only as itself.
-/// The message's `sender` is the node's signing address, which the signature covers.
+/// `content`) has the program's item hash as its `address`: a program signs only as itself
+/// (aleph-vm's guest API checks the same, with a 400). The node then signs it as aleph-vm's VM
+/// connector does (the SDK's `ETHAccount.sign_message`, [`super::Signer::sign_message`]) and
+/// answers the message with its `sender` (the node's address) and `signature`.
+///
+/// The signature covers `item_hash`, not the content the address was checked in: the node
+/// signs only an inline message whose `item_hash` is the SHA-256 of its `item_content` (as
+/// Aleph's nodes check it), so that the check means something. aleph-vm does not compare the
+/// two, and fails (500) on a message without `item_content`.
 async fn sign(State(guest): State<Guest>, body: Bytes) -> Response {
-    let message: Value = match serde_json::from_slice(&body) {
-        Ok(v @ Value::Object(_)) => v,
+    let mut message = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(message)) => message,
         Ok(_) => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -155,7 +167,35 @@ async fn sign(State(guest): State<Guest>, body: Bytes) -> Response {
             ),
         );
     }
-    error(StatusCode::NOT_IMPLEMENTED, NO_SIGNING_KEY.into())
+    let Some(signer) = &guest.api.signer else {
+        return error(StatusCode::NOT_IMPLEMENTED, NO_SIGNING_KEY.into());
+    };
+    let Some(Value::String(item_content)) = message.get("item_content") else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the node signs only inline messages: the message has no item_content (a JSON \
+             string) for its item_hash to be checked against"
+                .into(),
+        );
+    };
+    let expected = sha256_hex(item_content.as_bytes());
+    match message.get("item_hash") {
+        Some(Value::String(hash)) if *hash == expected => {}
+        found => {
+            let found = found.map_or("no item_hash".to_string(), |h| format!("item_hash {h}"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the message has {found}: an inline message's item_hash is the SHA-256 of \
+                     its item_content ({expected})"
+                ),
+            );
+        }
+    }
+    if let Err(e) = signer.sign_message(&mut message) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    Json(Value::Object(message)).into_response()
 }
 
 /// The query of `GET /cache/`.

@@ -592,6 +592,269 @@ async fn signing_is_only_for_the_program_itself_and_needs_a_key() {
     );
 }
 
+/// A well-known test key (web3.js's documentation) and its EIP-55 address.
+const TEST_KEY: &str = "0x4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318";
+const TEST_ADDRESS: &str = "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23";
+
+/// An inline message of `address`'s whose item_hash is its item_content's, as the SDK's
+/// `generate_signed_message` makes it before signing.
+fn inline_message(address: &str) -> serde_json::Map<String, Value> {
+    let item_content = json!({"address": address, "time": 1.5, "type": "test",
+                              "content": {"hello": "world"}})
+    .to_string();
+    let message = json!({
+        "sender": TEST_ADDRESS,
+        "chain": "ETH",
+        "type": "POST",
+        "content": {"address": address, "time": 1.5, "type": "test",
+                    "content": {"hello": "world"}},
+        "time": 1.5,
+        "channel": "TEST",
+        "item_hash": sha256_hex(item_content.as_bytes()),
+        "item_content": item_content,
+        "item_type": "inline",
+    });
+    message.as_object().unwrap().clone()
+}
+
+#[tokio::test]
+async fn with_a_key_the_node_signs_its_programs_messages_as_aleph_vm() {
+    let (dir, store) = store();
+    let key_file = dir.path().join("ethereum.key");
+    std::fs::write(&key_file, format!("{TEST_KEY}\n")).unwrap();
+    let signer = Arc::new(Signer::load(&key_file).unwrap());
+    let api = Arc::new(
+        GuestApi::new(store.clone(), embedded(&store).await, None).with_signer(signer.clone()),
+    );
+    let me = program("me");
+    let mut client = Client::new(&api, &me).await;
+
+    // The account, as aleph-vm's VM connector gives it.
+    let properties = client.get("/properties").await;
+    assert_eq!(properties.status, StatusCode::OK, "{}", properties.text());
+    assert_eq!(properties.content_type(), "application/json");
+    assert_eq!(
+        properties.json(),
+        json!({
+            "chain": "ETH",
+            "curve": "secp256k1",
+            "address": TEST_ADDRESS,
+            "public_key": "0x024e3b81af9c2234cad09d679ce6035ed1392347ce64ce405f5dcd36228a25de6e",
+        })
+    );
+
+    // A message of its own: signed, every field kept in its order, the signature added last.
+    let message = inline_message(&me);
+    let signed = client
+        .send("POST", "/sign", Value::Object(message.clone()).to_string())
+        .await;
+    assert_eq!(signed.status, StatusCode::OK, "{}", signed.text());
+    let signed_message = signed.json();
+    let signed_message = signed_message.as_object().unwrap();
+    let mut keys: Vec<&str> = message.keys().map(String::as_str).collect();
+    keys.push("signature");
+    assert_eq!(
+        signed_message
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        keys
+    );
+    for (k, v) in &message {
+        assert_eq!(&signed_message[k], v, "{k}");
+    }
+    // eth-account 0.14 signs this buffer to this signature (the same key, RFC 6979 nonces).
+    let item_hash = message["item_hash"].as_str().unwrap();
+    assert_eq!(
+        item_hash,
+        "e0da72171d186887ac0b91c0249d65cd62416ec189850544f52eeaa84f92e417"
+    );
+    let signature = signed_message["signature"].as_str().unwrap();
+    assert_eq!(
+        signature,
+        "0x57426b255d8da158d7f578043e776d26edb78bdd111568586e4be231fa76795d\
+         085a993a432303196e4dc18d554dc5981ab213e87ccb301e0fd7ce6f738b37f91c"
+    );
+    // And it recovers to the node's address over Aleph's verification buffer.
+    let buffer = format!("ETH\n{TEST_ADDRESS}\nPOST\n{item_hash}");
+    assert_eq!(
+        recover(signature, buffer.as_bytes()),
+        TEST_ADDRESS,
+        "{signature}"
+    );
+
+    // Without a sender (or a null one), the node's is set: appended, or in its place.
+    let mut no_sender = inline_message(&me);
+    no_sender.remove("sender");
+    let signed = client
+        .send("POST", "/sign", Value::Object(no_sender).to_string())
+        .await;
+    assert_eq!(signed.status, StatusCode::OK, "{}", signed.text());
+    let signed = signed.json();
+    assert_eq!(signed["sender"], TEST_ADDRESS);
+    assert_eq!(signed["signature"], signature);
+    let keys: Vec<String> = signed.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(keys[keys.len() - 2..], ["sender", "signature"]);
+    let mut null_sender = inline_message(&me);
+    null_sender.insert("sender".into(), Value::Null);
+    let signed = client
+        .send("POST", "/sign", Value::Object(null_sender).to_string())
+        .await
+        .json();
+    assert_eq!(signed["sender"], TEST_ADDRESS);
+    assert_eq!(signed.as_object().unwrap().keys().next().unwrap(), "sender");
+
+    // Another sender: refused, as the SDK refuses it.
+    let mut other_sender = inline_message(&me);
+    other_sender.insert(
+        "sender".into(),
+        json!("0x0000000000000000000000000000000000000001"),
+    );
+    let refused = client
+        .send("POST", "/sign", Value::Object(other_sender).to_string())
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        refused.text()
+    );
+    assert!(
+        refused.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains(TEST_ADDRESS)
+    );
+
+    // Someone else's message is still a 403, key or not.
+    let foreign = client
+        .send(
+            "POST",
+            "/sign",
+            Value::Object(inline_message(&program("other"))).to_string(),
+        )
+        .await;
+    assert_eq!(foreign.status, StatusCode::FORBIDDEN, "{}", foreign.text());
+    assert!(foreign.json().get("signature").is_none());
+
+    // An item_hash that is not the item_content's: the node would be signing other content.
+    let mut wrong_hash = inline_message(&me);
+    wrong_hash.insert("item_hash".into(), json!(sha256_hex(b"something else")));
+    let refused = client
+        .send("POST", "/sign", Value::Object(wrong_hash).to_string())
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        refused.text()
+    );
+    assert!(
+        refused.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("SHA-256 of its item_content"),
+        "{}",
+        refused.text()
+    );
+    let mut no_hash = inline_message(&me);
+    no_hash.remove("item_hash");
+    assert_eq!(
+        client
+            .send("POST", "/sign", Value::Object(no_hash).to_string())
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    // Content without item_content (a stored message's): its item_hash cannot be checked.
+    let mut stored = inline_message(&me);
+    stored.remove("item_content");
+    stored.insert("item_type".into(), json!("storage"));
+    let refused = client
+        .send("POST", "/sign", Value::Object(stored).to_string())
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        refused.text()
+    );
+    assert!(refused.json()["error"].as_str().unwrap().contains("inline"));
+    // A message without a chain: Aleph's verification buffer needs it.
+    let mut no_chain = inline_message(&me);
+    no_chain.remove("chain");
+    let refused = client
+        .send("POST", "/sign", Value::Object(no_chain).to_string())
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        refused.text()
+    );
+    assert!(refused.json()["error"].as_str().unwrap().contains("chain"));
+
+    // The API's Debug shows the address, never the key.
+    let debug = format!("{api:?} {signer:?}");
+    assert!(debug.contains(TEST_ADDRESS), "{debug}");
+    assert!(!debug.to_lowercase().contains(&TEST_KEY[2..18]), "{debug}");
+}
+
+/// The EIP-55 address that a `0x` r ‖ s ‖ v signature of EIP-191 `text` recovers to.
+fn recover(signature: &str, text: &[u8]) -> String {
+    use k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
+    let bytes = hex::decode(signature.strip_prefix("0x").unwrap()).unwrap();
+    assert_eq!(bytes.len(), 65);
+    assert!(bytes[64] == 27 || bytes[64] == 28, "v = {}", bytes[64]);
+    let sig = Signature::from_slice(&bytes[..64]).unwrap();
+    assert!(sig.normalize_s().is_none(), "a high-s signature");
+    let recovery = RecoveryId::from_byte(bytes[64] - 27).unwrap();
+    let digest = signer::eip191_digest(text);
+    let key = VerifyingKey::recover_from_prehash(&digest, &sig, recovery).unwrap();
+    signer::address_of(&key)
+}
+
+/// The node's host options, parsed from `args`.
+fn host_args(args: &[&std::ffi::OsStr]) -> crate::cli::HostArgs {
+    use clap::Parser as _;
+    #[derive(clap::Parser)]
+    struct Options {
+        #[command(flatten)]
+        host: crate::cli::HostArgs,
+    }
+    let argv = std::iter::once(std::ffi::OsStr::new("node")).chain(args.iter().copied());
+    Options::try_parse_from(argv).unwrap().host
+}
+
+#[test]
+fn the_node_option_loads_either_key_file_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let hex_file = dir.path().join("hex.key");
+    std::fs::write(&hex_file, format!("  {TEST_KEY}\n")).unwrap();
+    let raw_file = dir.path().join("ethereum.key");
+    std::fs::write(&raw_file, hex::decode(&TEST_KEY[2..]).unwrap()).unwrap();
+    for file in [&hex_file, &raw_file] {
+        let args = host_args(&["--signing-key".as_ref(), file.as_os_str()]);
+        let config = args.config(None).unwrap();
+        let signer = config.signing_key.expect("a signing key");
+        assert_eq!(signer.address(), TEST_ADDRESS);
+    }
+    // A bad file: the error names the file and what is wrong, not what it holds.
+    let bad = dir.path().join("bad.key");
+    std::fs::write(&bad, &TEST_KEY[..40]).unwrap();
+    let error = host_args(&["--signing-key".as_ref(), bad.as_os_str()])
+        .config(None)
+        .unwrap_err();
+    assert!(
+        error.contains(&format!("--signing-key {}", bad.display()))
+            && error.contains("38 hex digits"),
+        "{error}"
+    );
+    assert!(!error.contains(&TEST_KEY[2..18]), "{error}");
+    // Without the option there is no key.
+    assert!(host_args(&[]).config(None).unwrap().signing_key.is_none());
+}
+
 #[tokio::test]
 async fn pubsub_needs_an_upstream_api() {
     let (_dir, store) = store();
