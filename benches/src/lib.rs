@@ -42,7 +42,7 @@ pub fn python_program(
     let zip = tempfile::NamedTempFile::new_in(store.tmp_dir())?;
     archive::pack(code_dir, PackFormat::Zip, zip.path())?;
     let owner = "0x00000000000000000000000000000000000000b0";
-    let code = store.add_file(zip.path(), owner, 1.0)?;
+    let code = store.add_file(zip.path(), owner, 1.0, None)?;
     let content = serde_json::json!({
         "type": "vm-function", "address": owner, "time": 1.0, "allow_amend": false,
         "code": {"encoding": "zip", "entrypoint": entrypoint, "ref": code.item_hash},

@@ -10,10 +10,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::executor::{Executor, ExecutorConfig, Isolation};
 use crate::interface::{HttpRequest, Trigger};
-use crate::message::{self, Message, MessageType};
+use crate::message::{self, Message, MessageType, Signer};
 use crate::runtime;
 use crate::sandbox::snapshot::{SnapshotBuild, SnapshotConfig};
-use crate::store::Store;
+use crate::store::{Store, UnsignedMessages};
 use crate::volumes::archive::{self, PackFormat};
 
 /// Exit code: the program ran and its outcome was `ok` (or a command succeeded).
@@ -57,12 +57,78 @@ pub struct Cli {
         value_name = "MIB"
     )]
     pub snapshot_cache: Option<u64>,
+    /// Messages that come in without a signature (`store add-message`, `POST
+    /// /api/v0/messages`, another node through `--api`): `trust` takes them, their sender as
+    /// written (local development); `refuse` takes only signed ones. Signed messages are always
+    /// verified. Default: `refuse` for `serve`, `trust` otherwise. Messages this node makes
+    /// itself (`program create`, `store add`) are taken either way.
+    #[arg(long, global = true, env = "ALEPH_WASM_UNSIGNED", value_enum)]
+    pub unsigned: Option<UnsignedArg>,
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--unsigned`: how the store takes messages without a signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnsignedArg {
+    /// Take them, their sender as written.
+    Trust,
+    /// Take only signed messages.
+    Refuse,
+}
+
+impl From<UnsignedArg> for UnsignedMessages {
+    fn from(arg: UnsignedArg) -> Self {
+        match arg {
+            UnsignedArg::Trust => UnsignedMessages::Trust,
+            UnsignedArg::Refuse => UnsignedMessages::Refuse,
+        }
+    }
+}
+
+/// The key options of the commands that write messages.
+#[derive(Debug, Clone, Args)]
+pub struct KeyArgs {
+    /// Sign the messages written with this Ethereum private key: a file of the raw 32 bytes
+    /// (aleph-client's and the Aleph SDK's `ethereum.key`) or of 64 hex digits. The owner is
+    /// then the key's address. Without a key the messages are unsigned: a node of the network
+    /// refuses them.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ALEPH_WASM_KEY",
+        alias = "private-key-file"
+    )]
+    pub key: Option<PathBuf>,
+    /// The owner of the messages written (default: the key's address, else
+    /// 0x0000000000000000000000000000000000000001).
+    #[arg(long, env = "ALEPH_WASM_OWNER", alias = "address")]
+    pub owner: Option<String>,
+}
+
+impl KeyArgs {
+    /// The signer (when `--key` is given) and the owner of the messages written.
+    pub fn author(&self) -> Result<(Option<Signer>, String), String> {
+        let Some(path) = &self.key else {
+            let owner = self.owner.clone().unwrap_or_else(|| DEFAULT_OWNER.into());
+            return Ok((None, owner));
+        };
+        let signer = Signer::load(path).map_err(|e| format!("--key {e}"))?;
+        let owner = signer.address().to_string();
+        if let Some(asked) = &self.owner
+            && !asked.eq_ignore_ascii_case(&owner)
+        {
+            return Err(format!(
+                "--owner {asked} is not the address of --key ({owner}): a key signs only its \
+                 own messages"
+            ));
+        }
+        Ok((Some(signer), owner))
+    }
 }
 
 /// The subcommands.
@@ -120,9 +186,9 @@ pub enum StoreCommand {
     Add {
         /// The file.
         file: PathBuf,
-        /// The owner of the STORE message.
-        #[arg(long, env = "ALEPH_WASM_OWNER", default_value = DEFAULT_OWNER)]
-        owner: String,
+        /// The signing key and owner of the STORE message.
+        #[command(flatten)]
+        key: KeyArgs,
     },
     /// Validate and store a message; the last line printed is its item hash.
     AddMessage {
@@ -137,6 +203,9 @@ pub enum ProgramCommand {
     /// Pack code, store everything and write a PROGRAM message; the last line printed is its
     /// item hash.
     Create(Box<CreateArgs>),
+    /// `program create` in aleph-client's words (`aleph program upload PATH ENTRYPOINT` and its
+    /// flags): the same message as the equivalent `program create`.
+    Upload(Box<UploadArgs>),
 }
 
 /// `aleph-wasm message …`
@@ -240,9 +309,213 @@ pub struct CreateArgs {
     /// A message subscription (JSON object).
     #[arg(long = "on-message")]
     pub on_message: Vec<String>,
-    /// The owner of the messages written.
-    #[arg(long, env = "ALEPH_WASM_OWNER", default_value = DEFAULT_OWNER)]
-    pub owner: String,
+    /// The channel of the PROGRAM message.
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// allow_amend: a later PROGRAM message of the owner may replace this one.
+    #[arg(long)]
+    pub allow_amend: bool,
+    /// Print one JSON object describing what was written (its last line).
+    #[arg(long)]
+    pub json: bool,
+    /// The signing key and owner of the messages written.
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Volumes already in their message form (from `program upload`).
+    #[arg(skip)]
+    pub volume_objects: Vec<serde_json::Value>,
+}
+
+/// `aleph-wasm program upload`: aleph-client's flags, mapped onto [`CreateArgs`]. Defaults are
+/// aleph-client's (128 MiB, 1 vCPU, 30 s).
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// The code: a directory (packed as zip) or a file.
+    pub path: PathBuf,
+    /// The entrypoint (`module:app` for ASGI; for binary code, the module's file name).
+    pub entrypoint: String,
+    /// The runtime: a ref, or a built-in name (default: from the entrypoint, as `program
+    /// create`).
+    #[arg(long)]
+    pub runtime: Option<String>,
+    /// The channel of the PROGRAM message.
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// resources.memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    pub memory: u64,
+    /// resources.vcpus.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// resources.seconds: whole seconds (`30` or `30.0`).
+    #[arg(long, default_value = "30")]
+    pub timeout_seconds: String,
+    /// environment.internet.
+    #[arg(long)]
+    pub internet: bool,
+    /// environment.aleph_api.
+    #[arg(long)]
+    pub aleph_api: bool,
+    /// on.persistent.
+    #[arg(long)]
+    pub persistent: bool,
+    /// allow_amend: a later PROGRAM message of the owner may replace this one.
+    #[arg(long)]
+    pub updatable: bool,
+    /// A persistent volume: `name=N,mount=M,size_mib=S` (also `persistence`, `comment`).
+    #[arg(long = "persistent-volume", value_name = "name=…,mount=…,size_mib=…")]
+    pub persistent_volumes: Vec<String>,
+    /// An ephemeral volume: `mount=M,size_mib=S` (also `comment`).
+    #[arg(long = "ephemeral-volume", value_name = "mount=…,size_mib=…")]
+    pub ephemeral_volumes: Vec<String>,
+    /// An immutable volume: `ref=R,mount=M` (also `use_latest`, default true, and `comment`).
+    #[arg(long = "immutable-volume", value_name = "ref=…,mount=…")]
+    pub immutable_volumes: Vec<String>,
+    /// Variables, `K=V,K2=V2` (public: they are written in the message).
+    #[arg(long)]
+    pub env_vars: Option<String>,
+    /// Print one JSON object describing what was written (its last line).
+    #[arg(long)]
+    pub json: bool,
+    /// The signing key (`--private-key-file` is the same) and owner of the messages written.
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+impl UploadArgs {
+    /// The equivalent `program create`.
+    fn into_create(self) -> Result<CreateArgs, UsageError> {
+        let seconds = whole_seconds(&self.timeout_seconds)?;
+        let mut volume_objects = Vec::new();
+        for spec in &self.persistent_volumes {
+            volume_objects.push(volume_object("--persistent-volume", spec)?);
+        }
+        for spec in &self.ephemeral_volumes {
+            volume_objects.push(volume_object("--ephemeral-volume", spec)?);
+        }
+        for spec in &self.immutable_volumes {
+            volume_objects.push(volume_object("--immutable-volume", spec)?);
+        }
+        let variables = match &self.env_vars {
+            Some(list) => env_vars(list)?,
+            None => Vec::new(),
+        };
+        Ok(CreateArgs {
+            path: self.path,
+            entrypoint: self.entrypoint,
+            interface: None,
+            runtime: self.runtime,
+            encoding: None,
+            memory: self.memory,
+            seconds,
+            vcpus: self.vcpus,
+            reproducible: false,
+            internet: self.internet,
+            aleph_api: self.aleph_api,
+            persistent: self.persistent,
+            no_http: false,
+            data: None,
+            data_mount: "/data".into(),
+            export_mount: None,
+            export_encoding: "tar.gz".into(),
+            volumes: Vec::new(),
+            variables,
+            args: Vec::new(),
+            cron: None,
+            on_message: Vec::new(),
+            channel: self.channel,
+            allow_amend: self.updatable,
+            json: self.json,
+            key: self.key,
+            volume_objects,
+        })
+    }
+}
+
+/// `--timeout-seconds`: a whole number of seconds, written as an integer or a float.
+fn whole_seconds(text: &str) -> Result<u64, UsageError> {
+    let bad = || {
+        UsageError(format!(
+            "--timeout-seconds {text:?}: resources.seconds is a whole number of seconds, at least 1"
+        ))
+    };
+    let value: f64 = text.trim().parse().map_err(|_| bad())?;
+    if value.fract() != 0.0 || !(1.0..=u32::MAX as f64).contains(&value) {
+        return Err(bad());
+    }
+    Ok(value as u64)
+}
+
+/// aleph-client's `--env-vars`: `K=V` pairs separated by commas, each side trimmed.
+fn env_vars(list: &str) -> Result<Vec<String>, UsageError> {
+    list.split(',')
+        .filter(|item| !item.trim().is_empty())
+        .map(|item| match item.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok(format!("{}={}", k.trim(), v.trim())),
+            _ => Err(UsageError(format!(
+                "--env-vars: {item:?} is not K=V (pairs are separated by commas)"
+            ))),
+        })
+        .collect()
+}
+
+/// One of aleph-client's volume options (`key=value` pairs separated by commas) as the
+/// volume object of a PROGRAM message; the message's own validation checks the mount.
+fn volume_object(flag: &str, spec: &str) -> Result<serde_json::Value, UsageError> {
+    let (required, optional): (&[&str], &[&str]) = match flag {
+        "--persistent-volume" => (&["name", "mount", "size_mib"], &["persistence", "comment"]),
+        "--ephemeral-volume" => (&["mount", "size_mib"], &["comment", "ephemeral"]),
+        _ => (&["ref", "mount"], &["use_latest", "comment"]),
+    };
+    let mut volume = serde_json::Map::new();
+    for pair in spec.split(',').filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(UsageError(format!(
+                "{flag} {spec:?}: {pair:?} is not key=value"
+            )));
+        };
+        if !required.contains(&key) && !optional.contains(&key) {
+            return Err(UsageError(format!(
+                "{flag} {spec:?}: unknown key {key:?} (keys: {})",
+                [required, optional].concat().join(", ")
+            )));
+        }
+        let value = match key {
+            "size_mib" => value.parse::<u64>().map(Into::into).map_err(|_| {
+                UsageError(format!(
+                    "{flag} {spec:?}: size_mib {value:?} is not a number"
+                ))
+            })?,
+            "use_latest" | "ephemeral" => match value.to_ascii_lowercase().as_str() {
+                "true" => true.into(),
+                "false" => false.into(),
+                _ => {
+                    return Err(UsageError(format!(
+                        "{flag} {spec:?}: {key} {value:?} is not true or false"
+                    )));
+                }
+            },
+            _ => value.into(),
+        };
+        volume.insert(key.to_string(), value);
+    }
+    if let Some(missing) = required.iter().find(|k| !volume.contains_key(**k)) {
+        return Err(UsageError(format!(
+            "{flag} {spec:?}: {missing}=… is missing"
+        )));
+    }
+    match flag {
+        "--persistent-volume" => {
+            volume.entry("persistence").or_insert_with(|| "host".into());
+        }
+        "--ephemeral-volume" => {
+            volume.insert("ephemeral".into(), true.into());
+        }
+        _ => {
+            volume.entry("use_latest").or_insert(true.into());
+        }
+    }
+    Ok(volume.into())
 }
 
 /// `aleph-wasm run`
@@ -333,7 +606,9 @@ impl HostArgs {
             cache: crate::host::api::CacheConfig::parse(&self.cache)?,
             upstream_api,
             signing_key: match &self.signing_key {
-                Some(path) => Some(std::sync::Arc::new(crate::host::api::Signer::load(path)?)),
+                Some(path) => Some(std::sync::Arc::new(
+                    crate::message::Signer::load(path).map_err(|e| format!("--signing-key {e}"))?,
+                )),
                 None => None,
             },
         })
@@ -352,6 +627,15 @@ pub struct ServeArgs {
     /// A file holding the control routes' bearer token (without it they are disabled).
     #[arg(long, env = "ALEPH_WASM_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The network scheduler's address (EVM; repeatable, or comma-separated): an allocation
+    /// push (`POST /control/allocations`) signed by it (`Aleph-EIP191-V1`) is taken.
+    #[arg(
+        long = "scheduler",
+        value_name = "ADDRESS",
+        env = "ALEPH_WASM_SCHEDULERS",
+        value_delimiter = ','
+    )]
+    pub schedulers: Vec<String>,
     /// Seconds an idle warm instance is kept.
     #[arg(long, env = "ALEPH_WASM_IDLE_TIMEOUT",
           default_value_t = crate::executor::DEFAULT_IDLE_TIMEOUT.as_secs())]
@@ -452,9 +736,28 @@ fn init_logging(verbose: u8) {
         .try_init();
 }
 
-fn open_store(cli_store: &Option<PathBuf>) -> Result<Store, UsageError> {
-    let root = cli_store.clone().unwrap_or_else(Store::default_root);
-    Ok(Store::open(root)?)
+/// The global store options: `--store` and `--unsigned`.
+struct StoreOptions {
+    root: Option<PathBuf>,
+    unsigned: Option<UnsignedArg>,
+}
+
+/// The store of `--store`, taking unsigned messages as `--unsigned` says (else as `default`).
+fn open_store(options: &StoreOptions, default: UnsignedMessages) -> Result<Store, UsageError> {
+    let root = options.root.clone().unwrap_or_else(Store::default_root);
+    let unsigned = options.unsigned.map_or(default, UnsignedMessages::from);
+    Ok(Store::open(root)?.with_unsigned(unsigned))
+}
+
+/// Says on stderr that a message this command made is unsigned.
+fn note_unsigned(msg: &Message) {
+    if msg.signature.is_none() {
+        eprintln!(
+            "aleph-wasm: note: message {} is unsigned (no --key): this store takes it, a node \
+             of the network would not",
+            msg.item_hash
+        );
+    }
 }
 
 fn now() -> f64 {
@@ -470,13 +773,19 @@ fn run_cli(cli: Cli) -> CliResult {
         wasm_opt: cli.wasm_opt.clone(),
         cache_mib: cli.snapshot_cache,
     };
+    let stores = StoreOptions {
+        root: cli.store.clone(),
+        unsigned: cli.unsigned,
+    };
     match cli.command {
         Command::Message(MessageCommand::Check { file }) => check_message(&file),
         Command::Store(cmd) => {
-            let store = open_store(&cli.store)?;
+            let store = open_store(&stores, UnsignedMessages::Trust)?;
             match cmd {
-                StoreCommand::Add { file, owner } => {
-                    let msg = store.add_file(&file, &owner, now())?;
+                StoreCommand::Add { file, key } => {
+                    let (signer, owner) = key.author().map_err(UsageError)?;
+                    let msg = store.add_file(&file, &owner, now(), signer.as_ref())?;
+                    note_unsigned(&msg);
                     if let Some(s) = msg.store() {
                         println!("file {}", s.item_hash);
                     }
@@ -492,11 +801,16 @@ fn run_cli(cli: Cli) -> CliResult {
             }
         }
         Command::Program(ProgramCommand::Create(args)) => {
-            let store = open_store(&cli.store)?;
+            let store = open_store(&stores, UnsignedMessages::Trust)?;
+            create_program(&store, &args)
+        }
+        Command::Program(ProgramCommand::Upload(args)) => {
+            let args = args.into_create()?;
+            let store = open_store(&stores, UnsignedMessages::Trust)?;
             create_program(&store, &args)
         }
         Command::Runtime(cmd) => {
-            let store = open_store(&cli.store)?;
+            let store = open_store(&stores, UnsignedMessages::Trust)?;
             match cmd {
                 RuntimeCommand::List => {
                     for info in runtime::list(&store)? {
@@ -524,20 +838,20 @@ fn run_cli(cli: Cli) -> CliResult {
             Ok(EXIT_OK)
         }
         Command::Run(args) => {
-            let store = open_store(&cli.store)?;
+            let store = open_store(&stores, UnsignedMessages::Trust)?;
             let mut config = one_shot_config(&cli.module_cache);
             config.sandbox.snapshot = snapshot_config(&snapshots, SnapshotMode::Off);
             config.host = args.host.config(args.api.clone()).map_err(UsageError)?;
             run_program(store, config, &args)
         }
         Command::Verify(args) => {
-            let store = open_store(&cli.store)?;
+            let store = open_store(&stores, UnsignedMessages::Trust)?;
             let mut config = one_shot_config(&cli.module_cache);
             config.sandbox.snapshot = snapshot_config(&snapshots, SnapshotMode::Off);
             verify_receipt(store, config, &args)
         }
         Command::Serve(args) => {
-            let store = open_store(&cli.store)?;
+            let store = open_store(&stores, UnsignedMessages::Refuse)?;
             let snapshot = snapshot_config(&snapshots, SnapshotMode::Background);
             serve_node(store, cli.module_cache.clone(), snapshot, &args)
         }
@@ -592,6 +906,15 @@ fn serve_node(
     snapshot: SnapshotConfig,
     a: &ServeArgs,
 ) -> CliResult {
+    if let Some(bad) = a
+        .schedulers
+        .iter()
+        .find(|s| !message::verify::is_evm_address(s))
+    {
+        return Err(UsageError(format!(
+            "--scheduler {bad:?}: not an Ethereum address (0x and 40 hex digits)"
+        )));
+    }
     let mut config = crate::server::ServerConfig {
         listen: a.listen,
         domain: a.domain.clone(),
@@ -612,6 +935,7 @@ fn serve_node(
         isolation: a.isolation.parse().map_err(UsageError)?,
         instance_concurrency: a.instance_concurrency.max(1),
         host: a.host.config(a.api.clone()).map_err(UsageError)?,
+        schedulers: a.schedulers.clone(),
         ..crate::server::ServerConfig::default()
     };
     if a.pooling {
@@ -634,6 +958,23 @@ fn read_message(path: &Path) -> Result<Message, UsageError> {
 fn check_message(path: &Path) -> CliResult {
     let msg = read_message(path)?;
     println!("{}", serde_json::to_string_pretty(&msg.to_json())?);
+    match message::authenticate(&msg) {
+        Ok(message::Authenticity::Signed { scheme }) => eprintln!(
+            "aleph-wasm: signature: valid ({scheme}), from {} on {}",
+            msg.sender, msg.chain
+        ),
+        Ok(message::Authenticity::Unsigned) => eprintln!(
+            "aleph-wasm: signature: none — an unsigned message; only a store that trusts unsigned \
+             messages (`--unsigned trust`, not `serve`'s default) takes it"
+        ),
+        Err(e) => {
+            eprintln!(
+                "aleph-wasm: error: message {} is refused: {e}",
+                msg.item_hash
+            );
+            return Ok(EXIT_USAGE);
+        }
+    }
     if !msg.hash_verified && msg.item_type == message::ItemType::Inline {
         eprintln!(
             "aleph-wasm: note: item_content is absent, so item_hash {} was not checked; \
@@ -655,9 +996,10 @@ fn store_code(
     store: &Store,
     path: &Path,
     encoding: Option<&str>,
-    owner: &str,
+    author: (Option<&Signer>, &str),
     time: f64,
 ) -> Result<(String, &'static str), UsageError> {
+    let (signer, owner) = author;
     let meta =
         std::fs::metadata(path).map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
     if meta.is_dir() {
@@ -676,7 +1018,7 @@ fn store_code(
         };
         let tmp = tempfile::NamedTempFile::new_in(store.tmp_dir())?;
         archive::pack(path, format, tmp.path())?;
-        let msg = store.add_file(tmp.path(), owner, time)?;
+        let msg = store.add_file(tmp.path(), owner, time, signer)?;
         return Ok((msg.item_hash, name));
     }
     let name = path.to_string_lossy().to_ascii_lowercase();
@@ -688,7 +1030,7 @@ fn store_code(
         None if name.ends_with(".tar.gz") || name.ends_with(".tgz") => "tar.gz",
         None => "plain",
     };
-    let msg = store.add_file(path, owner, time)?;
+    let msg = store.add_file(path, owner, time, signer)?;
     Ok((msg.item_hash, encoding))
 }
 
@@ -723,7 +1065,9 @@ fn create_program(store: &Store, a: &CreateArgs) -> CliResult {
         .to_string()
     });
     let runtime_ref = resolve_runtime(store, a.runtime.as_deref(), &interface)?;
-    let (code_ref, encoding) = store_code(store, &a.path, a.encoding.as_deref(), &a.owner, time)?;
+    let (signer, owner) = a.key.author().map_err(UsageError)?;
+    let author = (signer.as_ref(), owner.as_str());
+    let (code_ref, encoding) = store_code(store, &a.path, a.encoding.as_deref(), author, time)?;
     let mut variables = serde_json::Map::new();
     for v in &a.variables {
         let (k, val) = v
@@ -735,6 +1079,7 @@ fn create_program(store: &Store, a: &CreateArgs) -> CliResult {
     for spec in &a.volumes {
         volumes.push(parse_volume(spec)?);
     }
+    volumes.extend(a.volume_objects.iter().cloned());
     let mut on = serde_json::json!({ "http": !a.no_http, "persistent": a.persistent });
     if let Some(cron) = &a.cron {
         on["cron"] = cron.clone().into();
@@ -751,9 +1096,9 @@ fn create_program(store: &Store, a: &CreateArgs) -> CliResult {
     }
     let mut content = serde_json::json!({
         "type": "vm-function",
-        "address": a.owner,
+        "address": owner,
         "time": time,
-        "allow_amend": false,
+        "allow_amend": a.allow_amend,
         "code": {
             "encoding": encoding,
             "entrypoint": a.entrypoint,
@@ -775,7 +1120,7 @@ fn create_program(store: &Store, a: &CreateArgs) -> CliResult {
         "volumes": volumes,
     });
     if let Some(data) = &a.data {
-        let (data_ref, enc) = store_code(store, data, None, &a.owner, time)?;
+        let (data_ref, enc) = store_code(store, data, None, author, time)?;
         content["data"] = serde_json::json!({
             "encoding": enc, "mount": a.data_mount, "ref": data_ref, "use_latest": false,
         });
@@ -783,12 +1128,32 @@ fn create_program(store: &Store, a: &CreateArgs) -> CliResult {
     if let Some(mount) = &a.export_mount {
         content["export"] = serde_json::json!({ "encoding": a.export_encoding, "mount": mount });
     }
-    let draft = message::build_inline(MessageType::Program, "ETH", &a.owner, time, content);
+    let mut draft = message::build_inline(MessageType::Program, "ETH", &owner, time, content);
+    draft.channel = a.channel.clone();
+    if let Some(signer) = &signer {
+        signer.sign(&mut draft).map_err(UsageError)?;
+    }
     // Validate at the one named point: the message must parse as any other would.
     let bytes = serde_json::to_vec(&draft.to_json())?;
     let msg = message::parse(&bytes)?;
-    store.put_message(&msg)?;
-    println!("{}", msg.item_hash);
+    store.put_own_message(&msg)?;
+    note_unsigned(&msg);
+    if a.json {
+        let summary = serde_json::json!({
+            "item_hash": msg.item_hash,
+            "sender": msg.sender,
+            "chain": msg.chain,
+            "channel": msg.channel,
+            "signed": msg.signature.is_some(),
+            "code_ref": code_ref,
+            "runtime_ref": runtime_ref,
+            "path": format!("/vm/{}", msg.item_hash),
+            "host_label": message::host_label(&msg.item_hash),
+        });
+        println!("{summary}");
+    } else {
+        println!("{}", msg.item_hash);
+    }
     Ok(EXIT_OK)
 }
 

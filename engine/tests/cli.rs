@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -1355,16 +1356,28 @@ fn second_run_hits_the_module_cache() {
 #[test]
 fn shared_fixtures_parse() {
     let t = TestDir::new();
-    for name in [
-        "program-message.json",
-        "seed-draft-program.json",
-        "seed-draft-inline-code.json",
-    ] {
+    for name in ["seed-draft-program.json", "seed-draft-inline-code.json"] {
         let path = format!("{FIXTURES}{name}");
         let out = t.bare_cmd().args(["message", "check", &path]).assert_ok();
         let normalised = out.json();
         assert!(normalised.is_object(), "{name}: not an object\n{out}");
+        out.assert_stderr_has(&["signature: none"]);
     }
+    // The final-form fixture parses, but its signature recovers another account than its
+    // sender: `message check` prints it and names why the network would refuse it.
+    let out = t
+        .bare_cmd()
+        .args([
+            "message",
+            "check",
+            &format!("{FIXTURES}program-message.json"),
+        ])
+        .assert_usage_error();
+    assert!(out.json().is_object(), "{out}");
+    out.assert_stderr_has(&[
+        "7e16fff1323220229e6188472619ee92f870c5787df79b28cbf93797e2fa7486 is refused",
+        "not by the sender 0x9319Ad3B7A8E0eE24f2E639c40D8eD124C5520Ba",
+    ]);
     let out = t
         .cmd()
         .args([
@@ -1380,6 +1393,327 @@ fn shared_fixtures_parse() {
             .exists(),
         "the unverifiable message was stored"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signing: `--key`, checked by an independent implementation
+// ---------------------------------------------------------------------------------------------
+
+/// A well-known test key (web3.js's documentation) and its address.
+const TEST_KEY: &str = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318";
+const TEST_ADDRESS: &str = "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23";
+
+/// eth-account 0.14.0 (and what it needs), installed with pip once per target directory.
+fn eth_account() -> PathBuf {
+    let dir = PathBuf::from(concat!(env!("CARGO_TARGET_TMPDIR"), "/eth-account-0.14.0"));
+    if dir.join("eth_account").is_dir() {
+        return dir;
+    }
+    let partial = dir.with_extension(format!("partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&partial);
+    let out = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(["--no-warn-conflicts", "--target"])
+        .arg(&partial)
+        .arg("eth-account==0.14.0")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 -m pip: {e}"));
+    assert!(
+        out.status.success(),
+        "pip install eth-account failed\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another test process may have finished first: either copy will do.
+    let _ = std::fs::rename(&partial, &dir);
+    let _ = std::fs::remove_dir_all(&partial);
+    dir
+}
+
+/// The account eth-account recovers from an EIP-191 `personal_sign` `signature` of `text`.
+fn eth_account_recover(text: &str, signature: &str) -> String {
+    let script = "import sys\n\
+        from eth_account import Account\n\
+        from eth_account.messages import encode_defunct\n\
+        print(Account.recover_message(encode_defunct(text=sys.argv[1]), signature=sys.argv[2]))\n";
+    let out = std::process::Command::new("python3")
+        .env("PYTHONPATH", eth_account())
+        .args(["-c", script, text, signature])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn program_create_with_a_key_signs_messages_eth_account_recovers() {
+    let t = TestDir::new();
+    // aleph-client's key file: the raw 32 bytes.
+    let key = t.write("ethereum.key", hex::decode(TEST_KEY).unwrap());
+    let wasm = t.wasm("main.wasm", &cgi_echo_guest());
+    let out = t
+        .cmd()
+        .args(["program", "create"])
+        .arg(&wasm)
+        .args(["--entrypoint", "main.wasm", "--key"])
+        .arg(&key)
+        .assert_ok();
+    assert!(!out.stderr.contains("unsigned"), "{out}");
+    let program = stored_message(&t, &out.last_line());
+    let code = stored_message(&t, program["content"]["code"]["ref"].as_str().unwrap());
+    for msg in [&program, &code] {
+        assert_eq!(msg["sender"], TEST_ADDRESS, "{msg}");
+        assert_eq!(msg["content"]["address"], TEST_ADDRESS, "{msg}");
+        let buffer = format!(
+            "{}\n{}\n{}\n{}",
+            msg["chain"].as_str().unwrap(),
+            msg["sender"].as_str().unwrap(),
+            msg["type"].as_str().unwrap(),
+            msg["item_hash"].as_str().unwrap()
+        );
+        let signature = msg["signature"].as_str().unwrap();
+        assert_eq!(
+            eth_account_recover(&buffer, signature),
+            TEST_ADDRESS,
+            "{msg}"
+        );
+    }
+    // `message check` says so too.
+    let file = t.write("program.json", serde_json::to_vec(&program).unwrap());
+    let check = t
+        .bare_cmd()
+        .args(["message", "check"])
+        .arg(&file)
+        .assert_ok();
+    check.assert_stderr_has(&["signature: valid (EIP-191)", TEST_ADDRESS]);
+
+    // A hex key file works as well; an owner other than the key's address is refused.
+    let hex_key = t.write("hex.key", format!("0x{TEST_KEY}\n"));
+    let out = t
+        .cmd()
+        .args(["store", "add"])
+        .arg(&wasm)
+        .arg("--key")
+        .arg(&hex_key)
+        .args(["--owner", "0x0000000000000000000000000000000000000001"])
+        .assert_usage_error();
+    out.assert_stderr_has(&[
+        "--owner 0x0000000000000000000000000000000000000001",
+        TEST_ADDRESS,
+    ]);
+    let out = t
+        .cmd()
+        .args(["store", "add"])
+        .arg(&wasm)
+        .arg("--key")
+        .arg(&hex_key)
+        .assert_ok();
+    let stored = stored_message(&t, &out.last_line());
+    assert_eq!(stored["sender"], TEST_ADDRESS);
+    // Without a key the message is unsigned, and says so.
+    let out = t.cmd().args(["store", "add"]).arg(&wasm).assert_ok();
+    out.assert_stderr_has(&["is unsigned (no --key)"]);
+    assert!(
+        stored_message(&t, &out.last_line())
+            .get("signature")
+            .is_none_or(|s| s.is_null())
+    );
+    // A key file that is not a key is named, and its contents are not printed.
+    let bad = t.write("bad.key", "not a key at all");
+    let out = t
+        .cmd()
+        .args(["store", "add"])
+        .arg(&wasm)
+        .arg("--key")
+        .arg(&bad)
+        .assert_usage_error();
+    out.assert_stderr_has(&["--key", "bad.key"]);
+    assert!(!out.stderr.contains("not a key at all"), "{out}");
+}
+
+#[test]
+fn message_check_names_why_a_tampered_message_is_refused() {
+    let t = TestDir::new();
+    let key = t.write("ethereum.key", TEST_KEY);
+    let wasm = t.wasm("main.wasm", &cgi_echo_guest());
+    let out = t
+        .cmd()
+        .args(["store", "add"])
+        .arg(&wasm)
+        .arg("--key")
+        .arg(&key)
+        .assert_ok();
+    let mut msg = stored_message(&t, &out.last_line());
+    let signature = msg["signature"].as_str().unwrap().to_string();
+    // One byte of s changed.
+    let tampered = format!(
+        "{}{}{}",
+        &signature[..80],
+        if &signature[80..82] == "00" {
+            "01"
+        } else {
+            "00"
+        },
+        &signature[82..]
+    );
+    msg["signature"] = tampered.into();
+    let file = t.write("tampered.json", serde_json::to_vec(&msg).unwrap());
+    let out = t
+        .bare_cmd()
+        .args(["message", "check"])
+        .arg(&file)
+        .assert_usage_error();
+    out.assert_stderr_has(&["is refused", "not by the sender", TEST_ADDRESS]);
+    // And a store will not take it.
+    let other = TestDir::new();
+    let out = other
+        .cmd()
+        .args(["store", "add-message"])
+        .arg(&file)
+        .assert_usage_error();
+    out.assert_stderr_has(&["not by the sender"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// `program upload`: aleph-client's words
+// ---------------------------------------------------------------------------------------------
+
+/// A stored PROGRAM message's content without what depends on the moment it was made (its
+/// times and its code's STORE message), and the file its code ref names.
+fn comparable_program(t: &TestDir, hash: &str) -> (serde_json::Value, serde_json::Value) {
+    let msg = stored_message(t, hash);
+    let mut content = msg["content"].clone();
+    let code = stored_message(t, content["code"]["ref"].as_str().unwrap());
+    content.as_object_mut().unwrap().remove("time");
+    content["code"].as_object_mut().unwrap().remove("ref");
+    let envelope = serde_json::json!({
+        "sender": msg["sender"], "chain": msg["chain"], "channel": msg["channel"],
+        "type": msg["type"], "code_file": code["content"]["item_hash"],
+    });
+    (content, envelope)
+}
+
+#[test]
+fn program_upload_with_aleph_clients_flags_makes_the_message_program_create_makes() {
+    let t = TestDir::new();
+    let key = t.write("ethereum.key", hex::decode(TEST_KEY).unwrap());
+    let wasm = t.wasm("main.wasm", &cgi_echo_guest());
+    let (_, immutable) = t.store_add(&wasm);
+    let upload = t
+        .cmd()
+        .args(["program", "upload"])
+        .arg(&wasm)
+        .arg("main.wasm")
+        .args([
+            "--memory",
+            "64",
+            "--vcpus",
+            "2",
+            "--timeout-seconds",
+            "12.0",
+        ])
+        .args(["--internet", "--aleph-api", "--persistent", "--updatable"])
+        .args(["--persistent-volume", "name=db,mount=/var/db,size_mib=5"])
+        .args(["--ephemeral-volume", "mount=/var/tmp,size_mib=3"])
+        .args([
+            "--immutable-volume",
+            &format!("ref={immutable},mount=/opt/lib"),
+        ])
+        .args(["--env-vars", "GREETING=hi, MODE=prod"])
+        .args(["--channel", "MY-CHANNEL", "--private-key-file"])
+        .arg(&key)
+        .assert_ok();
+    let create = t
+        .cmd()
+        .args(["program", "create"])
+        .arg(&wasm)
+        .args(["--entrypoint", "main.wasm"])
+        .args(["--memory", "64", "--vcpus", "2", "--seconds", "12"])
+        .args(["--internet", "--aleph-api", "--persistent", "--allow-amend"])
+        .args([
+            "--volume",
+            "persistent:db:/var/db:5",
+            "--volume",
+            "ephemeral:/var/tmp:3",
+        ])
+        .args(["--variable", "GREETING=hi", "--variable", "MODE=prod"])
+        .args(["--channel", "MY-CHANNEL", "--key"])
+        .arg(&key)
+        .assert_ok();
+    let (uploaded, up_envelope) = comparable_program(&t, &upload.last_line());
+    let (created, created_envelope) = comparable_program(&t, &create.last_line());
+    assert_eq!(up_envelope, created_envelope);
+    assert_eq!(up_envelope["channel"], "MY-CHANNEL");
+    assert_eq!(up_envelope["sender"], TEST_ADDRESS);
+    // The same message, but for the immutable volume `program create` has no use_latest for.
+    let mut uploaded_volumes = uploaded["volumes"].as_array().unwrap().clone();
+    let immutable_volume = uploaded_volumes.pop().unwrap();
+    assert_eq!(immutable_volume["ref"], immutable.as_str());
+    assert_eq!(immutable_volume["mount"], "/opt/lib");
+    assert_eq!(immutable_volume["use_latest"], true);
+    let mut uploaded = uploaded.clone();
+    uploaded["volumes"] = uploaded_volumes.into();
+    assert_eq!(uploaded, created);
+    assert_eq!(created["allow_amend"], true);
+    assert_eq!(created["resources"]["seconds"], 12);
+    assert_eq!(created["variables"]["MODE"], "prod");
+    assert_eq!(created["environment"]["internet"], true);
+
+    // --json: one object naming what was written.
+    let out = t
+        .cmd()
+        .args(["program", "upload"])
+        .arg(&wasm)
+        .args(["main.wasm", "--json"])
+        .assert_ok();
+    let summary = out.json();
+    let hash = summary["item_hash"].as_str().unwrap();
+    assert_eq!(summary["path"], format!("/vm/{hash}"));
+    assert_eq!(summary["signed"], false);
+    let program = stored_message(&t, hash);
+    assert_eq!(
+        program["content"]["resources"]["seconds"], 30,
+        "aleph-client's default"
+    );
+    assert_eq!(program["content"]["resources"]["memory"], 128);
+
+    // Bad flags are named.
+    for (flag, value, needle) in [
+        (
+            "--persistent-volume",
+            "name=db,mount=/x",
+            "size_mib=… is missing",
+        ),
+        (
+            "--ephemeral-volume",
+            "mount=/x,size=3",
+            "unknown key \"size\"",
+        ),
+        (
+            "--immutable-volume",
+            "ref=abc,mount=/x,use_latest=maybe",
+            "not true or false",
+        ),
+        ("--env-vars", "JUSTAWORD", "is not K=V"),
+        ("--timeout-seconds", "2.5", "whole number of seconds"),
+    ] {
+        let out = t
+            .cmd()
+            .args(["program", "upload"])
+            .arg(&wasm)
+            .args(["main.wasm", flag, value])
+            .assert_usage_error();
+        out.assert_stderr_has(&[flag, needle]);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ fn program(store: &Store, code: &str, vcpus: u32, seconds: u64) -> message::Mess
     let code_hash = store.put_object(code.as_bytes()).unwrap();
     let owner = "0x00000000000000000000000000000000000000aa";
     let code_msg = store
-        .add_store_message(&code_hash, code.len() as u64, owner, 1.0)
+        .add_store_message(&code_hash, code.len() as u64, owner, 1.0, None)
         .unwrap();
     let runtime_ref = runtime::add_builtin(store, "wasi").unwrap();
     let content = serde_json::json!({

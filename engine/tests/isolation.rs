@@ -104,7 +104,7 @@ fn binary_program(store: &Store, wat: &str) -> Message {
     let wasm = wat::parse_str(wat).unwrap_or_else(|e| panic!("guest does not compile: {e}"));
     let code_hash = store.put_object(&wasm).unwrap();
     let code = store
-        .add_store_message(&code_hash, wasm.len() as u64, OWNER, 1.0)
+        .add_store_message(&code_hash, wasm.len() as u64, OWNER, 1.0, None)
         .unwrap();
     let runtime_ref = runtime::add_builtin(store, "wasi").unwrap();
     put_program(
@@ -144,7 +144,7 @@ fn counter_program_version(store: &Store, dir: &Path, volumes: Value, variables:
     std::fs::write(code_dir.join("main.py"), COUNTER_APP).unwrap();
     let zip = dir.join("counter.zip");
     archive::pack(&code_dir, PackFormat::Zip, &zip).unwrap();
-    let code = store.add_file(&zip, OWNER, 1.0).unwrap();
+    let code = store.add_file(&zip, OWNER, 1.0, None).unwrap();
     put_program(
         store,
         json!({

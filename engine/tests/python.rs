@@ -189,7 +189,10 @@ impl Py {
             .path()
             .join(format!("code-{}.zip", N.fetch_add(1, Ordering::Relaxed)));
         archive::pack(dir, PackFormat::Zip, &zip).unwrap();
-        self.store.add_file(&zip, OWNER, 1.0).unwrap().item_hash
+        self.store
+            .add_file(&zip, OWNER, 1.0, None)
+            .unwrap()
+            .item_hash
     }
 
     /// An ASGI program on python-3.12 for the code archive `code_ref`; the top-level fields of

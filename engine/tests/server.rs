@@ -147,7 +147,7 @@ fn binary_program(store: &Store, wat: &str, seconds: u64, http: bool) -> Message
     let wasm = wat::parse_str(wat).unwrap_or_else(|e| panic!("guest does not compile: {e}"));
     let code_hash = store.put_object(&wasm).unwrap();
     let code = store
-        .add_store_message(&code_hash, wasm.len() as u64, OWNER, 1.0)
+        .add_store_message(&code_hash, wasm.len() as u64, OWNER, 1.0, None)
         .unwrap();
     let runtime_ref = runtime::add_builtin(store, "wasi").unwrap();
     put_program(
@@ -321,7 +321,10 @@ fn sample<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Opt
 async fn healthz_and_unknown_refs() {
     let node = Node::new();
     let file = node.store.put_object(b"not a program").unwrap();
-    let store_msg = node.store.add_store_message(&file, 13, OWNER, 1.0).unwrap();
+    let store_msg = node
+        .store
+        .add_store_message(&file, 13, OWNER, 1.0, None)
+        .unwrap();
     let node = node.start(|_, _| {}).await;
     let ok = node.get("/healthz").await.status(200);
     assert_eq!(ok.body.trim(), "ok", "{ok}");
@@ -1111,6 +1114,24 @@ async fn serve_prints_its_address_and_stops_on_sigterm() {
         .status(200)
         .has("PATH_INFO=/cli");
     drop(answer);
+    // A node of the network: unsigned messages are refused, and /about/config says so.
+    let unsigned = unsigned_post(7);
+    Answer::of(
+        client
+            .post(format!("{}/api/v0/messages", serve.base))
+            .header("content-type", "application/json")
+            .body(unsigned.to_json().to_string()),
+    )
+    .await
+    .status(400)
+    .has("has no signature");
+    assert!(!store.has_message(&unsigned.item_hash));
+    let config = Answer::of(client.get(format!("{}/about/config", serve.base)))
+        .await
+        .status(200)
+        .json();
+    assert_eq!(config["messages"]["unsigned"], "refuse", "{config}");
+    assert_eq!(config["messages"]["delegations"], false, "{config}");
     let out = serve.stop().await;
     assert_eq!(
         out.status.code(),
@@ -1118,6 +1139,40 @@ async fn serve_prints_its_address_and_stops_on_sigterm() {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // `--unsigned trust`, for local development, takes them.
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("--store")
+        .arg(store.root())
+        .args(["--unsigned", "trust", "serve", "--listen", "127.0.0.1:0"])
+        .env_remove("ALEPH_WASM_STORE");
+    let serve = ServeProcess::start(cmd).await;
+    Answer::of(
+        client
+            .post(format!("{}/api/v0/messages", serve.base))
+            .header("content-type", "application/json")
+            .body(unsigned.to_json().to_string()),
+    )
+    .await
+    .status(200);
+    assert!(store.has_message(&unsigned.item_hash));
+    let config = Answer::of(client.get(format!("{}/about/config", serve.base)))
+        .await
+        .json();
+    assert_eq!(config["messages"]["unsigned"], "trust", "{config}");
+    serve.stop().await;
+}
+
+/// An unsigned POST message from [`OWNER`], unique by `n`.
+fn unsigned_post(n: u32) -> Message {
+    let time = 100.0 + f64::from(n);
+    message::build_inline(
+        MessageType::Post,
+        "ETH",
+        OWNER,
+        time,
+        json!({"type": "note", "address": OWNER, "time": time, "content": {"n": n}}),
+    )
 }
 
 // --- Python ----------------------------------------------------------------------------------
@@ -1131,7 +1186,7 @@ fn python_hello(node: &Node) -> (Message, String) {
     let runtime_ref = python_runtime(&node.store);
     let zip = node.dir.path().join("hello.zip");
     archive::pack(Path::new(PYTHON_HELLO), PackFormat::Zip, &zip).unwrap();
-    let code = node.store.add_file(&zip, OWNER, 1.0).unwrap();
+    let code = node.store.add_file(&zip, OWNER, 1.0, None).unwrap();
     let msg = put_program(
         &node.store,
         json!({

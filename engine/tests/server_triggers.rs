@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use aleph_wasm::message::{self, Message, MessageType};
 use aleph_wasm::server::triggers::{BackoffPolicy, ManualClock, TriggerConfig};
 use aleph_wasm::server::{self, Server, ServerConfig};
+use aleph_wasm::store::UnsignedMessages;
 use aleph_wasm::{Store, runtime};
 use common::TestDir;
 use serde_json::{Value, json};
@@ -26,8 +27,12 @@ use serde_json::{Value, json};
 /// What the suites keep between runs: the interpreter copy and compiled modules.
 const CACHE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/aleph-wasm-test-cache");
 /// The python-3.12 runtime's source manifest (for the interpreter's sha256).
-/// The owner of the messages the tests write.
-const OWNER: &str = "0x00000000000000000000000000000000000000c7";
+/// The owner of the messages the tests write (the address of [`OWNER_KEY`]).
+const OWNER: &str = "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23";
+/// A well-known test key (web3.js's documentation).
+const OWNER_KEY: &str = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318";
+/// Another account's key (Hardhat's first test account).
+const MALLORY_KEY: &str = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 /// The control token.
 const TOKEN: &str = "trigger-token";
 /// 2030-01-01T00:00:30Z: half a minute before a whole minute.
@@ -148,9 +153,29 @@ async def app(scope, receive, send):
 
 // --- Messages --------------------------------------------------------------------------------
 
+fn owner() -> message::Signer {
+    message::Signer::parse(OWNER_KEY.as_bytes()).unwrap()
+}
+
+fn mallory() -> message::Signer {
+    message::Signer::parse(MALLORY_KEY.as_bytes()).unwrap()
+}
+
+/// `msg` signed by the owner (the node takes only signed messages).
+fn signed(mut msg: Message) -> Message {
+    owner().sign(&mut msg).unwrap();
+    msg
+}
+
 /// Validates and stores a PROGRAM message with `content`.
 fn put_program(store: &Store, content: Value) -> Message {
-    let draft = message::build_inline(MessageType::Program, "ETH", OWNER, 2.0, content);
+    let draft = signed(message::build_inline(
+        MessageType::Program,
+        "ETH",
+        OWNER,
+        2.0,
+        content,
+    ));
     let msg = message::parse(&serde_json::to_vec(&draft.to_json()).unwrap())
         .unwrap_or_else(|e| panic!("the test's program message is invalid: {e}"));
     store.put_message(&msg).unwrap();
@@ -161,7 +186,7 @@ fn put_program(store: &Store, content: Value) -> Message {
 fn put_code(store: &Store, bytes: &[u8]) -> String {
     let hash = store.put_object(bytes).unwrap();
     store
-        .add_store_message(&hash, bytes.len() as u64, OWNER, 1.0)
+        .add_store_message(&hash, bytes.len() as u64, OWNER, 1.0, Some(&owner()))
         .unwrap()
         .item_hash
 }
@@ -190,13 +215,13 @@ fn binary_content(store: &Store, wat: &str, on: Value, volume: &str, use_latest:
 
 /// A POST message of `kind` (its `content.type`) with a unique `n`.
 fn post_message(kind: &str, n: u32) -> Message {
-    message::build_inline(
+    signed(message::build_inline(
         MessageType::Post,
         "ETH",
         OWNER,
         10.0 + f64::from(n),
         json!({"type": kind, "address": OWNER, "time": 10.0 + f64::from(n), "content": {"n": n}}),
-    )
+    ))
 }
 
 /// The lines of `file` in the persistent volume `volume` (none when it does not exist).
@@ -223,7 +248,8 @@ fn delivered(store: &Store, volume: &str) -> Vec<String> {
 // --- The node --------------------------------------------------------------------------------
 
 /// Starts a node on `dir`'s store with a manual clock at [`T0`], fast store polling and
-/// restart backoff, control routes enabled, and `tune` applied.
+/// restart backoff, control routes enabled, and `tune` applied; its store takes only signed
+/// messages, as `serve`'s does.
 async fn start(dir: &TestDir, clock: &ManualClock, tune: impl FnOnce(&mut ServerConfig)) -> Server {
     let token = dir.write("token", TOKEN);
     let mut config = ServerConfig {
@@ -244,7 +270,9 @@ async fn start(dir: &TestDir, clock: &ManualClock, tune: impl FnOnce(&mut Server
         ..ServerConfig::default()
     };
     tune(&mut config);
-    let store = Store::open(dir.store()).unwrap();
+    let store = Store::open(dir.store())
+        .unwrap()
+        .with_unsigned(UnsignedMessages::Refuse);
     server::start(config, store)
         .await
         .unwrap_or_else(|e| panic!("the server does not start: {e:#}"))
@@ -419,17 +447,55 @@ async fn amends_replace_a_persistent_instance_with_the_new_version() {
     })
     .await;
 
+    // Forged amends of the code are refused with the reason, and the program keeps its code.
+    let evil = wat::parse_str(appender("versions", "evil\n", false, 60_000, 0)).unwrap();
+    let evil_hash = store.put_object(&evil).unwrap();
+    let amend_by = |sender: &str, time: f64, hash: &str, size: usize| {
+        message::build_inline(
+            MessageType::Store,
+            "ETH",
+            sender,
+            time,
+            json!({"address": OWNER, "time": time, "item_type": "storage", "item_hash": hash,
+                   "size": size, "ref": code_ref}),
+        )
+    };
+    let mut by_mallory = amend_by(mallory().address(), 4.0, &evil_hash, evil.len());
+    mallory().sign(&mut by_mallory).unwrap();
+    let mut claimed = amend_by(OWNER, 4.1, &evil_hash, evil.len());
+    claimed.signature = Some(format!(
+        "0x{}",
+        hex::encode(
+            mallory()
+                .sign_text(message::verification_buffer(&claimed).as_bytes())
+                .unwrap()
+        )
+    ));
+    let unsigned = amend_by(OWNER, 4.2, &evil_hash, evil.len());
+    for (forged, reason) in [
+        (&by_mallory, "is not the sender"),
+        (&claimed, "not by the sender"),
+        (&unsigned, "has no signature"),
+    ] {
+        let (status, body) = post(&node, "/api/v0/messages", &forged.to_json(), false).await;
+        assert_eq!(status, 400, "{reason}: {body}");
+        assert!(body.contains(reason), "{reason}: {body}");
+        assert!(!store.has_message(&forged.item_hash), "{reason}: stored");
+    }
+    let exact = message::ObjectRef {
+        reference: code_ref.clone(),
+        use_latest: true,
+    };
+    assert_eq!(
+        store.resolve(&exact).unwrap().message_hash,
+        code_ref,
+        "use_latest still resolves to the owner's code"
+    );
+
     // A STORE amend of the code (use_latest) by its owner: the instance is replaced at once.
     let v2 = wat::parse_str(appender("versions", "v2\n", false, 60_000, 0)).unwrap();
     let v2_hash = store.put_object(&v2).unwrap();
-    let amend = message::build_inline(
-        MessageType::Store,
-        "ETH",
-        OWNER,
-        5.0,
-        json!({"address": OWNER, "time": 5.0, "item_type": "storage", "item_hash": v2_hash,
-               "size": v2.len(), "ref": code_ref}),
-    );
+    let amend = signed(amend_by(OWNER, 5.0, &v2_hash, v2.len()));
     post_msg(&node, &amend).await;
     eventually("version 2 replaced version 1", async || {
         let lines = volume_lines(&store, "amended", "versions");
@@ -455,6 +521,20 @@ async fn amends_replace_a_persistent_instance_with_the_new_version() {
     replacement["replaces"] = json!(program.item_hash);
     replacement["time"] = json!(6.0);
     let draft = message::build_inline(MessageType::Program, "ETH", OWNER, 6.0, replacement);
+    // Signed by someone else, the replacement is refused and the program keeps running.
+    let mut forged = draft.clone();
+    forged.signature = Some(format!(
+        "0x{}",
+        hex::encode(
+            mallory()
+                .sign_text(message::verification_buffer(&forged).as_bytes())
+                .unwrap()
+        )
+    ));
+    let (status, body) = post(&node, "/api/v0/messages", &forged.to_json(), false).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not by the sender"), "{body}");
+    let draft = signed(draft);
     post_msg(&node, &draft).await;
     eventually(
         "the replacement runs and the old program stopped",
@@ -747,4 +827,236 @@ async fn a_persistent_python_app_runs_from_the_start_takes_events_and_comes_back
     assert_eq!(entry["idle_instances"], 0, "{entry}");
     stop(node).await;
     assert_eq!(volume_lines(&store, "py", "boots"), ["boot", "boot"]);
+}
+
+// --- The scheduler's allocations -------------------------------------------------------------
+
+/// The scheduler's key in these tests (Hardhat's second test account).
+const SCHEDULER_KEY: &str = "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+
+fn scheduler() -> message::Signer {
+    message::Signer::parse(SCHEDULER_KEY.as_bytes()).unwrap()
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// `Authorization: Aleph-EIP191-V1 …` for `POST /control/allocations` with `body`, by `signer`.
+fn allocation_auth(signer: &message::Signer, body: &[u8], iat: i64) -> String {
+    use sha2::Digest as _;
+    let payload = json!({
+        "body_sha256": hex::encode(sha2::Sha256::digest(body)),
+        "iat": iat,
+        "method": "POST",
+        "path": "/control/allocations",
+    });
+    let bytes = serde_json::to_vec(&payload).unwrap();
+    let sig = signer.sign_text(&bytes).unwrap();
+    format!(
+        "Aleph-EIP191-V1 sig=0x{},payload={}",
+        hex::encode(sig),
+        hex::encode(&bytes)
+    )
+}
+
+/// Pushes an allocation `body` with the header `auth`; the status and the body.
+async fn push(node: &Server, auth: Option<&str>, body: &[u8]) -> (u16, String) {
+    let mut request = client()
+        .post(url(node, "/control/allocations"))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    if let Some(auth) = auth {
+        request = request.header("authorization", auth);
+    }
+    let r = request.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedulers_allocations_start_and_stop_persistent_programs() {
+    // Node A holds the programs (an API node); node B is the compute node the scheduler pushes.
+    let a_dir = TestDir::new();
+    let a_store = Store::open(a_dir.store()).unwrap();
+    let guest = appender("boots", "up\n", false, 60_000, 0);
+    let on = json!({"http": false, "persistent": false});
+    let mut content = binary_content(&a_store, &guest, on, "allocated", false);
+    content["on"]["persistent"] = json!(true);
+    let program = put_program(&a_store, content.clone());
+    content["on"]["persistent"] = json!(false);
+    content["on"]["http"] = json!(true);
+    content["time"] = json!(3.0);
+    let on_demand = put_program(&a_store, content);
+    let clock = ManualClock::new(T0);
+    let a = start(&a_dir, &clock, |_| {}).await;
+    let api = url(&a, "");
+    let b_dir = TestDir::new();
+    let b = start(&b_dir, &clock, |c| {
+        c.api = Some(api);
+        c.schedulers = vec![scheduler().address().to_string()];
+    })
+    .await;
+    let b_store = Store::open(b_dir.store()).unwrap();
+    assert!(!b_store.has_message(&program.item_hash));
+
+    // No authentication, a stranger's signature, a body other than the one signed: refused.
+    let body = serde_json::to_vec(&json!({"persistent_vms": [program.item_hash]})).unwrap();
+    let (status, text) = push(&b, None, &body).await;
+    assert_eq!(status, 401, "{text}");
+    let iat = unix_now();
+    let by_mallory = allocation_auth(&mallory(), &body, iat);
+    let (status, text) = push(&b, Some(&by_mallory), &body).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("is not a scheduler of this node"), "{text}");
+    let other_body = br#"{"persistent_vms": []}"#;
+    let (status, text) = push(
+        &b,
+        Some(&allocation_auth(&scheduler(), other_body, iat)),
+        &body,
+    )
+    .await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("body_sha256"), "{text}");
+    let stale = allocation_auth(&scheduler(), &body, iat - 3600);
+    let (status, text) = push(&b, Some(&stale), &body).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("from the node's clock"), "{text}");
+    assert!(
+        !b_store.has_message(&program.item_hash),
+        "nothing fetched for a refused push"
+    );
+
+    // The scheduler's push: B fetches the program from A and keeps it running.
+    let signed = allocation_auth(&scheduler(), &body, iat);
+    let (status, text) = push(&b, Some(&signed), &body).await;
+    assert_eq!(status, 200, "{text}");
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["success"], true, "{answer}");
+    assert_eq!(answer["successful"], json!([program.item_hash]), "{answer}");
+    eventually("the allocated program runs on B", async || {
+        let entry = about(&b, &program.item_hash).await;
+        let lines = volume_lines(&b_store, "allocated", "boots");
+        check(
+            entry["persistent"]["state"] == "running" && lines == ["up"],
+            (entry, lines),
+        )
+    })
+    .await;
+    // The same request again is a replay.
+    let (status, text) = push(&b, Some(&signed), &body).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("replayed"), "{text}");
+
+    // With the node's token: a program that is not persistent and an instance are refused
+    // with their reasons, the rest stands (207).
+    let mixed = serde_json::to_vec(&json!({
+        "persistent_vms": [program.item_hash, on_demand.item_hash],
+        "instances": ["b".repeat(64)],
+        "on_demand_vms": [], "jobs": [],
+    }))
+    .unwrap();
+    let (status, text) = push(&b, Some(&format!("Bearer {TOKEN}")), &mixed).await;
+    assert_eq!(status, 207, "{text}");
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["successful"], json!([program.item_hash]), "{answer}");
+    let errors = &answer["errors"];
+    assert!(
+        errors[&on_demand.item_hash]
+            .as_str()
+            .unwrap()
+            .contains("on.persistent is false"),
+        "{answer}"
+    );
+    assert!(
+        errors["b".repeat(64)]
+            .as_str()
+            .unwrap()
+            .contains("runs Wasm programs only"),
+        "{answer}"
+    );
+    assert_eq!(
+        volume_lines(&b_store, "allocated", "boots"),
+        ["up"],
+        "not started twice"
+    );
+
+    // No longer listed: stopped.
+    let empty = br#"{"persistent_vms": []}"#;
+    let (status, text) = push(
+        &b,
+        Some(&allocation_auth(&scheduler(), empty, iat + 1)),
+        empty,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["stopped"], json!([program.item_hash]), "{answer}");
+    eventually("the program stopped on B", async || {
+        let entry = about(&b, &program.item_hash).await;
+        check(entry["persistent"]["state"] != "running", entry)
+    })
+    .await;
+    // Malformed: the reason is named.
+    let (status, text) = push(&b, Some(&format!("Bearer {TOKEN}")), b"{\"instances\": []}").await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("persistent_vms"), "{text}");
+    stop(b).await;
+    stop(a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_answers_the_networks_status_checks() {
+    let dir = TestDir::new();
+    let clock = ManualClock::new(T0);
+    let node = start(&dir, &clock, |_| {}).await;
+    let (status, text) = get(&node, "/status/check/version?reference=0.0.1").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.starts_with("Up-to-date: version"), "{text}");
+    let (status, text) = get(&node, "/status/check/version?reference=999.0.0").await;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.starts_with("Outdated: version"), "{text}");
+    let (status, text) = get(&node, "/status/check/version").await;
+    assert_eq!(status, 400, "{text}");
+    let (status, text) = get(&node, "/status/check/version?reference=latest").await;
+    assert_eq!(status, 400, "{text}");
+
+    // The node's own checks: its store takes writes, its runtimes (wasi needs nothing).
+    let (status, text) = get(&node, "/status/check/host").await;
+    assert_eq!(status, 200, "{text}");
+    let host: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(host["store_writable"], true, "{host}");
+    assert_eq!(host["runtimes_present"]["wasi"], true, "{host}");
+    assert!(
+        host["runtimes_present"]["python-3.12"].is_boolean(),
+        "{host}"
+    );
+
+    let (status, text) = get(&node, "/about/capability").await;
+    assert_eq!(status, 200, "{text}");
+    let capability: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(capability["engine"], "wasm");
+    assert_eq!(capability["message_types"]["instance"], false);
+    assert!(
+        capability["runtimes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "wasi" && r["kind"] == "wasi"),
+        "{capability}"
+    );
+    let (status, text) = get(&node, "/status/config").await;
+    assert_eq!(status, 200, "{text}");
+    let config: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        config["computing"]["ENABLE_QEMU_SUPPORT"], false,
+        "{config}"
+    );
+    assert_eq!(
+        config["security"]["UNSIGNED_MESSAGES"], "refuse",
+        "{config}"
+    );
+    stop(node).await;
 }

@@ -6,7 +6,9 @@
 //! ([`canonical`], [`canonical_hash`]: receipts, reproducible keys), mount-path rules
 //! ([`MountPath`]), the seed-draft mapping (`latest_amend` → `use_latest`, `on.aleph` →
 //! `on.message`, `tar.gzip`, inline `code.content`, `on.cron`), and [`build_inline`] for new
-//! inline messages. It does not fetch referenced objects or check signatures.
+//! inline messages, and who a message is from: [`authenticate`] checks its signature (EVM
+//! chains, SOL) against its sender ([`verify`]), and a [`Signer`] signs the messages this node
+//! makes. It does not fetch referenced objects.
 //!
 //! Beyond the final form, the normalised content may carry two seed extensions:
 //! `on.cron` and inline `code.content`; [`parse()`] accepts them in either form.
@@ -26,8 +28,10 @@ mod parse;
 mod program;
 mod reader;
 mod seed;
+pub mod signer;
 #[cfg(test)]
 mod tests;
+pub mod verify;
 
 pub use canonical::{canonical, canonical_hash};
 pub use cron::validate_cron;
@@ -47,3 +51,5 @@ pub use program::{
     MAX_VOLUMES,
 };
 pub use seed::SEED_CHAIN;
+pub use signer::Signer;
+pub use verify::{Authenticity, SignatureError, authenticate, verification_buffer};

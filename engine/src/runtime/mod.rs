@@ -48,11 +48,12 @@ pub enum RuntimeError {
     Store(#[from] StoreError),
     /// The object is not a runtime manifest.
     #[error(
-        "content.runtime: object {hash} is not an aleph-wasm runtime manifest ({reason}); \
-         a runtime is stored with `aleph-wasm runtime add` or named on `program create --runtime`"
+        "content.runtime: runtime {hash} is not a Wasm runtime: not an aleph-wasm runtime \
+         manifest ({reason}); this node runs Wasm runtimes only (a runtime is stored with \
+         `aleph-wasm runtime add` or named on `program create --runtime`)"
     )]
     NotAManifest {
-        /// The object's hash.
+        /// The runtime's ref.
         hash: String,
         /// Why it was not accepted.
         reason: String,
@@ -183,9 +184,21 @@ pub fn resolve(store: &Store, r: &RuntimeRef) -> Result<ResolvedRuntime, Runtime
 
 fn resolve_manifest(store: &Store, r: &ObjectRef) -> Result<(Manifest, Resolved), RuntimeError> {
     let resolved = store.resolve(r)?;
+    // A root filesystem (a microVM runtime) is far larger than any manifest: not read whole.
+    let size = std::fs::metadata(&resolved.path)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    if size > MAX_MANIFEST_BYTES as u64 {
+        return Err(RuntimeError::NotAManifest {
+            hash: resolved.reference.clone(),
+            reason: format!(
+                "{size} bytes, where a manifest is JSON of at most {MAX_MANIFEST_BYTES}"
+            ),
+        });
+    }
     let bytes = store.read_object(&resolved.file_hash)?;
     let manifest = parse_manifest(&bytes).map_err(|reason| RuntimeError::NotAManifest {
-        hash: resolved.file_hash.clone(),
+        hash: resolved.reference.clone(),
         reason,
     })?;
     Ok((manifest, resolved))
@@ -197,7 +210,7 @@ fn resolve_interpreter(
     resolved: &Resolved,
 ) -> Result<ResolvedInterpreter, RuntimeError> {
     let not_a_manifest = |reason: &str| RuntimeError::NotAManifest {
-        hash: resolved.file_hash.clone(),
+        hash: resolved.reference.clone(),
         reason: reason.into(),
     };
     let spec = manifest
@@ -287,7 +300,7 @@ pub fn add_dir(store: &Store, dir: &Path) -> Result<String, RuntimeError> {
 fn store_manifest(store: &Store, bytes: &[u8]) -> Result<String, RuntimeError> {
     let hash = store.put_object(bytes).map_err(RuntimeError::Storing)?;
     let msg = builtin::store_message(&hash, bytes.len());
-    store.put_message(&msg).map_err(RuntimeError::Storing)?;
+    store.put_own_message(&msg).map_err(RuntimeError::Storing)?;
     Ok(msg.item_hash)
 }
 
@@ -333,6 +346,19 @@ fn store_shipped(store: &Store, shipped: &Shipped) -> Result<String, RuntimeErro
 /// fetched (see [`fetch`]).
 pub fn add_builtin(store: &Store, name: &str) -> Result<String, RuntimeError> {
     store_shipped(store, find_shipped(name)?)
+}
+
+/// Stores the shipped runtime whose ref is `reference`, if there is one (idempotent); returns
+/// whether there was. A node never needs another node for a runtime it ships: its STORE
+/// message, made by nobody's key, is this node's own.
+pub fn add_shipped_ref(store: &Store, reference: &str) -> Result<bool, RuntimeError> {
+    for shipped in SHIPPED {
+        if shipped_ref(shipped)?.0 == reference {
+            store_shipped(store, shipped)?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// A runtime ref from what a user typed: a 64-hex ref passes through unchanged; a shipped

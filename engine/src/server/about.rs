@@ -40,6 +40,14 @@ async fn config(State(state): State<AppState>) -> Json<Value> {
         "domain": state.domain(),
         "control_routes": state.token().is_some(),
         "isolation": executor.isolation.as_str(),
+        "messages": {
+            "unsigned": state.executor().store().unsigned().as_str(),
+            "verified_chains": {
+                "evm": crate::message::verify::EVM_CHAINS,
+                "other": [crate::message::verify::SOL_CHAIN],
+            },
+            "delegations": false,
+        },
         "pooling": executor.sandbox.pooling.map(|p| json!({
             "instances": p.instances,
             "max_memory_bytes": p.max_memory_bytes,

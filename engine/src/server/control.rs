@@ -41,7 +41,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 /// Checks the bearer token: 403 when control is disabled, 401 when the token is missing or
 /// wrong.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ServiceError> {
+pub(super) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ServiceError> {
     let Some(token) = state.token() else {
         return Err(ServiceError::ControlDisabled);
     };

@@ -38,6 +38,9 @@ pub enum ServiceError {
     /// bearer token.
     #[error("a valid bearer token is required")]
     Unauthorized,
+    /// 401 Unauthorized: the scheduler's push without valid authentication, and why.
+    #[error("not authorized: {0}")]
+    NotAuthorized(String),
     /// 403 Forbidden: the node was started without a token, so control routes are disabled.
     #[error("control routes disabled (the node has no token configured)")]
     ControlDisabled,
@@ -103,7 +106,7 @@ impl ServiceError {
             | ServiceError::NoRoute(_) => StatusCode::NOT_FOUND,
             ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ServiceError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ServiceError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ServiceError::Unauthorized | ServiceError::NotAuthorized(_) => StatusCode::UNAUTHORIZED,
             ServiceError::ControlDisabled => StatusCode::FORBIDDEN,
             ServiceError::QueueFull { .. }
             | ServiceError::QueueTimeout { .. }
@@ -147,6 +150,12 @@ impl IntoResponse for ServiceError {
             }
             ServiceError::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ServiceError::NotAuthorized(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Aleph-EIP191-V1, Bearer"),
+                );
             }
             _ => {}
         }

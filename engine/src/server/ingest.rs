@@ -3,7 +3,8 @@
 //! validated, stored, and handed to the triggers at once (a program starts or is amended,
 //! subscribed programs get it). Answers `{"item_hash", "type", "message_status": "processed"}`;
 //! 400 with the JSON paths of what is wrong for an invalid message or one whose inline hash
-//! cannot be checked. Signatures are not checked (see [`crate::message`]).
+//! cannot be checked, one whose signature does not hold, or an unsigned one on a node that
+//! takes only signed messages (see [`crate::store::UnsignedMessages`]).
 
 use axum::Json;
 use axum::Router;
@@ -44,7 +45,12 @@ async fn ingest(State(state): State<AppState>, body: Bytes) -> Result<Json<Value
     };
     match stored {
         Ok(()) => {}
-        Err(e @ StoreError::Unverified(_)) | Err(e @ StoreError::BadHash(_)) => {
+        Err(
+            e @ (StoreError::Unverified(_)
+            | StoreError::BadHash(_)
+            | StoreError::Unauthentic { .. }
+            | StoreError::Unsigned(_)),
+        ) => {
             return Err(ServiceError::BadRequest(e.to_string()));
         }
         Err(e) => {

@@ -29,12 +29,14 @@
 //! Every failure is a [`ServiceError`], whose variants name their HTTP status.
 
 pub mod about;
+pub mod allocations;
 pub mod api;
 pub mod control;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
 pub mod queue;
+pub mod status;
 pub mod triggers;
 pub mod vm;
 pub mod ws;
@@ -155,6 +157,10 @@ pub struct ServerConfig {
     /// outbound connections, the guest API's cache ([`crate::host`]). Its upstream API is
     /// [`ServerConfig::api`].
     pub host: crate::host::HostConfig,
+    /// The network scheduler's addresses (EVM): an allocation push signed by one of them
+    /// (`Aleph-EIP191-V1`) is taken ([`allocations`]). By default none: only the control
+    /// token authorizes it.
+    pub schedulers: Vec<String>,
 }
 
 /// How many pool slots the node keeps for idle warm and pinned (persistent) instances besides
@@ -196,6 +202,7 @@ impl Default for ServerConfig {
             instance_concurrency: crate::executor::DEFAULT_INSTANCE_CONCURRENCY,
             pooling: None,
             host: crate::host::HostConfig::default(),
+            schedulers: Vec::new(),
         }
     }
 }
@@ -275,6 +282,7 @@ struct Inner {
     local_addr: Mutex<Option<SocketAddr>>,
     programs: Mutex<HashMap<String, ProgramActivity>>,
     triggers: triggers::Triggers,
+    replays: allocations::Replays,
 }
 
 impl std::fmt::Debug for AppState {
@@ -346,6 +354,7 @@ impl AppState {
                 local_addr: Mutex::new(None),
                 programs: Mutex::new(HashMap::new()),
                 triggers,
+                replays: allocations::Replays::default(),
             }),
         })
     }
@@ -373,6 +382,11 @@ impl AppState {
     /// The trigger service (persistent programs, cron, message subscriptions).
     pub fn triggers(&self) -> &triggers::Triggers {
         &self.inner.triggers
+    }
+
+    /// The last `iat` taken from each scheduler (replay protection of allocations).
+    pub(crate) fn replays(&self) -> &allocations::Replays {
+        &self.inner.replays
     }
 
     /// The metrics.
@@ -458,6 +472,8 @@ pub fn router(state: AppState) -> Router {
         .merge(about::router())
         .merge(metrics::router())
         .merge(control::router())
+        .merge(allocations::router())
+        .merge(status::router())
         .merge(api::router())
         .merge(ingest::router())
         .merge(ws::router())

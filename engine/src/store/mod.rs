@@ -31,7 +31,10 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::message::{self, Content, ItemType, Message, MessageError, MessageType, ObjectRef};
+use crate::message::{
+    self, Authenticity, Content, ItemType, Message, MessageError, MessageType, ObjectRef,
+    SignatureError,
+};
 
 /// The environment variable that selects the store directory (`--store` wins over it).
 pub const STORE_ENV: &str = "ALEPH_WASM_STORE";
@@ -79,6 +82,21 @@ pub enum StoreError {
         /// What is wrong with it.
         source: MessageError,
     },
+    /// A message that is not from whom it says (a bad signature, an unsupported chain, content
+    /// for another address) was offered for storage.
+    #[error("message {hash} is refused: {source}")]
+    Unauthentic {
+        /// The message's item hash.
+        hash: String,
+        /// Why.
+        source: Box<SignatureError>,
+    },
+    /// A message without a signature was offered to a store that refuses them.
+    #[error(
+        "message {0} is refused: it has no signature, and this store takes only signed messages \
+         (`--unsigned trust` takes unsigned ones, for local development)"
+    )]
+    Unsigned(String),
     /// A message whose inline hash could not be checked was offered for storage.
     #[error(
         "message {0}: item_content is missing, so the inline item_hash cannot be checked; refusing to store it"
@@ -115,10 +133,36 @@ pub struct Resolved {
     pub path: PathBuf,
 }
 
+/// How a store takes messages that come in without a signature ([`Store::put_message`]).
+/// Signed messages are always verified, and refused when their signature does not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnsignedMessages {
+    /// Taken, their sender trusted as written: local development, and nodes that exchange
+    /// their own unsigned messages. The default of a store opened by the library.
+    #[default]
+    Trust,
+    /// Refused with [`StoreError::Unsigned`]: a node of the network, where every message is
+    /// signed. The default of `serve`.
+    Refuse,
+}
+
+impl UnsignedMessages {
+    /// `trust` or `refuse`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnsignedMessages::Trust => "trust",
+            UnsignedMessages::Refuse => "refuse",
+        }
+    }
+}
+
 /// The embedded content store, rooted at one directory.
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// How messages without a signature are taken.
+    unsigned: UnsignedMessages,
     /// Objects [`Store::verify_object`] hashed in this process, with the file's metadata then:
     /// a large object (an interpreter) is not hashed again on every execution while its file
     /// is unchanged.
@@ -201,8 +245,20 @@ impl Store {
         }
         Ok(Store {
             root,
+            unsigned: UnsignedMessages::default(),
             verified: Default::default(),
         })
+    }
+
+    /// The same store, taking messages without a signature as `unsigned` says.
+    pub fn with_unsigned(mut self, unsigned: UnsignedMessages) -> Self {
+        self.unsigned = unsigned;
+        self
+    }
+
+    /// How this store takes messages without a signature.
+    pub fn unsigned(&self) -> UnsignedMessages {
+        self.unsigned
     }
 
     /// The store's root directory.
@@ -396,13 +452,41 @@ impl Store {
         Ok(self.root.join("messages").join(format!("{item_hash}.json")))
     }
 
-    /// Stores a validated message (and indexes it when it amends a STORE message).
+    /// Stores a validated message that comes from outside (a file, a client, another node),
+    /// and indexes it when it amends a STORE message.
     ///
-    /// Inline messages whose hash could not be checked are refused.
+    /// Refused: an inline message whose hash could not be checked; one that is not from whom
+    /// it says ([`message::authenticate`]: a signature that does not verify, an unsupported
+    /// chain, content for another address); one without a signature when this store refuses
+    /// them ([`UnsignedMessages`]). Nothing is stored then.
     pub fn put_message(&self, msg: &Message) -> Result<(), StoreError> {
+        let authenticity = self.check_message(msg)?;
+        if authenticity == Authenticity::Unsigned && self.unsigned == UnsignedMessages::Refuse {
+            return Err(StoreError::Unsigned(msg.item_hash.clone()));
+        }
+        self.write_message(msg)
+    }
+
+    /// Stores a message this node made itself (`store add`, `program create`, a runtime's
+    /// manifest): checked as [`Store::put_message`] does, but taken without a signature
+    /// whatever the store's [`UnsignedMessages`].
+    pub fn put_own_message(&self, msg: &Message) -> Result<(), StoreError> {
+        self.check_message(msg)?;
+        self.write_message(msg)
+    }
+
+    /// The checks every stored message passes: its inline hash, and who it is from.
+    fn check_message(&self, msg: &Message) -> Result<Authenticity, StoreError> {
         if msg.item_type == ItemType::Inline && !msg.hash_verified {
             return Err(StoreError::Unverified(msg.item_hash.clone()));
         }
+        message::authenticate(msg).map_err(|source| StoreError::Unauthentic {
+            hash: msg.item_hash.clone(),
+            source: Box::new(source),
+        })
+    }
+
+    fn write_message(&self, msg: &Message) -> Result<(), StoreError> {
         let dest = self.message_file(&msg.item_hash)?;
         let text = serde_json::to_vec_pretty(&msg.to_json()).map_err(|e| StoreError::Io {
             path: dest.clone(),
@@ -523,7 +607,10 @@ impl Store {
         let newest = self
             .amends_of(&r.reference)?
             .into_iter()
-            .filter(|m| m.store().is_some_and(|s| s.address == owner))
+            .filter(|m| {
+                m.store()
+                    .is_some_and(|s| message::verify::same_account(&m.chain, &s.address, &owner))
+            })
             .max_by(|a, b| {
                 a.time
                     .total_cmp(&b.time)
@@ -551,20 +638,29 @@ impl Store {
         })
     }
 
-    /// Stores a file and a STORE message for it, signed by nobody and owned by `owner`.
-    /// Returns the STORE message (its item hash is the file's `ref`).
-    pub fn add_file(&self, path: &Path, owner: &str, time: f64) -> Result<Message, StoreError> {
+    /// Stores a file and a STORE message for it, owned by `owner` and signed by `signer`
+    /// (whose address `owner` must be) or by nobody. Returns the STORE message (its item hash
+    /// is the file's `ref`).
+    pub fn add_file(
+        &self,
+        path: &Path,
+        owner: &str,
+        time: f64,
+        signer: Option<&message::Signer>,
+    ) -> Result<Message, StoreError> {
         let (hash, size) = self.put_object_file(path)?;
-        self.add_store_message(&hash, size, owner, time)
+        self.add_store_message(&hash, size, owner, time, signer)
     }
 
-    /// Writes a STORE message for an object already in the store.
+    /// Writes a STORE message for an object already in the store, owned by `owner` and signed
+    /// by `signer` or by nobody.
     pub fn add_store_message(
         &self,
         file_hash: &str,
         size: u64,
         owner: &str,
         time: f64,
+        signer: Option<&message::Signer>,
     ) -> Result<Message, StoreError> {
         let content = serde_json::json!({
             "address": owner,
@@ -573,8 +669,19 @@ impl Store {
             "item_hash": file_hash,
             "size": size,
         });
-        let msg = message::build_inline(MessageType::Store, "ETH", owner, time, content);
-        self.put_message(&msg)?;
+        let mut msg = message::build_inline(MessageType::Store, "ETH", owner, time, content);
+        if let Some(signer) = signer {
+            signer
+                .sign(&mut msg)
+                .map_err(|reason| StoreError::Unauthentic {
+                    hash: msg.item_hash.clone(),
+                    source: Box::new(SignatureError::Malformed {
+                        chain: msg.chain.clone(),
+                        reason,
+                    }),
+                })?;
+        }
+        self.put_own_message(&msg)?;
         Ok(msg)
     }
 
@@ -769,7 +876,7 @@ mod tests {
         let (d, s) = store();
         let f = d.path().join("f");
         fs::write(&f, b"v1").unwrap();
-        let original = s.add_file(&f, "0xowner", 10.0).unwrap();
+        let original = s.add_file(&f, "0xowner", 10.0, None).unwrap();
         let v2 = s.put_object(b"v2").unwrap();
         let v3 = s.put_object(b"v3").unwrap();
         let amend = |hash: &str, owner: &str, time: f64| {
@@ -800,7 +907,7 @@ mod tests {
         let (d, s) = store();
         let f = d.path().join("f");
         fs::write(&f, b"v1").unwrap();
-        let original = s.add_file(&f, "0xowner", 10.0).unwrap();
+        let original = s.add_file(&f, "0xowner", 10.0, None).unwrap();
         let v2 = s.put_object(b"v2").unwrap();
         let content = serde_json::json!({
             "address": "0xowner", "time": 20.0, "item_type": "storage",
@@ -817,6 +924,133 @@ mod tests {
         fs::remove_file(s.message_file(&m.item_hash).unwrap()).unwrap();
         assert_eq!(s.amend_hashes(&original.item_hash).unwrap(), [m.item_hash]);
         assert_eq!(fs::read(s.resolve(&latest).unwrap().path).unwrap(), b"v1");
+    }
+
+    /// A store that takes only signed messages, and two accounts.
+    fn signed_store() -> (tempfile::TempDir, Store, message::Signer, message::Signer) {
+        let (d, s) = store();
+        let owner = message::Signer::from_secret(&[1u8; 32]).unwrap();
+        let mallory = message::Signer::from_secret(&[2u8; 32]).unwrap();
+        (d, s.with_unsigned(UnsignedMessages::Refuse), owner, mallory)
+    }
+
+    fn store_amend(original: &str, file: &str, address: &str, sender: &str, time: f64) -> Message {
+        let content = serde_json::json!({
+            "address": address, "time": time, "item_type": "storage",
+            "item_hash": file, "ref": original,
+        });
+        message::build_inline(MessageType::Store, "ETH", sender, time, content)
+    }
+
+    #[test]
+    fn a_store_that_refuses_unsigned_messages_still_takes_its_own() {
+        let (d, s, owner, _) = signed_store();
+        let f = d.path().join("f");
+        fs::write(&f, b"v1").unwrap();
+        let hash = s.put_object(b"v2").unwrap();
+        let unsigned = store_amend(
+            &"a".repeat(64),
+            &hash,
+            owner.address(),
+            owner.address(),
+            5.0,
+        );
+        let err = s.put_message(&unsigned).unwrap_err();
+        assert!(matches!(err, StoreError::Unsigned(_)), "{err}");
+        assert!(err.to_string().contains("has no signature"), "{err}");
+        assert!(!s.has_message(&unsigned.item_hash));
+        // What the node makes itself goes in, unsigned or signed.
+        let own = s.add_file(&f, owner.address(), 1.0, None).unwrap();
+        assert!(own.signature.is_none() && s.has_message(&own.item_hash));
+        let signed = s.add_file(&f, owner.address(), 2.0, Some(&owner)).unwrap();
+        assert_eq!(
+            message::authenticate(&signed).unwrap(),
+            message::Authenticity::Signed { scheme: "EIP-191" }
+        );
+        // A signed message from outside goes in too.
+        let mut amend = store_amend(&own.item_hash, &hash, owner.address(), owner.address(), 3.0);
+        owner.sign(&mut amend).unwrap();
+        s.put_message(&amend).unwrap();
+        assert!(s.has_message(&amend.item_hash));
+        // A store that trusts unsigned messages takes the unsigned one.
+        let trusting = s.clone().with_unsigned(UnsignedMessages::Trust);
+        trusting.put_message(&unsigned).unwrap();
+    }
+
+    #[test]
+    fn forged_amends_are_refused_and_use_latest_keeps_the_owners_file() {
+        let (d, s, owner, mallory) = signed_store();
+        let f = d.path().join("f");
+        fs::write(&f, b"v1").unwrap();
+        let original = s.add_file(&f, owner.address(), 10.0, Some(&owner)).unwrap();
+        let evil = s.put_object(b"evil").unwrap();
+        let latest = ObjectRef {
+            reference: original.item_hash.clone(),
+            use_latest: true,
+        };
+
+        // Mallory signs an amend that speaks for the owner.
+        let mut forged = store_amend(
+            &original.item_hash,
+            &evil,
+            owner.address(),
+            mallory.address(),
+            20.0,
+        );
+        mallory.sign(&mut forged).unwrap();
+        let err = s.put_message(&forged).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::Unauthentic { source, .. }
+                    if matches!(**source, SignatureError::NotTheOwner { .. })
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&forged.item_hash), "{err}");
+        // Mallory claims to be the owner, and signs with her own key.
+        let mut claimed = store_amend(
+            &original.item_hash,
+            &evil,
+            owner.address(),
+            owner.address(),
+            21.0,
+        );
+        claimed.signature = Some(format!(
+            "0x{}",
+            hex::encode(
+                mallory
+                    .sign_text(message::verification_buffer(&claimed).as_bytes())
+                    .unwrap()
+            )
+        ));
+        let err = s.put_message(&claimed).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::Unauthentic { source, .. }
+                    if matches!(**source, SignatureError::WrongSigner { .. })
+            ),
+            "{err}"
+        );
+        for m in [&forged, &claimed] {
+            assert!(!s.has_message(&m.item_hash));
+        }
+        assert!(s.amend_hashes(&original.item_hash).unwrap().is_empty());
+        assert_eq!(fs::read(s.resolve(&latest).unwrap().path).unwrap(), b"v1");
+
+        // The owner's own signed amend is followed.
+        let v2 = s.put_object(b"v2").unwrap();
+        let mut amend = store_amend(
+            &original.item_hash,
+            &v2,
+            owner.address(),
+            owner.address(),
+            30.0,
+        );
+        owner.sign(&mut amend).unwrap();
+        s.put_message(&amend).unwrap();
+        assert_eq!(fs::read(s.resolve(&latest).unwrap().path).unwrap(), b"v2");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! object the ref resolves to; for an interpreter runtime also the interpreter (from the
 //! remote, else from the sources its manifest lists) and the bootstrap files. What the store
 //! already holds is not fetched again; everything fetched is verified by [`Remote`] first.
+//! A runtime this node ships (by its fixed ref) is stored locally instead.
 //!
 //! A program whose needs were all met is remembered, so later requests cost one set lookup;
 //! concurrent first requests for one program wait for a single fetch. Newer amends published
@@ -147,6 +148,12 @@ impl Prefetcher {
     /// Every ref the program names, and the runtime's own files.
     async fn needs(&self, store: &Store, program: &ProgramContent) -> Result<(), PrefetchError> {
         let field = "content.runtime";
+        // A runtime this node ships is its own, never fetched (nor refused as unsigned).
+        if !store.has_message(&program.runtime.reference.reference)
+            && let Err(e) = runtime::add_shipped_ref(store, &program.runtime.reference.reference)
+        {
+            tracing::warn!("{field}: cannot store a shipped runtime: {e}");
+        }
         let manifest_hash = self
             .object_ref(store, &program.runtime.reference)
             .await

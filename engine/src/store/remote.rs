@@ -126,12 +126,24 @@ pub enum RemoteError {
 }
 
 impl RemoteError {
-    /// Whether the hash of something that arrived was wrong (tampering or corruption in
-    /// transit), as opposed to something missing or unreachable.
+    /// Whether the hash of something that arrived was wrong, or a message is not from whom
+    /// it says (tampering or corruption in transit, a forgery), as opposed to something
+    /// missing or unreachable.
     pub fn is_mismatch(&self) -> bool {
         matches!(
             self,
-            RemoteError::HashMismatch { .. } | RemoteError::BadMessage { .. }
+            RemoteError::HashMismatch { .. }
+                | RemoteError::BadMessage { .. }
+                | RemoteError::Store(StoreError::Unauthentic { .. })
+        )
+    }
+
+    /// Whether a message was refused for who it is from: a signature that does not hold, or
+    /// none where the store takes only signed messages.
+    pub fn is_refused_message(&self) -> bool {
+        matches!(
+            self,
+            RemoteError::Store(StoreError::Unauthentic { .. } | StoreError::Unsigned(_))
         )
     }
 }
@@ -327,8 +339,18 @@ impl Remote {
                 );
                 continue;
             }
-            put_message(store, msg).await?;
-            stored += 1;
+            // One refused amend (a forgery, an unsigned one) does not hide the owner's others.
+            match put_message(store, msg).await {
+                Ok(()) => stored += 1,
+                Err(e) if e.is_refused_message() => {
+                    tracing::warn!(
+                        "{}: amend {hash} of {} not stored: {e}",
+                        self.api,
+                        original.item_hash
+                    );
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(stored)
     }

@@ -397,7 +397,7 @@ pub fn collect_export(
     let tmp = tempfile::NamedTempFile::new_in(store.tmp_dir()).map_err(|e| err(what, e))?;
     let report = archive::pack(&plan.dir, plan.format, tmp.path()).map_err(|e| err(what, e))?;
     let msg = store
-        .add_file(tmp.path(), owner, time)
+        .add_file(tmp.path(), owner, time, None)
         .map_err(|e| err(what, e))?;
     Ok(ExportInfo {
         file_hash: report.sha256,

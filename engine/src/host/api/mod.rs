@@ -13,15 +13,15 @@
 //! - [`proxy`]: the Aleph API (`/api/v0/…`) from the node's store, else from the upstream API;
 //! - [`cache`]: key and pattern rules, the [`CacheBackend`] trait, [`CacheConfig`], the
 //!   embedded backend ([`EmbeddedCache`]);
-//! - [`redis`]: the Redis backend ([`RedisCache`]), laid out as aleph-vm's;
-//! - [`signer`]: the node's signing key ([`Signer`], `--signing-key`), with which `/sign`
-//!   signs a program's messages as aleph-vm's VM connector does.
+//! - [`redis`]: the Redis backend ([`RedisCache`]), laid out as aleph-vm's.
+//!
+//! `/sign` signs with the node's key (`--signing-key`, a [`Signer`]), as aleph-vm's VM
+//! connector does.
 
 pub mod cache;
 pub mod proxy;
 pub mod redis;
 pub mod routes;
-pub mod signer;
 
 #[cfg(test)]
 mod tests;
@@ -37,7 +37,7 @@ pub use self::cache::{
     CACHE_TTL, CacheBackend, CacheConfig, CacheError, CacheFuture, EmbeddedCache,
 };
 pub use self::redis::RedisCache;
-pub use self::signer::Signer;
+pub use crate::message::Signer;
 use crate::store::Store;
 
 /// The buffer of a guest connection, in each direction.

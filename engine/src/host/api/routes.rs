@@ -5,7 +5,7 @@
 //! | route | answer |
 //! | --- | --- |
 //! | `GET /properties` | the node's signing account, `{"chain": "ETH", "curve": "secp256k1", "address", "public_key"}`; 501 while the node has no signing key |
-//! | `POST /sign` | the message signed by the node ([`super::signer`]): `sender` set, `signature` added; 403 unless its `content.address` is the program's own item hash, then 501 while the node has no signing key, 400 unless it is an inline message whose `item_hash` is its `item_content`'s |
+//! | `POST /sign` | the message signed by the node ([`crate::message::Signer`]): `sender` set, `signature` added; 403 unless its `content.address` is the program's own item hash, then 501 while the node has no signing key, 400 unless it is an inline message whose `item_hash` is its `item_content`'s |
 //! | `GET /cache/?pattern=P` | the program's keys matching the glob `P` (`*` when absent), a JSON list; 400 for a bad pattern |
 //! | `GET /cache/{key}` | the value's bytes; 404 `No such key in cache` |
 //! | `PUT /cache/{key}` | sets the value (the body, at most [`MAX_VALUE_BYTES`]) for [`super::CACHE_TTL`]: `true` |

@@ -404,7 +404,7 @@ async fn messages_and_objects_come_from_the_store() {
     let (_dir, store) = store();
     let file_hash = store.put_object(b"hello object").unwrap();
     let msg = store
-        .add_store_message(&file_hash, 12, "0xOwner", 1_700_000_000.25)
+        .add_store_message(&file_hash, 12, "0xOwner", 1_700_000_000.25, None)
         .unwrap();
     let api = Arc::new(GuestApi::new(store.clone(), embedded(&store).await, None));
     let mut client = Client::new(&api, &program("p")).await;
@@ -809,9 +809,9 @@ fn recover(signature: &str, text: &[u8]) -> String {
     let sig = Signature::from_slice(&bytes[..64]).unwrap();
     assert!(sig.normalize_s().is_none(), "a high-s signature");
     let recovery = RecoveryId::from_byte(bytes[64] - 27).unwrap();
-    let digest = signer::eip191_digest(text);
+    let digest = crate::message::signer::eip191_digest(text);
     let key = VerifyingKey::recover_from_prehash(&digest, &sig, recovery).unwrap();
-    signer::address_of(&key)
+    crate::message::signer::address_of(&key)
 }
 
 /// The node's host options, parsed from `args`.
@@ -912,7 +912,7 @@ async fn what_the_store_lacks_goes_to_the_upstream_api() {
     let (_dir, store) = store();
     let file_hash = store.put_object(b"local").unwrap();
     let msg = store
-        .add_store_message(&file_hash, 5, "0xOwner", 1.0)
+        .add_store_message(&file_hash, 5, "0xOwner", 1.0, None)
         .unwrap();
     let api = Arc::new(GuestApi::new(
         store.clone(),

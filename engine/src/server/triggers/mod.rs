@@ -23,6 +23,7 @@
 //! on a [`Clock`] ([`cron`], [`schedule`]); a delivery task walking the arrivals
 //! ([`deliver`], [`filter`]).
 
+mod allocate;
 mod backoff;
 mod clock;
 mod cron;
@@ -34,7 +35,7 @@ mod persistent;
 mod schedule;
 mod watch;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,10 +44,13 @@ use tokio::task::JoinHandle;
 
 use super::{AppState, lock};
 use crate::interface::Trigger;
+use crate::message::verify::same_account;
 use crate::message::{CodeSource, Content, Message, ObjectRef, ProgramContent, Volume};
+
 use crate::outcome::Outcome;
 use crate::store::Store;
 
+pub use allocate::Allocated;
 pub use backoff::{Backoff, BackoffPolicy};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use filter::{matches, matches_any};
@@ -132,6 +136,8 @@ struct Hub {
     feed: tokio::sync::broadcast::Sender<Arc<Message>>,
     /// Set once the node stops: feed subscribers are disconnected.
     closing: tokio::sync::watch::Sender<bool>,
+    /// The persistent programs the scheduler allocated here ([`allocate`]).
+    allocated: Mutex<BTreeSet<String>>,
 }
 
 /// An activated program and what runs for it.
@@ -239,6 +245,7 @@ impl Triggers {
                 tasks: Mutex::new(Vec::new()),
                 feed: tokio::sync::broadcast::Sender::new(FEED_CAPACITY),
                 closing: tokio::sync::watch::Sender::new(false),
+                allocated: Mutex::new(BTreeSet::new()),
             }),
         }
     }
@@ -387,7 +394,9 @@ impl Triggers {
             let programs = lock(&self.hub.programs);
             programs.get(old).is_some_and(|a| {
                 a.msg.program().zip(new.program()).is_some_and(|(o, n)| {
-                    o.allow_amend && o.address == n.address && a.msg.item_hash != new.item_hash
+                    o.allow_amend
+                        && same_account(&new.chain, &o.address, &n.address)
+                        && a.msg.item_hash != new.item_hash
                 })
             })
         };
@@ -634,7 +643,7 @@ fn superseded(programs: &[Message]) -> HashSet<String> {
             && old_hash != &msg.item_hash
             && let Some(old) = by_hash.get(old_hash.as_str())
             && old.allow_amend
-            && old.address == new.address
+            && same_account(&msg.chain, &old.address, &new.address)
         {
             out.insert(old_hash.clone());
         }

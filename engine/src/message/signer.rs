@@ -1,6 +1,7 @@
-//! The node's signing key (`--signing-key`): the Ethereum account with which the guest API's
-//! `/sign` signs programs' messages, as aleph-vm's VM connector does with the node's
-//! `ethereum.key` (the Aleph SDK's `ETHAccount`).
+//! An Ethereum signing key: the account with which `program create --key` and `store add
+//! --key` sign their messages, and with which the guest API's `/sign` signs programs' messages
+//! (`--signing-key`, as aleph-vm's VM connector does with the node's `ethereum.key`) — the
+//! Aleph SDK's `ETHAccount`.
 //!
 //! - the key file holds the 32 bytes of the private key (as the SDK writes `ethereum.key`), or
 //!   the same as hex text (64 hex digits, `0x` optional, whitespace around);
@@ -76,12 +77,13 @@ impl Signer {
         Self::from_secret(&*parse_secret(contents)?)
     }
 
-    /// The account of the key file at `path`; the error names the file and what is wrong.
+    /// The account of the key file at `path`; the error names the file and what is wrong
+    /// (never what the file holds).
     pub fn load(path: &Path) -> Result<Self, String> {
         let contents = std::fs::read(path)
             .map(Zeroizing::new)
-            .map_err(|e| format!("--signing-key {}: cannot read it: {e}", path.display()))?;
-        Self::parse(&contents).map_err(|e| format!("--signing-key {}: {e}", path.display()))
+            .map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
+        Self::parse(&contents).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// The EIP-55 checksummed `0x` address.
@@ -121,6 +123,27 @@ impl Signer {
         out[..64].copy_from_slice(&signature.to_bytes());
         out[64] = 27 + recovery.to_byte();
         Ok(out)
+    }
+
+    /// Signs a message this node makes (`program create --key`): its sender must be this
+    /// account and its chain an EVM chain; sets its `signature` over the verification buffer.
+    pub fn sign(&self, msg: &mut super::Message) -> Result<(), String> {
+        if !super::verify::is_evm_chain(&msg.chain) {
+            return Err(format!(
+                "an Ethereum key signs for the EVM chains, not for chain {}",
+                msg.chain
+            ));
+        }
+        if !msg.sender.eq_ignore_ascii_case(&self.address) {
+            return Err(format!(
+                "the message's sender {} is not the key's address {}",
+                msg.sender, self.address
+            ));
+        }
+        let buffer = super::verify::verification_buffer(msg);
+        let signature = self.sign_text(buffer.as_bytes())?;
+        msg.signature = Some(format!("0x{}", hex::encode(signature)));
+        Ok(())
     }
 
     /// Signs `message` in place as the SDK's `ETHAccount.sign_message`: sets its `sender` to
