@@ -240,6 +240,39 @@ pub enum RuntimeCommand {
     },
 }
 
+/// What `program create` and `program upload` spell alike.
+#[derive(Debug, Clone, Args)]
+pub struct ProgramArgs {
+    /// The runtime: a ref, or a built-in name (default: wasi for binary code, python-3.12 for
+    /// ASGI).
+    #[arg(long)]
+    pub runtime: Option<String>,
+    /// resources.memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    pub memory: u64,
+    /// resources.vcpus.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// environment.internet.
+    #[arg(long)]
+    pub internet: bool,
+    /// environment.aleph_api.
+    #[arg(long)]
+    pub aleph_api: bool,
+    /// on.persistent.
+    #[arg(long)]
+    pub persistent: bool,
+    /// The channel of the PROGRAM message.
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Print one JSON object describing what was written (its last line).
+    #[arg(long)]
+    pub json: bool,
+    /// The signing key (`--private-key-file` is the same) and owner of the messages written.
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
 /// `aleph-wasm program create`
 #[derive(Debug, Args)]
 pub struct CreateArgs {
@@ -251,33 +284,15 @@ pub struct CreateArgs {
     /// The interface (default: asgi when the entrypoint has ':', else binary).
     #[arg(long, value_parser = ["asgi", "binary"])]
     pub interface: Option<String>,
-    /// The runtime: a ref, or a built-in name (default: wasi for binary code).
-    #[arg(long)]
-    pub runtime: Option<String>,
     /// How the code is encoded (default: from the path).
-    #[arg(long, value_parser = ["zip", "tar.gz", "plain"])]
+    #[arg(long, value_parser = ["zip", "tar.gz", "squashfs", "plain"])]
     pub encoding: Option<String>,
-    /// resources.memory in MiB.
-    #[arg(long, default_value_t = 128)]
-    pub memory: u64,
     /// resources.seconds.
     #[arg(long, default_value_t = 1)]
     pub seconds: u64,
-    /// resources.vcpus.
-    #[arg(long, default_value_t = 1)]
-    pub vcpus: u32,
     /// environment.reproducible.
     #[arg(long)]
     pub reproducible: bool,
-    /// environment.internet.
-    #[arg(long)]
-    pub internet: bool,
-    /// environment.aleph_api.
-    #[arg(long)]
-    pub aleph_api: bool,
-    /// on.persistent.
-    #[arg(long)]
-    pub persistent: bool,
     /// on.http = false.
     #[arg(long)]
     pub no_http: bool,
@@ -309,18 +324,12 @@ pub struct CreateArgs {
     /// A message subscription (JSON object).
     #[arg(long = "on-message")]
     pub on_message: Vec<String>,
-    /// The channel of the PROGRAM message.
-    #[arg(long)]
-    pub channel: Option<String>,
     /// allow_amend: a later PROGRAM message of the owner may replace this one.
     #[arg(long)]
     pub allow_amend: bool,
-    /// Print one JSON object describing what was written (its last line).
-    #[arg(long)]
-    pub json: bool,
-    /// The signing key and owner of the messages written.
+    /// What `program upload` spells alike: runtime, resources, capabilities, channel, key.
     #[command(flatten)]
-    pub key: KeyArgs,
+    pub common: ProgramArgs,
     /// Volumes already in their message form (from `program upload`).
     #[arg(skip)]
     pub volume_objects: Vec<serde_json::Value>,
@@ -334,31 +343,9 @@ pub struct UploadArgs {
     pub path: PathBuf,
     /// The entrypoint (`module:app` for ASGI; for binary code, the module's file name).
     pub entrypoint: String,
-    /// The runtime: a ref, or a built-in name (default: from the entrypoint, as `program
-    /// create`).
-    #[arg(long)]
-    pub runtime: Option<String>,
-    /// The channel of the PROGRAM message.
-    #[arg(long)]
-    pub channel: Option<String>,
-    /// resources.memory in MiB.
-    #[arg(long, default_value_t = 128)]
-    pub memory: u64,
-    /// resources.vcpus.
-    #[arg(long, default_value_t = 1)]
-    pub vcpus: u32,
     /// resources.seconds: whole seconds (`30` or `30.0`).
     #[arg(long, default_value = "30")]
     pub timeout_seconds: String,
-    /// environment.internet.
-    #[arg(long)]
-    pub internet: bool,
-    /// environment.aleph_api.
-    #[arg(long)]
-    pub aleph_api: bool,
-    /// on.persistent.
-    #[arg(long)]
-    pub persistent: bool,
     /// allow_amend: a later PROGRAM message of the owner may replace this one.
     #[arg(long)]
     pub updatable: bool,
@@ -374,12 +361,9 @@ pub struct UploadArgs {
     /// Variables, `K=V,K2=V2` (public: they are written in the message).
     #[arg(long)]
     pub env_vars: Option<String>,
-    /// Print one JSON object describing what was written (its last line).
-    #[arg(long)]
-    pub json: bool,
-    /// The signing key (`--private-key-file` is the same) and owner of the messages written.
+    /// Runtime, resources, capabilities, channel and key, spelled as in `program create`.
     #[command(flatten)]
-    pub key: KeyArgs,
+    pub common: ProgramArgs,
 }
 
 impl UploadArgs {
@@ -404,15 +388,9 @@ impl UploadArgs {
             path: self.path,
             entrypoint: self.entrypoint,
             interface: None,
-            runtime: self.runtime,
             encoding: None,
-            memory: self.memory,
             seconds,
-            vcpus: self.vcpus,
             reproducible: false,
-            internet: self.internet,
-            aleph_api: self.aleph_api,
-            persistent: self.persistent,
             no_http: false,
             data: None,
             data_mount: "/data".into(),
@@ -423,10 +401,8 @@ impl UploadArgs {
             args: Vec::new(),
             cron: None,
             on_message: Vec::new(),
-            channel: self.channel,
             allow_amend: self.updatable,
-            json: self.json,
-            key: self.key,
+            common: self.common,
             volume_objects,
         })
     }
@@ -1025,9 +1001,11 @@ fn store_code(
     let encoding = match encoding {
         Some("zip") => "zip",
         Some("tar.gz") => "tar.gz",
+        Some("squashfs") => "squashfs",
         Some(_) => "plain",
         None if name.ends_with(".zip") => "zip",
         None if name.ends_with(".tar.gz") || name.ends_with(".tgz") => "tar.gz",
+        None if name.ends_with(".squashfs") || name.ends_with(".sqsh") => "squashfs",
         None => "plain",
     };
     let msg = store.add_file(path, owner, time, signer)?;
@@ -1064,8 +1042,8 @@ fn create_program(store: &Store, a: &CreateArgs) -> CliResult {
         }
         .to_string()
     });
-    let runtime_ref = resolve_runtime(store, a.runtime.as_deref(), &interface)?;
-    let (signer, owner) = a.key.author().map_err(UsageError)?;
+    let runtime_ref = resolve_runtime(store, a.common.runtime.as_deref(), &interface)?;
+    let (signer, owner) = a.common.key.author().map_err(UsageError)?;
     let author = (signer.as_ref(), owner.as_str());
     let (code_ref, encoding) = store_code(store, &a.path, a.encoding.as_deref(), author, time)?;
     let mut variables = serde_json::Map::new();
@@ -1080,7 +1058,7 @@ fn create_program(store: &Store, a: &CreateArgs) -> CliResult {
         volumes.push(parse_volume(spec)?);
     }
     volumes.extend(a.volume_objects.iter().cloned());
-    let mut on = serde_json::json!({ "http": !a.no_http, "persistent": a.persistent });
+    let mut on = serde_json::json!({ "http": !a.no_http, "persistent": a.common.persistent });
     if let Some(cron) = &a.cron {
         on["cron"] = cron.clone().into();
     }
@@ -1111,11 +1089,11 @@ fn create_program(store: &Store, a: &CreateArgs) -> CliResult {
         "on": on,
         "environment": {
             "reproducible": a.reproducible,
-            "internet": a.internet,
-            "aleph_api": a.aleph_api,
+            "internet": a.common.internet,
+            "aleph_api": a.common.aleph_api,
             "shared_cache": false,
         },
-        "resources": { "vcpus": a.vcpus, "memory": a.memory, "seconds": a.seconds },
+        "resources": { "vcpus": a.common.vcpus, "memory": a.common.memory, "seconds": a.seconds },
         "variables": variables,
         "volumes": volumes,
     });
@@ -1129,7 +1107,7 @@ fn create_program(store: &Store, a: &CreateArgs) -> CliResult {
         content["export"] = serde_json::json!({ "encoding": a.export_encoding, "mount": mount });
     }
     let mut draft = message::build_inline(MessageType::Program, "ETH", &owner, time, content);
-    draft.channel = a.channel.clone();
+    draft.channel = a.common.channel.clone();
     if let Some(signer) = &signer {
         signer.sign(&mut draft).map_err(UsageError)?;
     }
@@ -1138,7 +1116,7 @@ fn create_program(store: &Store, a: &CreateArgs) -> CliResult {
     let msg = message::parse(&bytes)?;
     store.put_own_message(&msg)?;
     note_unsigned(&msg);
-    if a.json {
+    if a.common.json {
         let summary = serde_json::json!({
             "item_hash": msg.item_hash,
             "sender": msg.sender,

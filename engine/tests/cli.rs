@@ -772,6 +772,76 @@ fn zip_symlink_to_a_host_file_does_not_leak_it() {
 // 6, 7, 8. Volumes
 // ---------------------------------------------------------------------------------------------
 
+/// A squashfs image holding `files` (and `dev`, a character device, when set).
+fn squashfs(files: &[(&str, &[u8])], dev: Option<&str>) -> Vec<u8> {
+    let header = |mode| backhand::NodeHeader::new(mode, 0, 0, 0);
+    let mut fs = backhand::FilesystemWriter::default();
+    for (name, data) in files {
+        fs.push_file(std::io::Cursor::new(data.to_vec()), name, header(0o644))
+            .unwrap();
+    }
+    if let Some(dev) = dev {
+        fs.push_char_device(0x0103, dev, header(0o666)).unwrap();
+    }
+    let mut out = std::io::Cursor::new(Vec::new());
+    fs.write(&mut out).unwrap();
+    out.into_inner()
+}
+
+#[test]
+fn squashfs_code_and_volumes_run_and_hostile_images_are_refused() {
+    let t = TestDir::new();
+    let volume = t.write(
+        "vol.squashfs",
+        squashfs(&[("readme.txt", b"read me\n")], None),
+    );
+    let (_, reference) = t.store_add(&volume);
+    let mut w = Wat::new();
+    let readme = w.s("readme.txt");
+    let label = w.s("readme=");
+    // Preopens: the code (fd 3, an archive here), then the volume (fd 4).
+    let module = w.module(&format!(
+        r#"
+    (local $fd i32) (local $n i32)
+    (local.set $fd (call $open (i32.const 4) {readme} (i32.const 0) {RIGHTS_READ}))
+    (if (i32.lt_s (local.get $fd) (i32.const 0)) (then (call $proc_exit (i32.const 10))))
+    (local.set $n (call $read_all (local.get $fd) (i32.const {BUF}) (i32.const 65536)))
+    (call $print {label})
+    (call $print (i32.const {BUF}) (local.get $n))
+"#
+    ));
+    let wasm = std::fs::read(t.wasm("main.wasm", &module)).unwrap();
+    let code = t.write("code.squashfs", squashfs(&[("main.wasm", &wasm)], None));
+    let create = |volume_ref: &str| {
+        let out = t
+            .cmd()
+            .args(["program", "create"])
+            .arg(&code)
+            .args(["--entrypoint", "main.wasm", "--no-http", "--volume"])
+            .arg(format!("immutable:{volume_ref}:/ro"))
+            .assert_ok();
+        out.last_line()
+    };
+    let program = create(&reference);
+    assert_eq!(
+        stored_message(&t, &program)["content"]["code"]["encoding"],
+        "squashfs"
+    );
+    let run = t.run_json(&program, &[], 0);
+    run.assert_outcome("ok");
+    assert_eq!(run.printed("readme"), "read me", "\n{run}");
+
+    // A volume image with a device node is refused, the entry named.
+    let hostile = t.write(
+        "dev.squashfs",
+        squashfs(&[("readme.txt", b"x")], Some("null")),
+    );
+    let (_, hostile_ref) = t.store_add(&hostile);
+    let program = create(&hostile_ref);
+    let run = t.run_json(&program, &[], 1);
+    run.assert_error_has(&["\"null\"", "character device entries are not allowed"]);
+}
+
 #[test]
 fn immutable_volume_is_read_only() {
     let t = TestDir::new();

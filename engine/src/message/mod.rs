@@ -15,7 +15,7 @@
 //!
 //! Every validation error names the JSON path of the offending value
 //! (`content.resources.memory: must be between 1 and 1048576 MiB, got 0`). What is a valid
-//! Aleph message but not runnable here (squashfs, `persistence: store`) passes [`parse()`] and
+//! Aleph message but not runnable here (a squashfs export, `persistence: store`) passes [`parse()`] and
 //! is rejected by [`ProgramContent::check_supported`].
 
 mod canonical;

@@ -116,7 +116,7 @@ pub enum Encoding {
     /// A gzip-compressed tar archive (the seed's `tar.gzip`; also `tar.gz`, `targz`).
     #[serde(rename = "tar.gz")]
     TarGz,
-    /// A squashfs image: valid on the network, not supported by this engine.
+    /// A squashfs image (unpacked read-only; not an export encoding).
     #[serde(rename = "squashfs")]
     Squashfs,
 }
@@ -396,26 +396,11 @@ pub struct ProgramContent {
 }
 
 impl ProgramContent {
-    /// Rejects what is a valid Aleph message but not runnable by this engine: `squashfs`
-    /// anywhere, export encodings other than `zip` and `tar.gz`, and `persistence: store`
-    /// volumes. Errors use the final-form JSON paths (`content.code.encoding`, …).
+    /// Rejects what is a valid Aleph message but not runnable by this engine: export
+    /// encodings other than `zip` and `tar.gz`, and `persistence: store` volumes. Errors use
+    /// the final-form JSON paths (`content.export.encoding`, …).
     pub fn check_supported(&self) -> Result<(), MessageError> {
-        fn unsupported(errors: &mut Errors, path: &str, encoding: Encoding) {
-            if encoding == Encoding::Squashfs {
-                errors.push(
-                    path,
-                    format!(
-                        "unsupported encoding {:?} (supported: plain, zip, tar.gz)",
-                        encoding.as_str()
-                    ),
-                );
-            }
-        }
         let mut errors = Errors::default();
-        unsupported(&mut errors, "content.code.encoding", self.code.encoding);
-        if let Some(data) = &self.data {
-            unsupported(&mut errors, "content.data.encoding", data.encoding);
-        }
         if let Some(export) = &self.export
             && !matches!(export.encoding, Encoding::Zip | Encoding::TarGz)
         {

@@ -476,14 +476,13 @@ fn interface_is_inferred_from_the_entrypoint() {
 }
 
 #[test]
-fn squashfs_parses_but_is_not_supported() {
+fn squashfs_code_is_supported_but_not_as_an_export() {
     let program = program_ok(|c| c["code"]["encoding"] = json!("squashfs"));
     assert_eq!(program.code.encoding, Encoding::Squashfs);
-    let err = program.check_supported().expect_err("squashfs");
-    assert_eq!(
-        err.to_string(),
-        "content.code.encoding: unsupported encoding \"squashfs\" (supported: plain, zip, tar.gz)"
-    );
+    program.check_supported().expect("squashfs code runs here");
+    let program = program_ok(|c| c["export"] = json!({"encoding": "squashfs", "mount": "/out"}));
+    let err = program.check_supported().expect_err("squashfs export");
+    assert_eq!(err.paths(), ["content.export.encoding"]);
 
     let program = program_ok(|c| c["export"] = json!({"encoding": "plain", "mount": "/out"}));
     let err = program.check_supported().expect_err("plain export");

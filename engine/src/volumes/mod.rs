@@ -105,13 +105,13 @@ pub struct Mounts {
     pub inputs: Vec<ResolvedInput>,
 }
 
-/// The archive format of a message encoding (`None` for squashfs).
-pub fn archive_format(encoding: Encoding) -> Option<ArchiveFormat> {
+/// The archive format of a message encoding.
+pub fn archive_format(encoding: Encoding) -> ArchiveFormat {
     match encoding {
-        Encoding::Plain => Some(ArchiveFormat::Plain),
-        Encoding::Zip => Some(ArchiveFormat::Zip),
-        Encoding::TarGz => Some(ArchiveFormat::TarGz),
-        Encoding::Squashfs => None,
+        Encoding::Plain => ArchiveFormat::Plain,
+        Encoding::Zip => ArchiveFormat::Zip,
+        Encoding::TarGz => ArchiveFormat::TarGz,
+        Encoding::Squashfs => ArchiveFormat::Squashfs,
     }
 }
 
@@ -129,6 +129,7 @@ pub fn unpack_cached(
         ArchiveFormat::Plain => format!("plain-{plain_name}"),
         ArchiveFormat::Zip => "zip".to_string(),
         ArchiveFormat::TarGz => "tar.gz".to_string(),
+        ArchiveFormat::Squashfs => "squashfs".to_string(),
     };
     let final_dir = cache.join(format!("{}.{tag}", resolved.file_hash));
     if final_dir.join(".complete").is_file() {
@@ -150,7 +151,7 @@ pub fn unpack_cached(
     Ok(final_dir.join("root"))
 }
 
-/// [`unpack_cached`] for an object stored with a message `encoding` (squashfs is refused).
+/// [`unpack_cached`] for an object stored with a message `encoding`.
 pub fn unpack_encoded(
     store: &Store,
     resolved: &Resolved,
@@ -158,13 +159,13 @@ pub fn unpack_encoded(
     plain_name: &str,
     limits: &UnpackLimits,
 ) -> Result<PathBuf, VolumeError> {
-    let format = archive_format(encoding).ok_or_else(|| {
-        err(
-            "encoding",
-            "unsupported encoding \"squashfs\" (supported: plain, zip, tar.gz)",
-        )
-    })?;
-    unpack_cached(store, resolved, format, plain_name, limits)
+    unpack_cached(
+        store,
+        resolved,
+        archive_format(encoding),
+        plain_name,
+        limits,
+    )
 }
 
 /// Guesses the format of a stored immutable volume from its first bytes.
@@ -175,8 +176,8 @@ fn sniff_format(path: &Path) -> Result<ArchiveFormat, String> {
     match &head[..n] {
         [b'P', b'K', 3, 4] | [b'P', b'K', 5, 6] => Ok(ArchiveFormat::Zip),
         [0x1f, 0x8b, ..] => Ok(ArchiveFormat::TarGz),
-        b"hsqs" => Err("squashfs images are not supported (use zip or tar.gz)".into()),
-        _ => Err("not a zip or tar.gz archive".into()),
+        b"hsqs" => Ok(ArchiveFormat::Squashfs),
+        _ => Err("not a zip, tar.gz or squashfs image".into()),
     }
 }
 
@@ -215,8 +216,7 @@ pub fn prepare(
     if let Some(data) = &program.data {
         let field = "content.data";
         let resolved = resolve(store, field, &data.reference)?;
-        let format = archive_format(data.encoding)
-            .ok_or_else(|| err(field, "unsupported encoding \"squashfs\""))?;
+        let format = archive_format(data.encoding);
         let dir = exec_dir.join("data");
         fs::create_dir(&dir).map_err(|e| err(field, e))?;
         archive::unpack(

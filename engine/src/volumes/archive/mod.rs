@@ -2,7 +2,8 @@
 //!
 //! This module owns the two places where archive bytes meet the host file system:
 //!
-//! * [`unpack`] turns a stored archive (untrusted bytes: a plain file, a zip or a tar.gz) into
+//! * [`unpack`] turns a stored archive (untrusted bytes: a plain file, a zip, a tar.gz or a
+//!   squashfs image, read with `backhand` — nothing is mounted) into
 //!   the contents of a fresh, empty directory, refusing anything that could write outside that
 //!   directory, plant an escaping symlink, create a device node, or exhaust disk, memory or time.
 //! * [`pack`] turns a directory written by a sandboxed guest (also untrusted) into an archive
@@ -27,7 +28,9 @@
 //! * Tar hard links are not created as hard links: when the target is a regular file that was
 //!   unpacked earlier in the same archive (reached through real directories only), its content
 //!   is copied (the copy counts against the byte limit). Any other hard link is refused.
-//! * Device, fifo, GNU sparse and unknown entry types are refused.
+//! * Device, fifo, socket, GNU sparse and unknown entry types are refused.
+//! * A squashfs image's entries go through the same rules, in path order; its inode count is
+//!   checked against the entry limit before its directory tree is read.
 //! * Modes are normalised: files `0o644`, or `0o755` when the archive marks any execute bit;
 //!   directories `0o755`. No setuid/setgid/sticky bit, owner or timestamp is restored.
 //! * Duplicate entries are refused (except a directory repeated as a directory).
@@ -69,6 +72,7 @@ use std::io;
 use std::path::PathBuf;
 
 mod pack;
+mod squashfs;
 mod unpack;
 
 #[cfg(test)]
@@ -86,6 +90,8 @@ pub enum ArchiveFormat {
     Zip,
     /// A gzip-compressed tar stream (ustar, GNU or pax headers).
     TarGz,
+    /// A squashfs 4 image (gzip, xz, lz4 or zstd compressed), unpacked like an archive.
+    Squashfs,
 }
 
 /// Resource limits applied while unpacking; both count what is actually produced.
@@ -315,6 +321,9 @@ pub enum ArchiveError {
     /// The gzip or tar layer could not be read.
     #[error("corrupt tar.gz: {0}")]
     CorruptTarGz(String),
+    /// The file is not a squashfs image this engine reads, or the image is damaged.
+    #[error("not a readable squashfs image: {0}")]
+    BadSquashfs(String),
     /// [`unpack`] was given a destination that already has content.
     #[error("unpack destination {path:?} is not empty")]
     DestinationNotEmpty {

@@ -58,6 +58,7 @@ pub fn unpack(
         ArchiveFormat::Plain => unpack_plain(archive, plain_name, &mut out)?,
         ArchiveFormat::Zip => unpack_zip(archive, &mut out)?,
         ArchiveFormat::TarGz => unpack_tar_gz(archive, &mut out)?,
+        ArchiveFormat::Squashfs => super::squashfs::unpack_squashfs(archive, &mut out)?,
     }
     Ok(out.report)
 }
@@ -299,14 +300,14 @@ fn corrupt_tar(e: &io::Error) -> ArchiveError {
     ArchiveError::CorruptTarGz(e.to_string())
 }
 
-fn unsafe_path(entry: &str, rule: PathRule) -> ArchiveError {
+pub(super) fn unsafe_path(entry: &str, rule: PathRule) -> ArchiveError {
     ArchiveError::UnsafePath {
         entry: entry.to_owned(),
         rule,
     }
 }
 
-fn unsupported(entry: &str, kind: &str) -> ArchiveError {
+pub(super) fn unsupported(entry: &str, kind: &str) -> ArchiveError {
     ArchiveError::UnsupportedEntry {
         entry: entry.to_owned(),
         kind: kind.to_owned(),
@@ -318,9 +319,9 @@ fn mode(bits: u32) -> Permissions {
 }
 
 /// Writes validated entries under the root, enforcing the limits.
-struct Extractor {
+pub(super) struct Extractor {
     root: Dir,
-    limits: UnpackLimits,
+    pub(super) limits: UnpackLimits,
     entries: u64,
     /// Bytes charged against `max_total_bytes`.
     charged: u64,
@@ -331,7 +332,7 @@ struct Extractor {
 }
 
 impl Extractor {
-    fn count_entry(&mut self) -> Result<(), ArchiveError> {
+    pub(super) fn count_entry(&mut self) -> Result<(), ArchiveError> {
         self.entries += 1;
         if self.entries > self.limits.max_entries {
             return Err(ArchiveError::TooManyEntries {
@@ -341,7 +342,7 @@ impl Extractor {
         Ok(())
     }
 
-    fn charge(&mut self, bytes: u64) -> Result<(), ArchiveError> {
+    pub(super) fn charge(&mut self, bytes: u64) -> Result<(), ArchiveError> {
         self.charged = self.charged.saturating_add(bytes);
         if self.charged > self.limits.max_total_bytes {
             return Err(ArchiveError::TooManyBytes {
@@ -405,7 +406,7 @@ impl Extractor {
         }
     }
 
-    fn make_dir(&mut self, entry: &str, clean: &CleanPath) -> Result<(), ArchiveError> {
+    pub(super) fn make_dir(&mut self, entry: &str, clean: &CleanPath) -> Result<(), ArchiveError> {
         if clean.depth == 0 {
             return Ok(()); // `./`: the root already exists.
         }
@@ -421,7 +422,7 @@ impl Extractor {
     }
 
     /// Streams `data` into a new file, charging every byte; returns the bytes written.
-    fn write_file(
+    pub(super) fn write_file(
         &mut self,
         entry: &str,
         clean: &CleanPath,
@@ -473,7 +474,7 @@ impl Extractor {
         }
     }
 
-    fn make_symlink(
+    pub(super) fn make_symlink(
         &mut self,
         entry: &str,
         clean: &CleanPath,
