@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -1061,4 +1061,104 @@ async fn storage_raw_serves_objects_and_404s_absent_ones() {
         "a corrupt object was served whole"
     );
     node.shutdown().await;
+}
+
+// --- An API node of the network --------------------------------------------------------------
+
+/// A POST message as an API node of the network lists it (`/api/v0/messages.json`): the
+/// envelope with the node's bookkeeping (`_id`, `confirmed`, `confirmations`, `size`) and the
+/// parsed `content` beside `item_content`. Signed on Ethereum; from the public record.
+fn recorded_eth_post() -> Value {
+    let item_content = r#"{"address":"0xA07B1214bAe0D5ccAA25449C3149c0aC83658874","time":1730410918.0924816,"content":{"type":"polygon","address":"0xA07B1214bAe0D5ccAA25449C3149c0aC83658874","content":{"body":"This message was posted from the typescript-SDK test suite"},"time":1689163528.372},"type":"test"}"#;
+    json!({
+        "_id": {"$oid": "6724a9a6c7e1b4a9e1c3f0a1"},
+        "chain": "ETH",
+        "item_hash": "f524a258d87f1771e8538fd4fd91acdcc527c3b7f138fafd6ff89a5fcf97c3b7",
+        "sender": "0xA07B1214bAe0D5ccAA25449C3149c0aC83658874",
+        "type": "POST",
+        "channel": "ALEPH-CLOUDSOLUTIONS",
+        "confirmed": true,
+        "content": serde_json::from_str::<Value>(item_content).unwrap(),
+        "item_content": item_content,
+        "item_type": "inline",
+        "signature": "0x99efc66c781c889e1f21c680869c832141dcee90189e75e85f570b8b49e72dee0338d77c214ae55bfcb886bbd7bac6dc4dcfda4eb0d2c47ed93d51b36b7259b01c",
+        "size": item_content.len(),
+        "time": 1730410918.092607,
+        "confirmations": [{"chain": "ETH", "height": 21093424, "hash": "0x5e1c0c7f9b8a3d2e4f6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f7a8b9c0"}],
+    })
+}
+
+/// An API node serving `messages` in the network's listing shape (`?hashes=` filters them).
+async fn api_node(messages: Vec<Value>) -> (String, tokio::task::JoinHandle<()>) {
+    let app = axum::Router::new().route(
+        "/api/v0/messages.json",
+        axum::routing::get(
+            move |query: axum::extract::Query<BTreeMap<String, String>>| {
+                let messages = messages.clone();
+                async move {
+                    let wanted: Vec<&str> = query
+                        .get("hashes")
+                        .map(|h| h.split(',').collect())
+                        .unwrap_or_default();
+                    let listed: Vec<Value> = messages
+                        .into_iter()
+                        .filter(|m| {
+                            wanted.is_empty() || wanted.contains(&m["item_hash"].as_str().unwrap())
+                        })
+                        .collect();
+                    axum::Json(json!({
+                        "messages": listed,
+                        "pagination_page": 1,
+                        "pagination_total": listed.len(),
+                        "pagination_per_page": 20,
+                        "pagination_item": "messages",
+                    }))
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let serving = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (format!("http://{addr}"), serving)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_from_an_api_node_in_the_networks_shape_are_verified_before_they_are_stored() {
+    let genuine = recorded_eth_post();
+    let mut forged = recorded_eth_post();
+    // The same content and hash, "sent" by someone else: the signature does not hold.
+    let other = "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23";
+    let item_content = forged["item_content"]
+        .as_str()
+        .unwrap()
+        .replace("0xA07B1214bAe0D5ccAA25449C3149c0aC83658874", other);
+    forged["item_hash"] = json!(message::sha256_hex(item_content.as_bytes()));
+    forged["content"] = serde_json::from_str(&item_content).unwrap();
+    forged["item_content"] = json!(item_content);
+    forged["sender"] = json!(other);
+    let (api, serving) = api_node(vec![genuine.clone(), forged.clone()]).await;
+    let node = Node::new();
+    let store = node
+        .store
+        .clone()
+        .with_unsigned(aleph_wasm::store::UnsignedMessages::Refuse);
+    let remote = aleph_wasm::store::remote::Remote::new(&api).unwrap();
+
+    let hash = genuine["item_hash"].as_str().unwrap();
+    let msg = remote.fetch_message(&store, hash).await.unwrap();
+    assert_eq!(msg.sender, "0xA07B1214bAe0D5ccAA25449C3149c0aC83658874");
+    assert!(store.has_message(hash));
+
+    let forged_hash = forged["item_hash"].as_str().unwrap();
+    let err = remote.fetch_message(&store, forged_hash).await.unwrap_err();
+    assert!(err.is_refused_message(), "{err}");
+    assert!(err.to_string().contains("not by the sender"), "{err}");
+    assert!(
+        !store.has_message(forged_hash),
+        "a forged message was stored"
+    );
+    serving.abort();
 }
