@@ -1131,7 +1131,10 @@ async fn serve_prints_its_address_and_stops_on_sigterm() {
         .status(200)
         .json();
     assert_eq!(config["messages"]["unsigned"], "refuse", "{config}");
-    assert_eq!(config["messages"]["delegations"], false, "{config}");
+    assert_eq!(
+        config["messages"]["delegations"], "security aggregate",
+        "{config}"
+    );
     let out = serve.stop().await;
     assert_eq!(
         out.status.code(),

@@ -1162,3 +1162,56 @@ async fn messages_from_an_api_node_in_the_networks_shape_are_verified_before_the
     );
     serving.abort();
 }
+
+/// A key the owner delegates to (Hardhat's second test account).
+const DELEGATE_KEY: &str = "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delegates_amend_is_followed_once_the_owners_delegation_is_fetched() {
+    let a = Node::new();
+    let v1 = store_code(&a.store, &says("one"), OWNER, 1.0, None);
+    let delegate = message::Signer::parse(DELEGATE_KEY.as_bytes()).unwrap();
+    // The owner lets the delegate post STORE messages for it.
+    let security = json!({
+        "address": OWNER, "key": "security", "time": 1.5,
+        "content": {"authorizations": [{"address": delegate.address(), "types": ["STORE"]}]},
+    });
+    let security = sealed(message::build_inline(
+        MessageType::Aggregate,
+        "ETH",
+        OWNER,
+        1.5,
+        security,
+    ));
+    a.store.put_message(&security).unwrap();
+    let two = says("two");
+    let file = a.store.put_object(&two).unwrap();
+    let content = json!({
+        "address": OWNER, "time": 2.0, "item_type": "storage", "item_hash": file,
+        "size": two.len(), "ref": v1.item_hash,
+    });
+    let mut amend =
+        message::build_inline(MessageType::Store, "ETH", delegate.address(), 2.0, content);
+    delegate.sign(&mut amend).unwrap();
+    a.store.put_message(&amend).unwrap();
+    let msg = program(&a.store, &v1.item_hash, true);
+    let a = a.start(None).await;
+    // B takes only signed messages, as `serve` does.
+    let mut b = Node::new();
+    b.store = b
+        .store
+        .clone()
+        .with_unsigned(aleph_wasm::store::UnsignedMessages::Refuse);
+    let b = b.start(Some(a.url())).await;
+
+    let (status, body) = b.get(&format!("/vm/{}/", msg.item_hash)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body, "two\n",
+        "the delegate's amend, authorised by the owner"
+    );
+    assert!(b.store.has_message(&security.item_hash));
+    assert!(b.store.has_message(&amend.item_hash));
+    b.shutdown().await;
+    a.shutdown().await;
+}

@@ -20,6 +20,7 @@
 
 mod canonical;
 mod cron;
+pub mod delegation;
 mod error;
 mod hash;
 mod model;

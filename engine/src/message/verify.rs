@@ -11,10 +11,9 @@
 //! - SOL: the JSON text `{"signature": <base58, 64 bytes>, "publicKey": <base58, 32 bytes>}`;
 //!   `publicKey` must be the sender; ed25519, strict verification, over the buffer.
 //! - Any other chain is refused: "chain X: signatures not supported".
-//! - `content.address` must be the sender ([`SignatureError::NotTheOwner`]). The network lets an
-//!   address post for another through that owner's delegations (its `security` aggregate);
-//!   this node does not follow delegations, so only an owner's own messages amend its
-//!   programs and files.
+//! - `content.address` must be the sender ([`SignatureError::NotTheOwner`]), unless the owner
+//!   delegated to the sender through its `security` aggregate: the store checks that
+//!   ([`super::delegation`]), since it holds the aggregates.
 //!
 //! A message without a signature is [`Authenticity::Unsigned`]: whether to take it is the
 //! store's decision ([`crate::store::UnsignedMessages`]).
@@ -102,7 +101,7 @@ pub enum SignatureError {
     /// The content speaks for another address than the sender's.
     #[error(
         "content.address {address} is not the sender {sender}: a message speaks only for its \
-         signer (this node does not follow delegations)"
+         signer, unless the owner's security aggregate authorises the sender"
     )]
     NotTheOwner {
         /// The content's address.
@@ -123,11 +122,19 @@ pub fn verification_buffer(msg: &Message) -> String {
     )
 }
 
-/// Checks that `msg` is from its sender: its content's address is the sender, and its
-/// signature, when it has one, verifies for the sender. A message without a signature (absent
-/// or empty) is [`Authenticity::Unsigned`].
+/// Checks that `msg` is from its sender: its signature, when it has one, verifies for the
+/// sender, and its content's address is the sender. A message without a signature (absent or
+/// empty) is [`Authenticity::Unsigned`]. A store also takes a message whose content speaks
+/// for an owner who delegated to the sender ([`super::delegation`]); this function alone,
+/// knowing no aggregate, does not.
 pub fn authenticate(msg: &Message) -> Result<Authenticity, SignatureError> {
+    let authenticity = verify_signature(msg)?;
     check_owner(msg)?;
+    Ok(authenticity)
+}
+
+/// Checks `msg`'s signature against its sender (not who the content speaks for).
+pub fn verify_signature(msg: &Message) -> Result<Authenticity, SignatureError> {
     let Some(signature) = msg.signature.as_deref().filter(|s| !s.is_empty()) else {
         return Ok(Authenticity::Unsigned);
     };
@@ -140,6 +147,15 @@ pub fn authenticate(msg: &Message) -> Result<Authenticity, SignatureError> {
         Ok(Authenticity::Signed { scheme: "ed25519" })
     } else {
         Err(SignatureError::UnsupportedChain(msg.chain.clone()))
+    }
+}
+
+/// The address `msg`'s content speaks for (`content.address`), when it names one.
+pub fn content_address(msg: &Message) -> Option<&str> {
+    match &msg.content {
+        Content::Program(p) => Some(p.address.as_str()),
+        Content::Store(s) => Some(s.address.as_str()),
+        Content::Other(v) => v.get("address").and_then(Value::as_str),
     }
 }
 
@@ -164,13 +180,9 @@ pub fn same_account(chain: &str, a: &str, b: &str) -> bool {
     }
 }
 
-fn check_owner(msg: &Message) -> Result<(), SignatureError> {
-    let address = match &msg.content {
-        Content::Program(p) => Some(p.address.as_str()),
-        Content::Store(s) => Some(s.address.as_str()),
-        Content::Other(v) => v.get("address").and_then(Value::as_str),
-    };
-    match address {
+/// Checks that `msg`'s content speaks for its sender ([`SignatureError::NotTheOwner`]).
+pub fn check_owner(msg: &Message) -> Result<(), SignatureError> {
+    match content_address(msg) {
         Some(address) if !same_account(&msg.chain, address, &msg.sender) => {
             Err(SignatureError::NotTheOwner {
                 address: address.to_string(),

@@ -46,7 +46,7 @@ async fn config(State(state): State<AppState>) -> Json<Value> {
                 "evm": crate::message::verify::EVM_CHAINS,
                 "other": [crate::message::verify::SOL_CHAIN],
             },
-            "delegations": false,
+            "delegations": "security aggregate",
         },
         "pooling": executor.sandbox.pooling.map(|p| json!({
             "instances": p.instances,

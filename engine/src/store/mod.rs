@@ -29,6 +29,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::message::{
@@ -475,15 +476,84 @@ impl Store {
         self.write_message(msg)
     }
 
-    /// The checks every stored message passes: its inline hash, and who it is from.
+    /// The checks every stored message passes: its inline hash, and who it is from — its
+    /// signature, and its content speaking for its sender or for an owner whose security
+    /// aggregate here authorises the sender ([`message::delegation`]).
     fn check_message(&self, msg: &Message) -> Result<Authenticity, StoreError> {
         if msg.item_type == ItemType::Inline && !msg.hash_verified {
             return Err(StoreError::Unverified(msg.item_hash.clone()));
         }
-        message::authenticate(msg).map_err(|source| StoreError::Unauthentic {
+        let unauthentic = |source| StoreError::Unauthentic {
             hash: msg.item_hash.clone(),
             source: Box::new(source),
+        };
+        let authenticity = message::verify::verify_signature(msg).map_err(unauthentic)?;
+        match message::verify::check_owner(msg) {
+            Ok(()) => Ok(authenticity),
+            Err(refusal) => {
+                let owner = message::verify::content_address(msg).unwrap_or_default();
+                let authorizations = self.security_authorizations(owner)?;
+                if message::delegation::authorizes(&authorizations, msg) {
+                    Ok(authenticity)
+                } else {
+                    Err(unauthentic(refusal))
+                }
+            }
+        }
+    }
+
+    /// The `authorizations` of `owner`'s `security` aggregate: its AGGREGATE messages stored
+    /// here, their contents merged in time order (a later one replaces a key).
+    pub fn security_authorizations(&self, owner: &str) -> Result<Vec<Value>, StoreError> {
+        let dir = self.security_dir(owner);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_at(&dir)(e)),
+        };
+        let mut parts = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_at(&dir))?;
+            let Some(hash) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            match self.get_message(&hash) {
+                Ok(msg) => parts.push(msg),
+                Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        parts.sort_by(|a, b| {
+            a.time
+                .total_cmp(&b.time)
+                .then_with(|| a.item_hash.cmp(&b.item_hash))
+        });
+        let mut merged = serde_json::Map::new();
+        for msg in &parts {
+            if let Content::Other(content) = &msg.content
+                && let Some(Value::Object(update)) = content.get("content")
+            {
+                merged.extend(update.clone());
+            }
+        }
+        Ok(match merged.remove("authorizations") {
+            Some(Value::Array(list)) => list,
+            _ => Vec::new(),
         })
+    }
+
+    /// Where the markers of `owner`'s security aggregate messages are (EVM addresses folded to
+    /// lower case: one account, one directory).
+    fn security_dir(&self, owner: &str) -> PathBuf {
+        let owner = if message::verify::is_evm_address(owner) {
+            owner.to_ascii_lowercase()
+        } else {
+            owner.to_string()
+        };
+        self.root
+            .join("aggregates")
+            .join(message::delegation::SECURITY_KEY)
+            .join(safe_component(&owner))
     }
 
     fn write_message(&self, msg: &Message) -> Result<(), StoreError> {
@@ -499,6 +569,14 @@ impl Store {
             && let Some(original) = &store.reference
         {
             let dir = self.root.join("amends").join(safe_component(original));
+            fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+            self.write_atomic(&dir.join(safe_component(&msg.item_hash)), b"")?;
+        }
+        // Likewise an owner's security aggregate, indexed by the owner it speaks for.
+        if message::delegation::is_security_aggregate(msg)
+            && let Some(owner) = message::verify::content_address(msg)
+        {
+            let dir = self.security_dir(owner);
             fs::create_dir_all(&dir).map_err(io_at(&dir))?;
             self.write_atomic(&dir.join(safe_component(&msg.item_hash)), b"")?;
         }
@@ -1051,6 +1129,88 @@ mod tests {
         owner.sign(&mut amend).unwrap();
         s.put_message(&amend).unwrap();
         assert_eq!(fs::read(s.resolve(&latest).unwrap().path).unwrap(), b"v2");
+    }
+
+    /// An AGGREGATE message of `sender` for `address`'s `key`, signed by `signer`.
+    fn aggregate(
+        signer: &message::Signer,
+        address: &str,
+        key: &str,
+        content: serde_json::Value,
+        time: f64,
+    ) -> Message {
+        let body =
+            serde_json::json!({"address": address, "key": key, "time": time, "content": content});
+        let mut msg =
+            message::build_inline(MessageType::Aggregate, "ETH", signer.address(), time, body);
+        signer.sign(&mut msg).unwrap();
+        msg
+    }
+
+    #[test]
+    fn an_owners_security_aggregate_lets_a_delegate_amend_its_files() {
+        let (d, s, owner, mallory) = signed_store();
+        let delegate = message::Signer::from_secret(&[3u8; 32]).unwrap();
+        let f = d.path().join("f");
+        fs::write(&f, b"v1").unwrap();
+        let original = s.add_file(&f, owner.address(), 10.0, Some(&owner)).unwrap();
+        let latest = ObjectRef {
+            reference: original.item_hash.clone(),
+            use_latest: true,
+        };
+        let v2 = s.put_object(b"v2").unwrap();
+        let amend_by = |signer: &message::Signer, time: f64| {
+            let mut m = store_amend(
+                &original.item_hash,
+                &v2,
+                owner.address(),
+                signer.address(),
+                time,
+            );
+            signer.sign(&mut m).unwrap();
+            m
+        };
+        // Before any delegation: refused.
+        let early = amend_by(&delegate, 20.0);
+        assert!(matches!(
+            s.put_message(&early),
+            Err(StoreError::Unauthentic { .. })
+        ));
+
+        // The owner authorises the delegate for STORE messages (lower-case address: one account).
+        let auths = serde_json::json!({"authorizations": [
+            {"address": delegate.address().to_lowercase(), "types": ["STORE"]},
+        ]});
+        s.put_message(&aggregate(&owner, owner.address(), "security", auths, 15.0))
+            .unwrap();
+        assert_eq!(s.security_authorizations(owner.address()).unwrap().len(), 1);
+        let delegated = amend_by(&delegate, 21.0);
+        s.put_message(&delegated).unwrap();
+        assert_eq!(fs::read(s.resolve(&latest).unwrap().path).unwrap(), b"v2");
+
+        // Only for the types it names; never for someone else; never the security aggregate.
+        let post = {
+            let body = serde_json::json!({"address": owner.address(), "type": "note", "time": 22.0, "content": {}});
+            let mut m =
+                message::build_inline(MessageType::Post, "ETH", delegate.address(), 22.0, body);
+            delegate.sign(&mut m).unwrap();
+            m
+        };
+        assert!(s.put_message(&post).is_err(), "a POST is not a STORE");
+        assert!(s.put_message(&amend_by(&mallory, 23.0)).is_err());
+        let takeover = serde_json::json!({"authorizations": [{"address": mallory.address()}]});
+        let by_delegate = aggregate(&delegate, owner.address(), "security", takeover, 24.0);
+        assert!(
+            s.put_message(&by_delegate).is_err(),
+            "a delegate rewrote the owner's delegations"
+        );
+        assert_eq!(s.security_authorizations(owner.address()).unwrap().len(), 1);
+
+        // A later aggregate replaces the list: the delegation is withdrawn.
+        let none = serde_json::json!({"authorizations": []});
+        s.put_message(&aggregate(&owner, owner.address(), "security", none, 30.0))
+            .unwrap();
+        assert!(s.put_message(&amend_by(&delegate, 31.0)).is_err());
     }
 
     #[test]

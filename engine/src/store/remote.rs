@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt as _;
 
 use super::{Store, StoreError};
+use crate::message::verify::same_account;
 use crate::message::{self, Message, is_sha256, sha256_hex};
 use crate::runtime::describe_http;
 
@@ -319,6 +320,15 @@ impl Remote {
                 ("pagination", &page),
             ])
             .await?;
+        // An amend sent by someone else stands only on the owner's delegations: get them first.
+        let delegated = listed.iter().any(|v| {
+            v.get("sender")
+                .and_then(Value::as_str)
+                .is_some_and(|sender| !same_account(&original.chain, sender, owner))
+        });
+        if delegated {
+            self.fetch_security(store, owner).await?;
+        }
         let mut stored = 0;
         for value in &listed {
             let Some(hash) = value.get("item_hash").and_then(Value::as_str) else {
@@ -329,7 +339,8 @@ impl Remote {
             }
             let msg = self.verify_message(value, hash).await?;
             let amends = msg.store().is_some_and(|s| {
-                s.reference.as_deref() == Some(original.item_hash.as_str()) && s.address == owner
+                s.reference.as_deref() == Some(original.item_hash.as_str())
+                    && same_account(&msg.chain, &s.address, owner)
             });
             if !amends {
                 tracing::debug!(
@@ -353,6 +364,40 @@ impl Remote {
             }
         }
         Ok(stored)
+    }
+
+    /// Fetches `owner`'s `security` aggregate messages (its delegations), verifies and stores
+    /// those not yet stored, oldest first; a refused one is skipped with a warning.
+    async fn fetch_security(&self, store: &Store, owner: &str) -> Result<(), RemoteError> {
+        let page = self.config.amends_per_query.to_string();
+        let listed = self
+            .list(&[
+                ("msgType", "AGGREGATE"),
+                ("addresses", owner),
+                ("sort_order", "1"),
+                ("pagination", &page),
+            ])
+            .await?;
+        for value in &listed {
+            let Some(hash) = value.get("item_hash").and_then(Value::as_str) else {
+                continue;
+            };
+            if !is_sha256(hash) || store.has_message(hash) {
+                continue;
+            }
+            let msg = self.verify_message(value, hash).await?;
+            if !crate::message::delegation::is_security_aggregate(&msg) {
+                continue;
+            }
+            match put_message(store, msg).await {
+                Ok(()) => {}
+                Err(e) if e.is_refused_message() => {
+                    tracing::warn!("{}: security aggregate {hash} not stored: {e}", self.api);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Checks a listed message against the item hash it was asked for (or listed under) and
