@@ -505,24 +505,7 @@ impl Store {
     /// The `authorizations` of `owner`'s `security` aggregate: its AGGREGATE messages stored
     /// here, their contents merged in time order (a later one replaces a key).
     pub fn security_authorizations(&self, owner: &str) -> Result<Vec<Value>, StoreError> {
-        let dir = self.security_dir(owner);
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_at(&dir)(e)),
-        };
-        let mut parts = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(io_at(&dir))?;
-            let Some(hash) = entry.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            match self.get_message(&hash) {
-                Ok(msg) => parts.push(msg),
-                Err(StoreError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let mut parts = self.marked_messages(marker_hashes(&self.security_dir(owner))?)?;
         parts.sort_by(|a, b| {
             a.time
                 .total_cmp(&b.time)
@@ -637,28 +620,19 @@ impl Store {
     /// The item hashes of the stored STORE messages that amend `original` (from any owner),
     /// sorted.
     pub fn amend_hashes(&self, original: &str) -> Result<Vec<String>, StoreError> {
-        let dir = self.root.join("amends").join(safe_component(original));
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_at(&dir)(e)),
-        };
-        let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(io_at(&dir))?;
-            if let Some(hash) = entry.file_name().to_str() {
-                out.push(hash.to_string());
-            }
-        }
-        out.sort();
-        Ok(out)
+        marker_hashes(&self.root.join("amends").join(safe_component(original)))
     }
 
     /// The stored STORE messages that amend `original`, from any owner (a marker whose
     /// message is not stored yet is skipped).
     fn amends_of(&self, original: &str) -> Result<Vec<Message>, StoreError> {
+        self.marked_messages(self.amend_hashes(original)?)
+    }
+
+    /// The stored messages of `hashes` (index markers); one not stored (yet) is skipped.
+    fn marked_messages(&self, hashes: Vec<String>) -> Result<Vec<Message>, StoreError> {
         let mut out = Vec::new();
-        for hash in self.amend_hashes(original)? {
+        for hash in hashes {
             match self.get_message(&hash) {
                 Ok(msg) => out.push(msg),
                 Err(StoreError::NotFound { .. }) => {}
@@ -770,6 +744,25 @@ impl Store {
         tmp.write_all(bytes).map_err(io_at(tmp.path()))?;
         persist(tmp, dest)
     }
+}
+
+/// The names of the index markers in `dir` (message item hashes), sorted; none when `dir`
+/// does not exist.
+fn marker_hashes(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_at(dir)(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_at(dir))?;
+        if let Some(hash) = entry.file_name().to_str() {
+            out.push(hash.to_string());
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Flushes a temporary file to disk and renames it to `dest`.

@@ -329,41 +329,14 @@ impl Remote {
         if delegated {
             self.fetch_security(store, owner).await?;
         }
-        let mut stored = 0;
-        for value in &listed {
-            let Some(hash) = value.get("item_hash").and_then(Value::as_str) else {
-                continue;
-            };
-            if !is_sha256(hash) || store.has_message(hash) {
-                continue;
-            }
-            let msg = self.verify_message(value, hash).await?;
-            let amends = msg.store().is_some_and(|s| {
+        let amends = |msg: &Message| {
+            msg.store().is_some_and(|s| {
                 s.reference.as_deref() == Some(original.item_hash.as_str())
                     && same_account(&msg.chain, &s.address, owner)
-            });
-            if !amends {
-                tracing::debug!(
-                    "{}: {hash} is not an amend of {} by {owner}; not stored",
-                    self.api,
-                    original.item_hash
-                );
-                continue;
-            }
-            // One refused amend (a forgery, an unsigned one) does not hide the owner's others.
-            match put_message(store, msg).await {
-                Ok(()) => stored += 1,
-                Err(e) if e.is_refused_message() => {
-                    tracing::warn!(
-                        "{}: amend {hash} of {} not stored: {e}",
-                        self.api,
-                        original.item_hash
-                    );
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(stored)
+            })
+        };
+        let what = format!("amend of {} by {owner}", original.item_hash);
+        self.store_listed(store, &listed, &what, amends).await
     }
 
     /// Fetches `owner`'s `security` aggregate messages (its delegations), verifies and stores
@@ -378,7 +351,24 @@ impl Remote {
                 ("pagination", &page),
             ])
             .await?;
-        for value in &listed {
+        let what = format!("security aggregate of {owner}");
+        let security = crate::message::delegation::is_security_aggregate;
+        self.store_listed(store, &listed, &what, security).await?;
+        Ok(())
+    }
+
+    /// Verifies and stores the `listed` messages not stored yet that are `what` (`wanted`);
+    /// returns how many were stored. One refused (a forgery, an unsigned one) is skipped with
+    /// a warning: it does not hide the others.
+    async fn store_listed(
+        &self,
+        store: &Store,
+        listed: &[Value],
+        what: &str,
+        wanted: impl Fn(&Message) -> bool,
+    ) -> Result<usize, RemoteError> {
+        let mut stored = 0;
+        for value in listed {
             let Some(hash) = value.get("item_hash").and_then(Value::as_str) else {
                 continue;
             };
@@ -386,18 +376,22 @@ impl Remote {
                 continue;
             }
             let msg = self.verify_message(value, hash).await?;
-            if !crate::message::delegation::is_security_aggregate(&msg) {
+            if !wanted(&msg) {
+                tracing::debug!(
+                    "{}: {hash} is not the {what} asked for; not stored",
+                    self.api
+                );
                 continue;
             }
             match put_message(store, msg).await {
-                Ok(()) => {}
+                Ok(()) => stored += 1,
                 Err(e) if e.is_refused_message() => {
-                    tracing::warn!("{}: security aggregate {hash} not stored: {e}", self.api);
+                    tracing::warn!("{}: {what} {hash} not stored: {e}", self.api);
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(stored)
     }
 
     /// Checks a listed message against the item hash it was asked for (or listed under) and
