@@ -802,18 +802,15 @@ fn run_cli(cli: Cli) -> CliResult {
                 }
                 StoreCommand::AddMessage { file, json } => {
                     let msg = read_message(&file)?;
-                    store.put_message(&msg)?;
+                    let authenticity = store.put_message(&msg)?;
                     if json {
-                        let authenticity = message::authenticate(&msg)
-                            .map(|a| a.describe())
-                            .unwrap_or_default();
                         println!(
                             "{}",
                             serde_json::json!({
                                 "item_hash": msg.item_hash,
                                 "type": msg.kind.as_str(),
                                 "sender": msg.sender,
-                                "signature": authenticity,
+                                "signature": authenticity.describe(),
                             })
                         );
                     } else {

@@ -463,14 +463,11 @@ async fn amends_replace_a_persistent_instance_with_the_new_version() {
     let mut by_mallory = amend_by(mallory().address(), 4.0, &evil_hash, evil.len());
     mallory().sign(&mut by_mallory).unwrap();
     let mut claimed = amend_by(OWNER, 4.1, &evil_hash, evil.len());
-    claimed.signature = Some(format!(
-        "0x{}",
-        hex::encode(
-            mallory()
-                .sign_text(message::verification_buffer(&claimed).as_bytes())
-                .unwrap()
-        )
-    ));
+    claimed.signature = Some(
+        mallory()
+            .sign_hex(message::verification_buffer(&claimed).as_bytes())
+            .unwrap(),
+    );
     let unsigned = amend_by(OWNER, 4.2, &evil_hash, evil.len());
     for (forged, reason) in [
         (&by_mallory, "is not the sender"),
@@ -523,14 +520,11 @@ async fn amends_replace_a_persistent_instance_with_the_new_version() {
     let draft = message::build_inline(MessageType::Program, "ETH", OWNER, 6.0, replacement);
     // Signed by someone else, the replacement is refused and the program keeps running.
     let mut forged = draft.clone();
-    forged.signature = Some(format!(
-        "0x{}",
-        hex::encode(
-            mallory()
-                .sign_text(message::verification_buffer(&forged).as_bytes())
-                .unwrap()
-        )
-    ));
+    forged.signature = Some(
+        mallory()
+            .sign_hex(message::verification_buffer(&forged).as_bytes())
+            .unwrap(),
+    );
     let (status, body) = post(&node, "/api/v0/messages", &forged.to_json(), false).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("not by the sender"), "{body}");

@@ -125,6 +125,11 @@ impl Signer {
         Ok(out)
     }
 
+    /// [`Signer::sign_text`] as a message's `signature`: `0x` and 130 hex digits.
+    pub fn sign_hex(&self, text: &[u8]) -> Result<String, String> {
+        Ok(format!("0x{}", hex::encode(self.sign_text(text)?)))
+    }
+
     /// Signs a message this node makes (`program create --key`): its sender must be this
     /// account and its chain an EVM chain; sets its `signature` over the verification buffer.
     pub fn sign(&self, msg: &mut super::Message) -> Result<(), String> {
@@ -141,8 +146,7 @@ impl Signer {
             ));
         }
         let buffer = super::verify::verification_buffer(msg);
-        let signature = self.sign_text(buffer.as_bytes())?;
-        msg.signature = Some(format!("0x{}", hex::encode(signature)));
+        msg.signature = Some(self.sign_hex(buffer.as_bytes())?);
         Ok(())
     }
 
@@ -164,10 +168,9 @@ impl Signer {
         }
         message.insert("sender".into(), Value::String(self.address.clone()));
         let buffer = verification_buffer(message)?;
-        let signature = self.sign_text(buffer.as_bytes())?;
         message.insert(
             "signature".into(),
-            Value::String(format!("0x{}", hex::encode(signature))),
+            Value::String(self.sign_hex(buffer.as_bytes())?),
         );
         Ok(())
     }
@@ -183,12 +186,11 @@ pub fn verification_buffer(message: &Map<String, Value>) -> Result<String, Strin
         Some(other) => Err(format!("the message's {name} is not a string: {other}")),
         None => Err(format!("the message has no {name}")),
     };
-    Ok(format!(
-        "{}\n{}\n{}\n{}",
+    Ok(super::verify::buffer_of(
         field("chain", true)?,
         field("sender", false)?,
         field("type", true)?,
-        field("item_hash", false)?
+        field("item_hash", false)?,
     ))
 }
 

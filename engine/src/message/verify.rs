@@ -113,13 +113,12 @@ pub enum SignatureError {
 
 /// Aleph's verification buffer of a message: `"{chain}\n{sender}\n{type}\n{item_hash}"`.
 pub fn verification_buffer(msg: &Message) -> String {
-    format!(
-        "{}\n{}\n{}\n{}",
-        msg.chain,
-        msg.sender,
-        msg.kind.as_str(),
-        msg.item_hash
-    )
+    buffer_of(&msg.chain, &msg.sender, msg.kind.as_str(), &msg.item_hash)
+}
+
+/// The verification buffer of these four fields (the one place its layout is written).
+pub fn buffer_of(chain: &str, sender: &str, kind: &str, item_hash: &str) -> String {
+    format!("{chain}\n{sender}\n{kind}\n{item_hash}")
 }
 
 /// Checks that `msg` is from its sender: its signature, when it has one, verifies for the

@@ -44,7 +44,7 @@ async fn ingest(State(state): State<AppState>, body: Bytes) -> Result<Json<Value
             .map_err(|e| anyhow::anyhow!("the store task failed: {e}"))?
     };
     match stored {
-        Ok(()) => {}
+        Ok(_) => {}
         Err(
             e @ (StoreError::Unverified(_)
             | StoreError::BadHash(_)

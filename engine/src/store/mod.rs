@@ -459,13 +459,15 @@ impl Store {
     /// Refused: an inline message whose hash could not be checked; one that is not from whom
     /// it says ([`message::authenticate`]: a signature that does not verify, an unsupported
     /// chain, content for another address); one without a signature when this store refuses
-    /// them ([`UnsignedMessages`]). Nothing is stored then.
-    pub fn put_message(&self, msg: &Message) -> Result<(), StoreError> {
+    /// them ([`UnsignedMessages`]). Nothing is stored then. Returns what the signature
+    /// established.
+    pub fn put_message(&self, msg: &Message) -> Result<Authenticity, StoreError> {
         let authenticity = self.check_message(msg)?;
         if authenticity == Authenticity::Unsigned && self.unsigned == UnsignedMessages::Refuse {
             return Err(StoreError::Unsigned(msg.item_hash.clone()));
         }
-        self.write_message(msg)
+        self.write_message(msg)?;
+        Ok(authenticity)
     }
 
     /// Stores a message this node made itself (`store add`, `program create`, a runtime's
@@ -551,19 +553,26 @@ impl Store {
         if let Content::Store(store) = &msg.content
             && let Some(original) = &store.reference
         {
-            let dir = self.root.join("amends").join(safe_component(original));
-            fs::create_dir_all(&dir).map_err(io_at(&dir))?;
-            self.write_atomic(&dir.join(safe_component(&msg.item_hash)), b"")?;
+            self.write_marker(&self.amends_dir(original), &msg.item_hash)?;
         }
         // Likewise an owner's security aggregate, indexed by the owner it speaks for.
         if message::delegation::is_security_aggregate(msg)
             && let Some(owner) = message::verify::content_address(msg)
         {
-            let dir = self.security_dir(owner);
-            fs::create_dir_all(&dir).map_err(io_at(&dir))?;
-            self.write_atomic(&dir.join(safe_component(&msg.item_hash)), b"")?;
+            self.write_marker(&self.security_dir(owner), &msg.item_hash)?;
         }
         self.write_atomic(&dest, &text)
+    }
+
+    /// Writes the index marker of message `item_hash` in `dir` (read by [`marker_hashes`]).
+    fn write_marker(&self, dir: &Path, item_hash: &str) -> Result<(), StoreError> {
+        fs::create_dir_all(dir).map_err(io_at(dir))?;
+        self.write_atomic(&dir.join(safe_component(item_hash)), b"")
+    }
+
+    /// Where the markers of the amends of `original` are.
+    fn amends_dir(&self, original: &str) -> PathBuf {
+        self.root.join("amends").join(safe_component(original))
     }
 
     /// Whether a message is present (not validated).
@@ -620,7 +629,7 @@ impl Store {
     /// The item hashes of the stored STORE messages that amend `original` (from any owner),
     /// sorted.
     pub fn amend_hashes(&self, original: &str) -> Result<Vec<String>, StoreError> {
-        marker_hashes(&self.root.join("amends").join(safe_component(original)))
+        marker_hashes(&self.amends_dir(original))
     }
 
     /// The stored STORE messages that amend `original`, from any owner (a marker whose
@@ -1087,14 +1096,11 @@ mod tests {
             owner.address(),
             21.0,
         );
-        claimed.signature = Some(format!(
-            "0x{}",
-            hex::encode(
-                mallory
-                    .sign_text(message::verification_buffer(&claimed).as_bytes())
-                    .unwrap()
-            )
-        ));
+        claimed.signature = Some(
+            mallory
+                .sign_hex(message::verification_buffer(&claimed).as_bytes())
+                .unwrap(),
+        );
         let err = s.put_message(&claimed).unwrap_err();
         assert!(
             matches!(
