@@ -870,12 +870,38 @@ async fn a_crashed_instance_is_replaced_by_a_fresh_one() {
     assert_ne!(b, a);
     assert_eq!(count, 1);
 
-    // os.abort(): a trap.
+    // os.abort(): a trap, told in one sentence (the wasm backtrace goes to the log).
     let o = run(&ex, &msg, http("GET /abort")).await;
     assert_eq!(o.kind, OutcomeKind::Trap, "{}", show(&o));
+    let error = o.error.as_deref().unwrap_or_default();
+    assert!(
+        error.starts_with("the guest crashed (wasm trap: ")
+            && error.ends_with(") while serving the request")
+            && !error.contains('\n'),
+        "{}",
+        show(&o)
+    );
     let (c, count) = counted(&run(&ex, &msg, http("GET /count")).await);
     assert!(c != a && c != b);
     assert_eq!(count, 1);
+    ex.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_the_app_loads_is_one_sentence_naming_the_stage() {
+    let py = Py::new();
+    let msg = py.probe(json!({"variables": {"PROBE_ABORT_AT_IMPORT": "1"}}));
+    let ex = py.executor(config(true));
+    let o = run(&ex, &msg, http("GET /count")).await;
+    assert_eq!(o.kind, OutcomeKind::Error, "{}", show(&o));
+    let error = o.error.as_deref().unwrap_or_default();
+    assert!(
+        error.starts_with("loading the app (the interpreter's start and the app's import): ")
+            && error.contains("the guest crashed (wasm trap: ")
+            && !error.contains('\n'),
+        "{}",
+        show(&o)
+    );
     ex.shutdown().await;
 }
 
@@ -1381,6 +1407,12 @@ mod reproducible;
 
 #[path = "python/internet.rs"]
 mod internet;
+
+#[path = "python/threads.rs"]
+mod threads;
+
+#[path = "python/django.rs"]
+mod django;
 
 #[path = "python/guest_api.rs"]
 mod guest_api;

@@ -12,8 +12,8 @@ SERVING and serves frames from fd 0 until stdin ends, concurrently (1) or one re
 
 What this file owns, inside the guest:
   * the hand-over: ALEPH_WASM_ENTRYPOINT / _CODE / _PLAIN / _PATHS are read, then deleted from
-    os.environ; sys.path = code dir, <code>/packages (if present), the extra paths, the stdlib;
-    the working directory becomes the code dir;
+    os.environ; sys.path = code dir, <code>/packages (if present), the extra paths, the stdlib,
+    the time zone database (tzdata.zip: the tzdata package's wheel); the working directory becomes the code dir;
   * the wire: frames as bytes and back (_frame, _pack_fields, _unpack_fields, _FrameReader);
   * the event loop. WASI has no socketpair(), so asyncio's default loop cannot start: _Loop is a
     BaseEventLoop with a selector of its own. While serving, it waits on fd 0 and the next timer
@@ -22,9 +22,10 @@ What this file owns, inside the guest:
     body or a host reply), else it only sleeps until the next timer (waiting with no timer is a
     deadlock: the requests in flight fail). Outside serving (the app's import, the warm-up) it only
     sleeps. A policy makes get_event_loop()/new_event_loop()/asyncio.run() use it. No threads
-    either: run_in_executor() and anyio's worker threads run the call inline (ThreadPoolExecutor,
-    left out of the build, is an inline stand-in). Its network methods (create_connection, ...)
-    are hostnet.py's, over host connections;
+    either: threads.py makes Thread.start(), ThreadPoolExecutor and run_in_executor() deferred
+    work (docs/python-threads.md); anyio's worker threads run the call inline. Its network
+    methods (create_connection, ...) are hostnet.py's, over host connections;
+  * stand-ins (standins.py) for multiprocessing, pwd, grp, fcntl and resource;
   * fd 1, for frames only: sys.stdout/sys.stderr become streams that turn writes into LOG frames
     (tagged with the id of the request whose task wrote them); response frames are buffered and
     written once per loop turn; fd 0 is the channel: the app's sys.stdin is empty (input() raises
@@ -41,7 +42,6 @@ What this file owns, inside the guest:
 import asyncio
 import codecs
 import collections
-import concurrent.futures
 import contextvars
 import importlib
 import importlib.machinery
@@ -480,35 +480,19 @@ class _ServeSelector:
         _flush_out()
 
 
-class _InlineExecutor(concurrent.futures.Executor):
-    """The loop's default executor: WASI has no threads, so run_in_executor(None, ...) and
-    asyncio.to_thread() run the call at once, blocking the loop. Where the build lacks
-    concurrent.futures.thread, it also stands in as ThreadPoolExecutor (see _fill_gaps)."""
-
-    def __init__(self, max_workers=None, thread_name_prefix="", initializer=None, initargs=()):
-        if initializer is not None:
-            initializer(*initargs)
-
-    def submit(self, fn, /, *args, **kwargs):
-        future = concurrent.futures.Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
-
-
-def _load_hostnet():
-    """hostnet.py, beside this file (which is not on sys.path)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hostnet.py")
-    spec = importlib.util.spec_from_file_location("_aleph_wasm_net", path)
+def _load_beside(file, name):
+    """A module of the bootstrap, beside this file (which is not on sys.path)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), file)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
 
-_net = _load_hostnet()
+_net = _load_beside("hostnet.py", "_aleph_wasm_net")
+_threads = _load_beside("threads.py", "_aleph_wasm_threads")
+_standins = _load_beside("standins.py", "_aleph_wasm_standins")
 
 
 class _Loop(_net.LoopMethods, asyncio.BaseEventLoop):
@@ -519,7 +503,7 @@ class _Loop(_net.LoopMethods, asyncio.BaseEventLoop):
     def __init__(self):
         super().__init__()
         self._selector = _TimerSelector()
-        self._default_executor = _InlineExecutor()  # set_default_executor() insists on threads
+        self._default_executor = _threads.ThreadPoolExecutor()  # set_default_executor() insists on threads
 
     def time(self):
         return time.monotonic()
@@ -583,17 +567,13 @@ def _adapt_anyio():
 
 
 def _fill_gaps():
-    """Stand-ins for what the WASI build leaves out but common packages import: sockets and ssl
-    through the host (hostnet.py), ThreadPoolExecutor."""
+    """What the WASI build leaves out but common packages use: sockets and ssl through the host
+    (hostnet.py); threads as deferred work (threads.py); stand-ins for multiprocessing, pwd, grp,
+    fcntl and resource (standins.py)."""
     _net.install(call, call_blocking, HostCallError, lambda handle: _call_soon(
         "net.close", struct.pack("<I", handle)))
-    try:
-        importlib.import_module("concurrent.futures.thread")
-    except ImportError:  # anyio 3 and others import ThreadPoolExecutor at import time
-        stand_in = types.ModuleType("concurrent.futures.thread", "inline stand-in: no threads")
-        stand_in.ThreadPoolExecutor = _InlineExecutor
-        stand_in.BrokenThreadPool = type("BrokenThreadPool", (concurrent.futures.BrokenExecutor,), {})
-        sys.modules[stand_in.__name__] = concurrent.futures.thread = stand_in
+    _threads.install(lambda: _loop)
+    _standins.install()
 
 
 # --- The app: import, ASGI version, invocation -----------------------------------------------
@@ -610,7 +590,10 @@ def _load_app(entrypoint, code, plain, paths):
     if code and os.path.isdir(os.path.join(code, "packages")):
         front.append(os.path.join(code, "packages"))
     front += [p for p in (paths or "").split(":") if p]
-    sys.path[:] = front + [p for p in sys.path if p not in (here, "")]
+    # The IANA time zone database (the tzdata package, a zip), behind the program's own: zoneinfo
+    # finds no system copy under WASI.
+    back = [os.path.join(here, "tzdata.zip")]
+    sys.path[:] = front + [p for p in sys.path if p not in (here, "", *back)] + back
     if code:
         try:
             os.chdir(code)  # relative paths in the app resolve against its code

@@ -739,7 +739,7 @@ impl Executor {
         match booted {
             Ok(Ok(())) => {}
             Ok(Err(e)) if !e.is_null() => {
-                warm.instance.kill();
+                warm.instance.kill_and_wait().await;
                 let s = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or_default();
                 return Err(BootError::Failed(format!(
                     "the app could not be loaded: {}\n{}",
@@ -748,9 +748,9 @@ impl Executor {
                 )));
             }
             Ok(Err(_)) => {
-                warm.instance.kill();
+                warm.instance.kill_and_wait().await;
                 return Err(boot_failure(
-                    "booting the interpreter",
+                    "loading the app (the interpreter's start and the app's import)",
                     false,
                     boot_limit,
                     &warm.instance,
@@ -758,9 +758,9 @@ impl Executor {
                 ));
             }
             Err(_) => {
-                warm.instance.kill();
+                warm.instance.kill_and_wait().await;
                 return Err(boot_failure(
-                    "booting the interpreter",
+                    "loading the app (the interpreter's start and the app's import)",
                     true,
                     boot_limit,
                     &warm.instance,
@@ -772,7 +772,7 @@ impl Executor {
         if !started.restored
             && let Err(e) = enter(&warm.instance, determinism.as_ref()).await
         {
-            warm.instance.kill();
+            warm.instance.kill_and_wait().await;
             return Err(BootError::Failed(format!("booting the interpreter: {e}")));
         }
         let startup = exchange(
@@ -791,7 +791,7 @@ impl Executor {
                 .extend_from_slice(&startup.exchange.stderr);
         }
         if !startup.exchange.done {
-            warm.instance.kill();
+            warm.instance.kill_and_wait().await;
             return Err(boot_failure(
                 "lifespan startup",
                 startup.timed_out,
@@ -803,7 +803,7 @@ impl Executor {
         if let Some((result, message)) = &startup.exchange.lifespan
             && result == "failed"
         {
-            warm.instance.kill();
+            warm.instance.kill_and_wait().await;
             return Err(BootError::Failed(format!(
                 "lifespan startup failed: {}",
                 message.as_deref().unwrap_or("(no message)")
@@ -909,8 +909,12 @@ impl Executor {
                 (None, Some(GuestEnd::OutOfMemory(why))) => {
                     (OutcomeKind::OutOfMemory, why.clone(), fate(&why))
                 }
-                (None, Some(GuestEnd::Trap(why))) => (OutcomeKind::Trap, why.clone(), fate(&why)),
+                (None, Some(GuestEnd::Trap(why))) => {
+                    let why = format!("{why} while serving the request");
+                    (OutcomeKind::Trap, why.clone(), fate(&why))
+                }
                 (None, Some(GuestEnd::StackOverflow(why))) => {
+                    let why = format!("{why} while serving the request");
                     (OutcomeKind::StackOverflow, why.clone(), fate(&why))
                 }
                 (None, Some(GuestEnd::Exited(code))) => {
@@ -1252,7 +1256,7 @@ fn boot_failure(
     reproducible: bool,
 ) -> BootError {
     match instance.ended() {
-        Some(end) => BootError::Failed(format!("{what}: the interpreter ended: {end:?}")),
+        Some(end) => BootError::Failed(format!("{what}: {end}")),
         None if timed_out && reproducible => BootError::SafetyNet(format!(
             "{what}: the wall-clock safety net of {} s was reached before the fuel budget ran out",
             limit.as_secs()

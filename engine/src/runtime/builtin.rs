@@ -56,6 +56,9 @@ pub const SHIPPED: &[Shipped] = &[
         files: shipped_files!("python-3.12":
             "boot.py",
             "hostnet.py",
+            "threads.py",
+            "standins.py",
+            "tzdata.zip",
             "licences/cpython-psf-2.0.txt",
             "licences/webassembly-language-runtimes-apache-2.0.txt",
             "licences/webassembly-language-runtimes-notice.txt",
@@ -66,6 +69,7 @@ pub const SHIPPED: &[Shipped] = &[
             "licences/expat-mit.txt",
             "licences/wasi-libc-apache-2.0-with-llvm-exception.txt",
             "licences/wasi-libc-musl-mit.txt",
+            "licences/tzdata-apache-2.0.txt",
         ),
     },
 ];

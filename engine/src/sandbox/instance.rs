@@ -137,6 +137,18 @@ impl Instance {
         self.stderr.wake();
     }
 
+    /// Stops the guest now, as [`Instance::kill`] does, then waits (at most a second) until its
+    /// task has ended: a guest stopped inside a host call has let go of it, so the caller may
+    /// tear down the async runtime (a one-shot command after a failed boot) without cancelling
+    /// that call under it.
+    pub async fn kill_and_wait(&self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !self.task.is_finished() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Re-keys a reproducible guest's random sources for the execution of `d` (call it while
     /// the guest waits for its first event, before sending the reseed event).
     pub(crate) fn rekey(&self, d: &Determinism) {

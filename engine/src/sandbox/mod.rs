@@ -776,7 +776,11 @@ fn classify(
             return GuestEnd::Timeout("interrupted at the deadline".to_string());
         }
         Some(Trap::StackOverflow) if stage == Stage::Run => {
-            return GuestEnd::StackOverflow(format!("{err:#}"));
+            tracing::warn!(error = format!("{err:?}"), "the guest exhausted its stack");
+            return GuestEnd::StackOverflow(format!(
+                "the guest exhausted its stack ({})",
+                describe(&err)
+            ));
         }
         _ => {}
     }
@@ -790,14 +794,33 @@ fn classify(
     }
     match stage {
         Stage::Start => GuestEnd::Error(format!("cannot start the module: {err:#}")),
-        Stage::Run => GuestEnd::Trap(format!("{err:#}")),
+        Stage::Run => {
+            // The sentence goes into the outcome; the wasm backtrace only into the log.
+            tracing::warn!(error = format!("{err:?}"), "the guest crashed");
+            GuestEnd::Trap(format!("the guest crashed ({})", describe(&err)))
+        }
+    }
+}
+
+impl std::fmt::Display for GuestEnd {
+    /// One sentence, for an error text: what ended the guest.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GuestEnd::Exited(code) => write!(f, "the guest exited with code {code}"),
+            GuestEnd::Timeout(why) => write!(f, "timeout: {why}"),
+            GuestEnd::OutOfMemory(why) => write!(f, "out of memory: {why}"),
+            GuestEnd::Trap(why)
+            | GuestEnd::StackOverflow(why)
+            | GuestEnd::Error(why)
+            | GuestEnd::Inconclusive(why) => f.write_str(why),
+        }
     }
 }
 
 /// The cause of a failure in a few words: the trap when there is one, else the innermost error.
 fn describe(err: &wasmtime::Error) -> String {
     match err.downcast_ref::<Trap>() {
-        Some(trap) => format!("wasm trap: {trap}"),
+        Some(trap) => trap.to_string(), // "wasm trap: …"
         None => err
             .chain()
             .last()

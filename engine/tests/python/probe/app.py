@@ -13,6 +13,8 @@ import sys
 import time
 
 INSTANCE = os.urandom(8).hex()
+if os.environ.get("PROBE_ABORT_AT_IMPORT"):
+    os.abort()  # the interpreter crashes (a wasm trap) while the app loads
 COUNT = 0
 STARTED = False  # set by lifespan startup
 LOG = "/state/lifespan.log"
