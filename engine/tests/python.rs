@@ -905,6 +905,51 @@ async fn a_crash_while_the_app_loads_is_one_sentence_naming_the_stage() {
     ex.shutdown().await;
 }
 
+/// A code directory whose `main.py` imports `m0`, which imports `m1`, … down to `m{depth - 1}`.
+fn import_chain(py: &Py, depth: usize) -> PathBuf {
+    let code = py.dir.path().join(format!("chain-{depth}"));
+    std::fs::create_dir_all(&code).unwrap();
+    for i in 0..depth {
+        let next = if i + 1 < depth {
+            format!("import m{}\n", i + 1)
+        } else {
+            String::new()
+        };
+        std::fs::write(code.join(format!("m{i}.py")), next).unwrap();
+    }
+    std::fs::copy(Path::new(PROBE).join("app.py"), code.join("probe_app.py")).unwrap();
+    std::fs::write(
+        code.join("main.py"),
+        "import m0\nfrom probe_app import app\n",
+    )
+    .unwrap();
+    code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imports_nested_past_the_interpreters_c_stack_are_a_clear_crash() {
+    let py = Py::new();
+    let ex = py.executor(config(true));
+    // Nested imports cost the interpreter's C stack (512 KiB, fixed in its build) about 18 KiB
+    // a level: 16 levels load, 40 overflow it.
+    let shallow = py.program(&py.code(&import_chain(&py, 16)), "main:app", json!({}));
+    let o = run(&ex, &shallow, http("GET /count")).await;
+    assert_eq!(o.status, Some(200), "{}", show(&o));
+    let deep = py.program(&py.code(&import_chain(&py, 40)), "main:app", json!({}));
+    let o = run(&ex, &deep, http("GET /count")).await;
+    assert_eq!(o.kind, OutcomeKind::Error, "{}", show(&o));
+    let error = o.error.as_deref().unwrap_or_default();
+    assert!(
+        error.starts_with(
+            "loading the app (the interpreter's start and the app's import): \
+             the guest crashed (its C stack overflowed: a write below address 0"
+        ) && !error.contains('\n'),
+        "{}",
+        show(&o)
+    );
+    ex.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_instances_retire_after_the_idle_timeout_with_lifespan_shutdown() {
     let py = Py::new();
@@ -1413,6 +1458,9 @@ mod threads;
 
 #[path = "python/django.rs"]
 mod django;
+
+#[path = "python/wsgi.rs"]
+mod wsgi;
 
 #[path = "python/guest_api.rs"]
 mod guest_api;

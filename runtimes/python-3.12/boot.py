@@ -31,7 +31,7 @@ What this file owns, inside the guest:
     written once per loop turn; fd 0 is the channel: the app's sys.stdin is empty (input() raises
     EOFError);
   * the ASGI side: http and the aleph triggers, one task per request; lifespan (one long-lived
-    task per instance);
+    task per instance); a WSGI entrypoint is served through wsgi.py's adapter;
   * guest -> host calls: the module ``_aleph_wasm`` (``await call(name, args) -> bytes``,
     ``call_blocking(name, args)`` for sync code, ``HostCallError``); sockets and ssl over them
     (hostnet.py, installed at boot);
@@ -493,6 +493,7 @@ def _load_beside(file, name):
 _net = _load_beside("hostnet.py", "_aleph_wasm_net")
 _threads = _load_beside("threads.py", "_aleph_wasm_threads")
 _standins = _load_beside("standins.py", "_aleph_wasm_standins")
+_wsgi = _load_beside("wsgi.py", "_aleph_wasm_wsgi")
 
 
 class _Loop(_net.LoopMethods, asyncio.BaseEventLoop):
@@ -1266,6 +1267,8 @@ def _boot():
         asyncio.set_event_loop(_loop)
         app = _load_app(settings["ALEPH_WASM_ENTRYPOINT"] or "", settings["ALEPH_WASM_CODE"],
                         settings["ALEPH_WASM_PLAIN"], settings["ALEPH_WASM_PATHS"])
+        if _wsgi.is_wsgi(app):
+            app = _wsgi.WsgiApp(app)
         _asgi_version = "2.0" if _is_asgi2(app) else "3.0"
         _app = app
         _adapt_anyio()

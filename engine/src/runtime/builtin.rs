@@ -58,6 +58,7 @@ pub const SHIPPED: &[Shipped] = &[
             "hostnet.py",
             "threads.py",
             "standins.py",
+            "wsgi.py",
             "tzdata.zip",
             "licences/cpython-psf-2.0.txt",
             "licences/webassembly-language-runtimes-apache-2.0.txt",

@@ -797,7 +797,16 @@ fn classify(
         Stage::Run => {
             // The sentence goes into the outcome; the wasm backtrace only into the log.
             tracing::warn!(error = format!("{err:?}"), "the guest crashed");
-            GuestEnd::Trap(format!("the guest crashed ({})", describe(&err)))
+            let cause = match below_zero_fault(&err) {
+                Some(address) => format!(
+                    "its C stack overflowed: a write below address 0 of its memory, at wasm \
+                     address {address:#x}; the stack's size is fixed when the module is built, \
+                     and calls nested too deep exceed it (on python-3.12, imports nested about \
+                     28 deep)"
+                ),
+                None => describe(&err),
+            };
+            GuestEnd::Trap(format!("the guest crashed ({cause})"))
         }
     }
 }
@@ -815,6 +824,22 @@ impl std::fmt::Display for GuestEnd {
             | GuestEnd::Inconclusive(why) => f.write_str(why),
         }
     }
+}
+
+/// The address of an out-of-bounds access just below 4 GiB or past it: a 32-bit address that
+/// wrapped below 0, which is where a C stack laid out first in memory (LLVM's `--stack-first`,
+/// growing down from its size towards 0) goes when it overflows.
+fn below_zero_fault(err: &wasmtime::Error) -> Option<u64> {
+    const PREFIX: &str = "memory fault at wasm address 0x";
+    if err.downcast_ref::<Trap>() != Some(&Trap::MemoryOutOfBounds) {
+        return None;
+    }
+    err.chain().find_map(|cause| {
+        let text = cause.to_string();
+        let hex = text.strip_prefix(PREFIX)?.split(' ').next()?;
+        let address = u64::from_str_radix(hex, 16).ok()?;
+        (address >= (1 << 32) - (1 << 20)).then_some(address)
+    })
 }
 
 /// The cause of a failure in a few words: the trap when there is one, else the innermost error.

@@ -52,7 +52,6 @@ TEMPLATES = [
 ]
 
 ASGI_APPLICATION = "site_config.asgi.application"
-WSGI_APPLICATION = "site_config.wsgi.application"
 
 DATA_DIR = Path(os.environ.get("NOTES_DATA_DIR", "/var/lib/notes"))
 DATABASES = {
