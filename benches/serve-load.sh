@@ -14,19 +14,27 @@
 #   native ratios. Other load on the machine skews both sides: the 1-minute load average before
 #   each run is printed too.
 #
-# Usage: benches/serve-load.sh [--duration SECONDS] [--connections N] [--vcpus "1 2"]
+# `--app django` runs examples/python-django instead (Django from PyPI, pinned by the example's
+# requirements.txt, vendored into a copy under target/ for aleph-wasm and installed into the venv
+# for uvicorn; its database migrated before the measurement on both sides) and asks for its
+# notes page, `GET /`: a sync view, an ORM query on sqlite, a template with a CSRF token.
+#
+# Usage: benches/serve-load.sh [--app hello|django] [--duration SECONDS] [--connections N]
+#                              [--vcpus "1 2"]
 # Needs: wrk (Debian: apt-get install wrk), python3 with venv and pip (uvicorn comes from PyPI).
 set -euo pipefail
 
 DURATION=30
 CONNECTIONS=64
 VCPUS_LIST="1 2"
+APP=hello
 while [ $# -gt 0 ]; do
     case "$1" in
+        --app) APP="$2"; shift 2 ;;
         --duration) DURATION="$2"; shift 2 ;;
         --connections) CONNECTIONS="$2"; shift 2 ;;
         --vcpus) VCPUS_LIST="$2"; shift 2 ;;
-        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "serve-load: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -34,13 +42,27 @@ done
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 # shellcheck source=benches/common.sh
 . "$ROOT/benches/common.sh"
-APP_DIR="$ROOT/examples/python-hello"
 WORK="$ROOT/target/serve-load"
 CACHE="$ROOT/target/aleph-wasm-bench-cache"
 VENV="$WORK/venv"
 THREADS=2
-PATH_QUERY="/?name=load"
 UVICORN_REQ="uvicorn[standard]==0.35.0"
+case "$APP" in
+    hello)
+        APP_DIR="$ROOT/examples/python-hello"
+        ENTRYPOINT="main:app"
+        PATH_QUERY="/?name=load"
+        CREATE_ARGS=()
+        ;;
+    django)
+        APP_DIR="$WORK/django-app" # the example with its packages (made below)
+        ENTRYPOINT="site_config.asgi:application"
+        PATH_QUERY="/"
+        CREATE_ARGS=(--volume persistent:notes-db:/var/lib/notes:16 --memory 256 --seconds 30)
+        export NOTES_DATA_DIR="$WORK/django-native" # uvicorn's database (aleph-wasm's is in the volume)
+        ;;
+    *) echo "serve-load: --app is hello or django, not $APP" >&2; exit 2 ;;
+esac
 
 command -v wrk >/dev/null || { echo "serve-load: wrk is not installed (apt-get install wrk)" >&2; exit 2; }
 command -v curl >/dev/null || { echo "serve-load: curl is not installed" >&2; exit 2; }
@@ -71,6 +93,18 @@ if [ ! -x "$VENV/bin/uvicorn" ]; then
     echo "serve-load: installing $UVICORN_REQ into $VENV" >&2
     python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$UVICORN_REQ"
+fi
+if [ "$APP" = django ]; then
+    REQS="$ROOT/examples/python-django/requirements.txt"
+    echo "serve-load: Django from PyPI ($(tr '\n' ' ' <"$REQS")) for both sides" >&2
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQS"
+    rm -rf "$APP_DIR" "$NOTES_DATA_DIR"
+    cp -r "$ROOT/examples/python-django" "$APP_DIR"
+    python3 -m pip install -q --disable-pip-version-check --target "$APP_DIR/packages" \
+        --only-binary=:all: --platform any --python-version 3.12 --implementation py --abi none \
+        -r "$REQS"
+    mkdir -p "$NOTES_DATA_DIR"
+    (cd "$APP_DIR" && "$VENV/bin/python" manage.py migrate -v0)
 fi
 PY_VERSION=$("$VENV/bin/python" -c 'import platform; print(platform.python_version())')
 UVICORN_VERSION=$("$VENV/bin/python" -c 'import uvicorn; print(uvicorn.__version__)')
@@ -132,12 +166,13 @@ RESULTS=()
 FAILED=0
 for V in $VCPUS_LIST; do
     # aleph-wasm: the hello program with resources.vcpus = V.
-    PROGRAM=$(aw program create "$APP_DIR" --entrypoint main:app --vcpus "$V" | tail -n1)
+    PROGRAM=$(aw program create "$APP_DIR" --entrypoint "$ENTRYPOINT" --vcpus "$V" \
+        "${CREATE_ARGS[@]}" | tail -n1)
     # The program's snapshot is built now, into the shared module cache, so that no build (the
     # node makes them in the background) runs during the measurement.
     aw --snapshots wait run "$PROGRAM" --request "GET $PATH_QUERY" >/dev/null
     PORT=$(free_port)
-    LOG="$WORK/logs/aleph-wasm-vcpus$V.log"
+    LOG="$WORK/logs/aleph-wasm-$APP-vcpus$V.log"
     # Started directly (not through `aw`), so $! is the server itself.
     "$BIN" --store "$STORE" --module-cache "$CACHE/modules" serve --listen "127.0.0.1:$PORT" \
         >"$LOG" 2>&1 &
@@ -145,20 +180,20 @@ for V in $VCPUS_LIST; do
     URL="http://127.0.0.1:$PORT/vm/$PROGRAM$PATH_QUERY"
     wait_ready "$URL" "$LOG"
     echo "serve-load: aleph-wasm, vcpus $V: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s" >&2
-    read -r A_RPS A_P50 A_P99 A_NON2XX A_SOCK A_CPU A_LOAD < <(load "$URL" "aleph-wasm-vcpus$V" "${PIDS[-1]}")
-    curl -fsS "http://127.0.0.1:$PORT/metrics" >"$WORK/logs/metrics-vcpus$V.txt" || true
+    read -r A_RPS A_P50 A_P99 A_NON2XX A_SOCK A_CPU A_LOAD < <(load "$URL" "aleph-wasm-$APP-vcpus$V" "${PIDS[-1]}")
+    curl -fsS "http://127.0.0.1:$PORT/metrics" >"$WORK/logs/metrics-$APP-vcpus$V.txt" || true
     kill -TERM "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
 
     # Native: uvicorn with V worker processes.
     PORT=$(free_port)
-    LOG="$WORK/logs/uvicorn-workers$V.log"
-    "$VENV/bin/uvicorn" main:app --app-dir "$APP_DIR" --host 127.0.0.1 --port "$PORT" \
+    LOG="$WORK/logs/uvicorn-$APP-workers$V.log"
+    "$VENV/bin/uvicorn" "$ENTRYPOINT" --app-dir "$APP_DIR" --host 127.0.0.1 --port "$PORT" \
         --workers "$V" --no-access-log --log-level warning >"$LOG" 2>&1 &
     PIDS+=($!)
     URL="http://127.0.0.1:$PORT$PATH_QUERY"
     wait_ready "$URL" "$LOG"
     echo "serve-load: uvicorn, $V worker(s): wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s" >&2
-    read -r N_RPS N_P50 N_P99 N_NON2XX N_SOCK N_CPU N_LOAD < <(load "$URL" "uvicorn-workers$V" "${PIDS[-1]}")
+    read -r N_RPS N_P50 N_P99 N_NON2XX N_SOCK N_CPU N_LOAD < <(load "$URL" "uvicorn-$APP-workers$V" "${PIDS[-1]}")
     kill -TERM "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
 
     for e in "$A_NON2XX" "$A_SOCK" "$N_NON2XX" "$N_SOCK"; do
@@ -168,7 +203,7 @@ for V in $VCPUS_LIST; do
 done
 
 echo
-echo "serve-load: examples/python-hello, GET $PATH_QUERY, wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $(nproc) cores"
+echo "serve-load: examples/python-$APP, GET $PATH_QUERY, wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $(nproc) cores"
 echo "aleph-wasm: release build, warm instances kept (idle timeout 300 s), resources.vcpus = N"
 echo "native:     CPython $PY_VERSION, uvicorn $UVICORN_VERSION ($UVICORN_REQ), N worker processes"
 printf '%-24s %9s %8s %8s %8s %8s %11s %6s\n' "" "req/s" "p50 ms" "p99 ms" "non-2xx" "sock err" "CPU ms/req" "load"

@@ -1462,5 +1462,8 @@ mod django;
 #[path = "python/wsgi.rs"]
 mod wsgi;
 
+#[path = "python/aleph_sdk.rs"]
+mod aleph_sdk;
+
 #[path = "python/guest_api.rs"]
 mod guest_api;

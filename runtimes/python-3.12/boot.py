@@ -23,7 +23,7 @@ What this file owns, inside the guest:
     deadlock: the requests in flight fail). Outside serving (the app's import, the warm-up) it only
     sleeps. A policy makes get_event_loop()/new_event_loop()/asyncio.run() use it. No threads
     either: threads.py makes Thread.start(), ThreadPoolExecutor and run_in_executor() deferred
-    work (docs/python-threads.md); anyio's worker threads run the call inline. Its network
+    work (docs/python-runtime.md); anyio's worker threads run the call inline. Its network
     methods (create_connection, ...) are hostnet.py's, over host connections;
   * stand-ins (standins.py) for multiprocessing, pwd, grp, fcntl and resource;
   * fd 1, for frames only: sys.stdout/sys.stderr become streams that turn writes into LOG frames

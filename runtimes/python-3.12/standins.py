@@ -2,8 +2,10 @@
 top of a module: ``multiprocessing`` (Django's sqlite backend, many libraries), ``pwd`` and
 ``grp`` (getpass, shutil's chown, path expansion), ``fcntl`` (file locks) and ``resource``
 (usage figures). They import; what cannot work under WASI fails with a clear error when used,
-naming the module and why (docs/python-threads.md). A finder at the end of ``sys.meta_path``
-supplies them, so a real module of the same name (on ``sys.path``) wins.
+naming the module and why (docs/python-runtime.md). It also serves ``aleph.sdk.vm.app`` and
+``aleph.sdk.vm.cache`` from aleph_sdk.py: Aleph's SDK, whose real package needs compiled
+extensions. A finder at the end of ``sys.meta_path`` supplies them, so a real module of the same
+name (on ``sys.path``) wins.
 
 ``ctypes``, ``lzma``, ``readline``, ``curses``, ``termios``, ``mmap`` and ``tkinter`` get none:
 code that imports them usually guards the import and has a fallback that a stand-in would
@@ -13,6 +15,7 @@ defeat.
 import errno
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import os
 import sys
 import types
@@ -169,23 +172,55 @@ def _resource(name):
     return module
 
 
+# --- Aleph's SDK: aleph.sdk.vm.app and aleph.sdk.vm.cache (aleph_sdk.py) ----------------------
+
+_SDK_PACKAGES = ("aleph", "aleph.sdk", "aleph.sdk.vm")
+_SDK_MODULES = {"aleph.sdk.vm.app": "APP_NAMES", "aleph.sdk.vm.cache": "CACHE_NAMES"}
+
+
+def _aleph_sdk(name):
+    doc = ("aleph-wasm's compatible stand-in for aleph-sdk-python's VM helpers (the real SDK "
+           "needs compiled extensions); see aleph_sdk.py in the runtime")
+    module = types.ModuleType(name, doc)
+    if name in _SDK_PACKAGES:
+        module.__path__ = []
+        if name == "aleph.sdk":
+            module.__version__ = "aleph-wasm-compat"
+        return module
+    implementation = sys.modules.get("_aleph_wasm_sdk")
+    if implementation is None:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aleph_sdk.py")
+        spec = importlib.util.spec_from_file_location("_aleph_wasm_sdk", path)
+        implementation = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = implementation
+        spec.loader.exec_module(implementation)
+    for attr in getattr(implementation, _SDK_MODULES[name]):
+        setattr(module, attr, getattr(implementation, attr))
+    return module
+
+
 _MAKERS = {"multiprocessing": _multiprocessing, "pwd": _pwd, "grp": _grp, "fcntl": _fcntl,
            "resource": _resource}
-NAMES = tuple(_MAKERS)
+NAMES = tuple(_MAKERS) + tuple(_SDK_MODULES)
 
 
 class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Supplies a stand-in when no other finder found the module."""
 
     def find_spec(self, fullname, path=None, target=None):
+        if fullname in _SDK_PACKAGES or fullname in _SDK_MODULES:
+            return importlib.machinery.ModuleSpec(fullname, self,
+                                                  is_package=fullname in _SDK_PACKAGES)
         top = fullname.partition(".")[0]
         if top not in _MAKERS or (top != fullname and top != "multiprocessing"):
             return None
         return importlib.machinery.ModuleSpec(fullname, self, is_package=(fullname == top == "multiprocessing"))
 
     def create_module(self, spec):
-        top = spec.name.partition(".")[0]
-        module = _MAKERS[top](spec.name)
+        if spec.name.startswith("aleph"):
+            module = _aleph_sdk(spec.name)
+        else:
+            module = _MAKERS[spec.name.partition(".")[0]](spec.name)
         module.__spec__ = spec
         module.__loader__ = self
         return module

@@ -3,7 +3,7 @@
 CPython on WASI preview 1 has one thread: ``_thread.start_new_thread`` raises, and a blocking
 wait on a lock nobody else can release spins until the fuel runs out. This module, installed by
 boot.py before the app is imported, gives the ``threading`` and ``concurrent.futures`` APIs a
-documented meaning instead (docs/python-threads.md):
+documented meaning instead (docs/python-runtime.md):
 
   * work handed to another thread -- ``Thread.start()``, ``_thread.start_new_thread``,
     ``ThreadPoolExecutor.submit`` (so ``loop.run_in_executor`` and ``asyncio.to_thread``) -- is
@@ -114,7 +114,7 @@ def _wait(ready, timeout, what):
     if timeout is None or timeout < 0:
         raise DeadlockError(
             f"deadlock: {what}, and nothing else can make that happen: this Python runtime has "
-            "one thread, and no thread started earlier is left to run (docs/python-threads.md)")
+            "one thread, and no thread started earlier is left to run (docs/python-runtime.md)")
     if timeout > 0:
         time.sleep(timeout)
     return ready()

@@ -1,7 +1,7 @@
 """WSGI apps on the ASGI channel: Flask, Django's get_wsgi_application(), any PEP 3333 callable.
 
 boot.py wraps an entrypoint that is a WSGI callable, one taking exactly (environ,
-start_response), in ``WsgiApp``, an ASGI 3 app (docs/python-threads.md, "WSGI"):
+start_response), in ``WsgiApp``, an ASGI 3 app (docs/python-runtime.md, "WSGI"):
 
   * lifespan: startup and shutdown complete at once (WSGI has neither);
   * http: the request body is read whole into ``wsgi.input``; the WSGI call runs as executor

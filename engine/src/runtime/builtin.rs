@@ -59,6 +59,7 @@ pub const SHIPPED: &[Shipped] = &[
             "threads.py",
             "standins.py",
             "wsgi.py",
+            "aleph_sdk.py",
             "tzdata.zip",
             "licences/cpython-psf-2.0.txt",
             "licences/webassembly-language-runtimes-apache-2.0.txt",

@@ -1,7 +1,7 @@
 //! A Django project unchanged (`examples/python-django`, Django vendored by pip at test time):
 //! migrations at start-up, the ORM on sqlite in a persistent volume, templates, a form with
 //! CSRF, sessions, static files, the admin's login page, sync and async views — all through
-//! ASGI, on the runtime's thread model (docs/python-threads.md).
+//! ASGI, on the runtime's thread model (docs/python-runtime.md).
 
 use super::*;
 

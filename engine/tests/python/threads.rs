@@ -1,4 +1,4 @@
-//! The Python runtime's thread model (docs/python-threads.md) and its stand-in modules, checked
+//! The Python runtime's thread model (docs/python-runtime.md) and its stand-in modules, checked
 //! by an app that exercises them from inside the interpreter (`tests/python/threads/main.py`):
 //! work handed to a thread is deferred until something waits for it or the loop turns, runs as
 //! its thread with no event loop running, and a wait that can never end raises instead of
@@ -39,7 +39,7 @@ async fn threads_are_deferred_work_and_impossible_waits_raise() {
     assert_eq!(deadlock["runtime_error"], true, "{v:#}");
     let message = deadlock["message"].as_str().unwrap();
     assert!(message.starts_with("deadlock: "), "{message}");
-    assert!(message.contains("docs/python-threads.md"), "{message}");
+    assert!(message.contains("docs/python-runtime.md"), "{message}");
     // With a timeout the wait fails after it, as with threads.
     assert_eq!(v["wait_timeout"], json!([false, true]));
     assert_eq!(v["lock"][0], json!(false));

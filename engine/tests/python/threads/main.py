@@ -1,4 +1,4 @@
-"""The thread model of the Python runtime (docs/python-threads.md), checked from inside a
+"""The thread model of the Python runtime (docs/python-runtime.md), checked from inside a
 program: GET /sync runs the checks on plain threading, queue, concurrent.futures and the
 stand-in modules; GET /async the ones that involve the event loop; GET /fire starts a thread
 nobody joins and GET /fired says whether it ran."""
