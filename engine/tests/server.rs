@@ -1012,6 +1012,30 @@ async fn about_routes_describe_the_node_and_its_executions() {
     assert!(usage["uptime_seconds"].as_f64().unwrap() >= 0.0, "{usage}");
     assert_eq!(usage["executions"]["queued"], 0, "{usage}");
     assert_eq!(usage["executions"]["queue_limit"], 9, "{usage}");
+    // Today's nodes' fields (aleph-vm's MachineUsage): disk of the store's file system, the
+    // current minute as the period, the CPU's properties, no GPUs, active.
+    let disk = &usage["disk"];
+    let (total, available) = (
+        disk["total_kB"].as_u64().unwrap(),
+        disk["available_kB"].as_u64().unwrap(),
+    );
+    assert!(total > 0 && available <= total, "{usage}");
+    let start = usage["period"]["start_timestamp"].as_str().unwrap();
+    assert!(start.ends_with(":00Z") && start.len() == 20, "{usage}");
+    assert_eq!(usage["period"]["duration_seconds"], 60, "{usage}");
+    assert_eq!(
+        usage["properties"]["cpu"]["architecture"],
+        match std::env::consts::ARCH {
+            "aarch64" => "arm64",
+            other => other,
+        },
+        "{usage}"
+    );
+    assert_eq!(
+        usage["gpu"],
+        json!({"devices": [], "available_devices": []})
+    );
+    assert_eq!(usage["active"], true, "{usage}");
 
     let before = node.json("/about/executions/list").await;
     assert_eq!(before, json!({}));

@@ -1,7 +1,8 @@
 //! What the node tells about itself: `/healthz`, `/about/config` (listen address, domain,
-//! isolation, instance pool, limits, the request queue's bounds, snapshots and their `wasm-opt`, host capability options), `/about/usage/system` (cores,
-//! load, memory from `/proc`, uptime, executions running and requests queued, the memory budget
-//! and instance pool in use) and
+//! isolation, instance pool, limits, the request queue's bounds, snapshots and their `wasm-opt`, host capability options), `/about/usage/system` (in
+//! today's nodes' shape — cores, load, core frequencies, memory and disk, the period, the CPU's
+//! architecture and vendor, GPUs (none), `active` — plus uptime, executions running and
+//! requests queued, the memory budget and instance pool in use) and
 //! `/about/executions/list` (each program the node knows to be active: executions started and
 //! running, idle warm instances, the state of a persistent program's instance). Read-only; no
 //! host paths.
@@ -167,15 +168,67 @@ fn system_uptime() -> Option<f64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
+/// The lowest and highest frequency of the first core in MHz (cpufreq's bounds, else the
+/// current frequency from `/proc/cpuinfo`), when known.
+fn core_frequencies() -> Option<(f64, f64)> {
+    let khz = |name: &str| {
+        std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu0/cpufreq/{name}"))
+            .ok()?
+            .trim()
+            .parse::<f64>()
+            .ok()
+    };
+    if let (Some(min), Some(max)) = (khz("cpuinfo_min_freq"), khz("cpuinfo_max_freq")) {
+        return Some((min / 1000.0, max / 1000.0));
+    }
+    let current = cpuinfo_field("cpu MHz")?.parse::<f64>().ok()?;
+    Some((current, current))
+}
+
+/// The first value of `field` in `/proc/cpuinfo`.
+fn cpuinfo_field(field: &str) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    text.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        (name.trim() == field).then(|| value.trim().to_string())
+    })
+}
+
+/// The CPU's architecture as today's nodes name it (`x86_64`, `arm64`).
+fn architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// `(total, available)` kB (1000 bytes) of the file system holding `path`.
+fn disk_kb(path: &std::path::Path) -> Option<(u64, u64)> {
+    let stat = rustix::fs::statvfs(path).ok()?;
+    let unit = stat.f_frsize.max(1);
+    Some((
+        stat.f_blocks.saturating_mul(unit) / 1000,
+        stat.f_bavail.saturating_mul(unit) / 1000,
+    ))
+}
+
 async fn usage(State(state): State<AppState>) -> Json<Value> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mem = meminfo(&["MemTotal", "MemFree", "MemAvailable"]);
     let load = load_average();
+    let disk = disk_kb(state.executor().store().root());
+    // Today's nodes report usage per minute: the period is the current minute.
+    let now = unix_now() as i64;
+    let period_start =
+        chrono::DateTime::from_timestamp(now - now.rem_euclid(60), 0).unwrap_or_default();
     Json(json!({
         "cpu": {
             "count": cores,
             "load_average": load.map(|[l1, l5, l15]| json!({
                 "load1": l1, "load5": l5, "load15": l15,
+            })),
+            "core_frequencies": core_frequencies().map(|(min, max)| json!({
+                "min": min, "max": max,
             })),
         },
         "mem": {
@@ -183,6 +236,22 @@ async fn usage(State(state): State<AppState>) -> Json<Value> {
             "free_kB": mem.get("MemFree"),
             "available_kB": mem.get("MemAvailable"),
         },
+        "disk": disk.map(|(total, available)| json!({
+            "total_kB": total, "available_kB": available,
+        })),
+        "period": {
+            "start_timestamp": period_start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "duration_seconds": 60,
+        },
+        "properties": {
+            "cpu": {
+                "architecture": architecture(),
+                "vendor": cpuinfo_field("vendor_id"),
+                "features": [],
+            },
+        },
+        "gpu": {"devices": [], "available_devices": []},
+        "active": true,
         "uptime_seconds": state.uptime().as_secs_f64(),
         "system_uptime_seconds": system_uptime(),
         "started": state.started_unix(),
