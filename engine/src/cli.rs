@@ -631,6 +631,37 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub schedulers: Vec<String>,
+    /// `/status/check/host`'s IPv4 egress probe: a URL with a raw IPv4 address (any HTTP answer
+    /// counts).
+    #[arg(
+        long,
+        env = "ALEPH_WASM_CONNECTIVITY_IPV4_URL",
+        default_value = "https://1.1.1.1/"
+    )]
+    pub connectivity_ipv4_url: String,
+    /// `/status/check/host`'s IPv6 egress probe: a URL with a raw IPv6 address.
+    #[arg(
+        long,
+        env = "ALEPH_WASM_CONNECTIVITY_IPV6_URL",
+        default_value = "https://[2606:4700:4700::1111]/"
+    )]
+    pub connectivity_ipv6_url: String,
+    /// `/status/check/host`'s DNS probe: a name that resolves to IPv4 and IPv6 addresses.
+    #[arg(
+        long,
+        env = "ALEPH_WASM_CONNECTIVITY_DNS_HOST",
+        default_value = "example.org"
+    )]
+    pub connectivity_dns_host: String,
+    /// `/status/check/host`'s end-to-end probes, tried in order (repeatable, or
+    /// comma-separated; default: today's nodes' list).
+    #[arg(
+        long = "connectivity-http-url",
+        value_name = "URL",
+        env = "ALEPH_WASM_CONNECTIVITY_HTTP_URLS",
+        value_delimiter = ','
+    )]
+    pub connectivity_http_urls: Vec<String>,
     /// Seconds an idle warm instance is kept.
     #[arg(long, env = "ALEPH_WASM_IDLE_TIMEOUT",
           default_value_t = crate::executor::DEFAULT_IDLE_TIMEOUT.as_secs())]
@@ -974,6 +1005,20 @@ fn serve_node(
         instance_concurrency: a.instance_concurrency.max(1),
         host: a.host.config(a.api.clone()).map_err(UsageError)?,
         schedulers: a.schedulers.clone(),
+        connectivity: {
+            let defaults = crate::server::connectivity::ConnectivityConfig::default();
+            crate::server::connectivity::ConnectivityConfig {
+                ipv4_url: a.connectivity_ipv4_url.clone(),
+                ipv6_url: a.connectivity_ipv6_url.clone(),
+                dns_host: a.connectivity_dns_host.clone(),
+                http_urls: if a.connectivity_http_urls.is_empty() {
+                    defaults.http_urls
+                } else {
+                    a.connectivity_http_urls.clone()
+                },
+                ..defaults
+            }
+        },
         ..crate::server::ServerConfig::default()
     };
     if a.pooling {

@@ -1001,11 +1001,52 @@ async fn the_schedulers_allocations_start_and_stop_persistent_programs() {
     stop(a).await;
 }
 
+/// A server on `ip` (any port) answering every connection `204 No Content`, on a thread of its
+/// own; returns its address.
+fn answering_server(ip: std::net::IpAddr) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    addr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_answers_the_networks_status_checks() {
     let dir = TestDir::new();
     let clock = ManualClock::new(T0);
-    let node = start(&dir, &clock, |_| {}).await;
+    // The connectivity probes go to servers on the loopback interface, one per family.
+    let v4 = answering_server(std::net::Ipv4Addr::LOCALHOST.into());
+    let v6 = answering_server(std::net::Ipv6Addr::LOCALHOST.into());
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let node = start(&dir, &clock, |c| {
+        c.domain = Some("localhost".into());
+        c.connectivity = aleph_wasm::server::connectivity::ConnectivityConfig {
+            ipv4_url: format!("http://{v4}/"),
+            ipv6_url: format!("http://{v6}/"),
+            dns_host: "localhost".into(),
+            // The first does not answer (its port is closed): the next one does.
+            http_urls: vec![
+                format!("http://{closed}/"),
+                format!("http://{v4}/"),
+                format!("http://{v6}/"),
+            ],
+            timeout: Duration::from_secs(5),
+        };
+    })
+    .await;
     let (status, text) = get(&node, "/status/check/version?reference=0.0.1").await;
     assert_eq!(status, 200, "{text}");
     assert!(text.starts_with("Up-to-date: version"), "{text}");
@@ -1017,10 +1058,23 @@ async fn the_node_answers_the_networks_status_checks() {
     let (status, text) = get(&node, "/status/check/version?reference=latest").await;
     assert_eq!(status, 400, "{text}");
 
-    // The node's own checks: its store takes writes, its runtimes (wasi needs nothing).
+    // The node's own checks: connectivity per family as today's nodes probe it, its store
+    // takes writes, its runtimes (wasi needs nothing).
     let (status, text) = get(&node, "/status/check/host").await;
-    assert_eq!(status, 200, "{text}");
     let host: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        host["ipv4"],
+        json!({"egress": true, "dns": true, "domain": true, "http": true}),
+        "{host}"
+    );
+    assert_eq!(host["ipv6"]["egress"], true, "{host}");
+    assert_eq!(host["ipv6"]["http"], true, "{host}");
+    // Whether `localhost` has an IPv6 address depends on the machine's /etc/hosts; the status
+    // says whether every required check passed (`http` is advisory).
+    let required = ["egress", "dns", "domain"]
+        .iter()
+        .all(|k| host["ipv4"][k] == true && host["ipv6"][k] == true);
+    assert_eq!(status, if required { 200 } else { 503 }, "{text}");
     assert_eq!(host["store_writable"], true, "{host}");
     assert_eq!(host["runtimes_present"]["wasi"], true, "{host}");
     assert!(

@@ -31,6 +31,7 @@
 pub mod about;
 pub mod allocations;
 pub mod api;
+pub mod connectivity;
 pub mod control;
 pub mod error;
 pub mod ingest;
@@ -161,6 +162,9 @@ pub struct ServerConfig {
     /// (`Aleph-EIP191-V1`) is taken ([`allocations`]). By default none: only the control
     /// token authorizes it.
     pub schedulers: Vec<String>,
+    /// Where `/status/check/host` sends its connectivity probes (today's nodes' targets by
+    /// default).
+    pub connectivity: connectivity::ConnectivityConfig,
 }
 
 /// How many pool slots the node keeps for idle warm and pinned (persistent) instances besides
@@ -203,6 +207,7 @@ impl Default for ServerConfig {
             pooling: None,
             host: crate::host::HostConfig::default(),
             schedulers: Vec::new(),
+            connectivity: connectivity::ConnectivityConfig::default(),
         }
     }
 }

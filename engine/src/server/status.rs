@@ -1,7 +1,8 @@
 //! What the network asks a node about itself, in the shapes today's nodes answer:
 //! `GET /status/check/version?reference=X` (200 when this node's version is X or newer, 403
-//! when older), `/status/check/host` (the node's own checks: its store takes writes and its
-//! runtimes are present; 503 when a check fails), `/status/config` (the public part of the
+//! when older), `/status/check/host` (the node's own checks: IPv4 and IPv6 connectivity as
+//! today's nodes probe it ([`connectivity`]), its store takes writes and its runtimes are
+//! present; 503 when a required check fails), `/status/config` (the public part of the
 //! configuration, with today's nodes' keys where they mean something here) and
 //! `/about/capability` (what this node runs: Wasm programs, on which runtimes — no VM
 //! instances, no hypervisor, no GPU, no confidential computing).
@@ -14,8 +15,8 @@ use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::AppState;
 use super::error::ServiceError;
+use super::{AppState, connectivity};
 use crate::runtime::{self, RuntimeKind};
 
 /// This node's version.
@@ -90,19 +91,18 @@ async fn check_host(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     })
     .await;
     let (writable, runtimes) = checks.unwrap_or_default();
-    let healthy = writable && runtimes.values().any(|v| v == &Value::Bool(true));
+    let config = state.config();
+    let (mut report, connected) =
+        connectivity::check(&config.connectivity, config.domain.as_deref()).await;
+    let healthy = connected && writable && runtimes.values().any(|v| v == &Value::Bool(true));
     let status = if healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({
-            "store_writable": writable,
-            "runtimes_present": runtimes,
-        })),
-    )
+    report["store_writable"] = writable.into();
+    report["runtimes_present"] = runtimes.into();
+    (status, Json(report))
 }
 
 async fn public_config(State(state): State<AppState>) -> Json<Value> {
