@@ -1215,3 +1215,42 @@ async fn a_delegates_amend_is_followed_once_the_owners_delegation_is_fetched() {
     b.shutdown().await;
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_nodes_feed_frames_are_verified_before_they_are_stored() {
+    // The feed of an API node of the network sends messages in its listing shape (`_id`,
+    // `confirmed`, `confirmations`, `size`, the parsed `content` beside `item_content`). A frame
+    // whose sender was changed (content and item hash made consistent again) is refused; the
+    // genuine frame, on the next connection, is verified and stored.
+    let genuine = recorded_eth_post();
+    let mut forged = recorded_eth_post();
+    let other = "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23";
+    let item_content = forged["item_content"]
+        .as_str()
+        .unwrap()
+        .replace("0xA07B1214bAe0D5ccAA25449C3149c0aC83658874", other);
+    forged["item_hash"] = json!(message::sha256_hex(item_content.as_bytes()));
+    forged["content"] = serde_json::from_str(&item_content).unwrap();
+    forged["item_content"] = json!(item_content);
+    forged["sender"] = json!(other);
+    let (api, connections, fake) = fake_feed(forged.clone(), genuine.clone()).await;
+
+    let b = Node::new();
+    let store = b.store.clone();
+    let b = b.start(Some(api)).await;
+    let hash = genuine["item_hash"].as_str().unwrap().to_string();
+    until("the genuine frame was stored", || {
+        (store.has_message(&hash), store.has_message(&hash))
+    })
+    .await;
+    assert!(connections.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    let forged_hash = forged["item_hash"].as_str().unwrap();
+    assert!(
+        !store.has_message(forged_hash),
+        "the forged frame was stored"
+    );
+    let stored = store.get_message(&hash).unwrap();
+    assert_eq!(stored.sender, "0xA07B1214bAe0D5ccAA25449C3149c0aC83658874");
+    b.shutdown().await;
+    fake.abort();
+}
