@@ -227,7 +227,11 @@ class HostSocket(_RealSocket):
         return 0
 
     def bind(self, address):
-        if address and address[0] not in ("", "0.0.0.0", "::") or (address and address[1]):
+        # The host picks the local address of its connections; "any address" and the loopback
+        # addresses with port 0 are accepted as that (urllib3 tells IPv6 support by binding an
+        # AF_INET6 socket to ("::1", 0)).
+        if address and address[0] not in ("", "0.0.0.0", "::", "127.0.0.1", "::1", "localhost") \
+                or (address and address[1]):
             raise OSError(errno.EADDRNOTAVAIL, "a host socket cannot choose its local address")
 
     def listen(self, backlog=0):
@@ -474,6 +478,7 @@ def _install_socket():
     s.socket = s.SocketType = HostSocket
     s.getaddrinfo, s.gethostbyname, s.gethostbyname_ex = getaddrinfo, gethostbyname, gethostbyname_ex
     s.gethostname, s.getnameinfo = gethostname, getnameinfo
+    s.has_ipv6 = True  # the host connects over IPv6 (the WASI build says it cannot)
     # Constants the WASI build leaves out and libraries read at import (Linux's values).
     for name, value in (("AF_UNIX", AF_UNIX), ("SO_KEEPALIVE", 9), ("SO_REUSEADDR", 2),
                         ("SO_SNDBUF", 7), ("SO_RCVBUF", 8), ("SO_LINGER", 13),

@@ -1,5 +1,5 @@
 //! Servers on the loopback interface for the tests of outbound connections, each on an ephemeral
-//! port of one address (127.0.0.1 unless asked otherwise):
+//! port of one address (127.0.0.1 unless asked otherwise, IPv6's ::1 included):
 //!
 //! - an HTTP/1.1 server (axum): `GET /hello` → `hello from loopback`; `GET /slow?ms=N` → waits N
 //!   ms, then `slow N`; `GET /big?bytes=N` → N bytes `x`, streamed 64 KiB at a time with a
@@ -170,9 +170,9 @@ impl Loopback {
         Loopback::start_on(Ipv4Addr::LOCALHOST)
     }
 
-    /// The three servers on `ip` (a loopback address: 127.0.0.1, 127.0.0.2, …).
-    pub fn start_on(ip: Ipv4Addr) -> Loopback {
-        let ip = IpAddr::V4(ip);
+    /// The three servers on `ip` (a loopback address: 127.0.0.1, 127.0.0.2, …, ::1).
+    pub fn start_on(ip: impl Into<IpAddr>) -> Loopback {
+        let ip = ip.into();
         let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
         if ip != IpAddr::V4(Ipv4Addr::LOCALHOST) {
             names.push(ip.to_string());

@@ -421,6 +421,37 @@ async fn with_internet_every_client_reaches_the_loopback_servers_over_http_and_h
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_internet_every_client_reaches_a_server_over_ipv6() {
+    // The same servers on IPv6's loopback address, reached by its literal (`http://[::1]:…`):
+    // the guest's sockets are AF_INET6, the host connects over IPv6, TLS names the address.
+    let lb = Loopback::start_on(std::net::Ipv6Addr::LOCALHOST);
+    assert!(
+        lb.base_url().starts_with("http://[::1]:"),
+        "{}",
+        lb.base_url()
+    );
+    let t = Internet::start(true, net_options(&LOOPBACK, Some(&lb.ca_pem_path()), None));
+    every_client(&t, &lb, |what, f| {
+        if what.ends_with("_echo") {
+            f.expect_echo("ping");
+        } else {
+            f.expect(200, loopback::HELLO);
+        }
+    })
+    .await;
+    // Only ::1 is allowed besides 127.0.0.0/8: the same server is refused without it.
+    let t4 = Internet::start(
+        true,
+        net_options(&LOOPBACK[..1], Some(&lb.ca_pem_path()), None),
+    );
+    t4.fetch("urllib", &format!("{}/hello", lb.base_url()))
+        .await
+        .expect_permission_error(&["loopback", "--allow-net"]);
+    t4.shutdown().await;
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_internet_every_client_gets_a_permission_error_naming_the_flag() {
     let lb = Loopback::start();
     // The node allows loopback: only the program's flag stands in the way.
