@@ -1088,6 +1088,22 @@ fn recorded_eth_post() -> Value {
     })
 }
 
+/// [`recorded_eth_post`] "sent" by someone else: its content names another address and its
+/// item hash is consistent again, but the signature does not hold.
+fn forged_eth_post() -> Value {
+    let mut forged = recorded_eth_post();
+    let other = "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23";
+    let item_content = forged["item_content"]
+        .as_str()
+        .unwrap()
+        .replace("0xA07B1214bAe0D5ccAA25449C3149c0aC83658874", other);
+    forged["item_hash"] = json!(message::sha256_hex(item_content.as_bytes()));
+    forged["content"] = serde_json::from_str(&item_content).unwrap();
+    forged["item_content"] = json!(item_content);
+    forged["sender"] = json!(other);
+    forged
+}
+
 /// An API node serving `messages` in the network's listing shape (`?hashes=` filters them).
 async fn api_node(messages: Vec<Value>) -> (String, tokio::task::JoinHandle<()>) {
     let app = axum::Router::new().route(
@@ -1128,17 +1144,7 @@ async fn api_node(messages: Vec<Value>) -> (String, tokio::task::JoinHandle<()>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_from_an_api_node_in_the_networks_shape_are_verified_before_they_are_stored() {
     let genuine = recorded_eth_post();
-    let mut forged = recorded_eth_post();
-    // The same content and hash, "sent" by someone else: the signature does not hold.
-    let other = "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23";
-    let item_content = forged["item_content"]
-        .as_str()
-        .unwrap()
-        .replace("0xA07B1214bAe0D5ccAA25449C3149c0aC83658874", other);
-    forged["item_hash"] = json!(message::sha256_hex(item_content.as_bytes()));
-    forged["content"] = serde_json::from_str(&item_content).unwrap();
-    forged["item_content"] = json!(item_content);
-    forged["sender"] = json!(other);
+    let forged = forged_eth_post();
     let (api, serving) = api_node(vec![genuine.clone(), forged.clone()]).await;
     let node = Node::new();
     let store = node
@@ -1223,16 +1229,7 @@ async fn an_api_nodes_feed_frames_are_verified_before_they_are_stored() {
     // whose sender was changed (content and item hash made consistent again) is refused; the
     // genuine frame, on the next connection, is verified and stored.
     let genuine = recorded_eth_post();
-    let mut forged = recorded_eth_post();
-    let other = "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23";
-    let item_content = forged["item_content"]
-        .as_str()
-        .unwrap()
-        .replace("0xA07B1214bAe0D5ccAA25449C3149c0aC83658874", other);
-    forged["item_hash"] = json!(message::sha256_hex(item_content.as_bytes()));
-    forged["content"] = serde_json::from_str(&item_content).unwrap();
-    forged["item_content"] = json!(item_content);
-    forged["sender"] = json!(other);
+    let forged = forged_eth_post();
     let (api, connections, fake) = fake_feed(forged.clone(), genuine.clone()).await;
 
     let b = Node::new();

@@ -296,6 +296,16 @@ async fn every_client(t: &Internet, lb: &Loopback, check: impl Fn(&str, &Fetch))
     }
 }
 
+/// What every client gets from the loopback servers when it may reach them: `/hello`'s text,
+/// or the echo of `ping`.
+fn expect_hello_or_echo(what: &str, f: &Fetch) {
+    if what.ends_with("_echo") {
+        f.expect_echo("ping");
+    } else {
+        f.expect(200, loopback::HELLO);
+    }
+}
+
 // --- The tests ---------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,14 +315,7 @@ async fn with_internet_every_client_reaches_the_loopback_servers_over_http_and_h
 
     // GET over HTTP and HTTPS (library defaults: the node's roots plus its CA file), both
     // ways of http.client, both echo routes.
-    every_client(&t, &lb, |what, f| {
-        if what.ends_with("_echo") {
-            f.expect_echo("ping");
-        } else {
-            f.expect(200, loopback::HELLO);
-        }
-    })
-    .await;
+    every_client(&t, &lb, expect_hello_or_echo).await;
 
     // 20 MiB uploads (more than one call carries) through a blocking socket and through the
     // loop's transport come back whole: the echo's length is counted by the app.
@@ -431,14 +434,7 @@ async fn with_internet_every_client_reaches_a_server_over_ipv6() {
         lb.base_url()
     );
     let t = Internet::start(true, net_options(&LOOPBACK, Some(&lb.ca_pem_path()), None));
-    every_client(&t, &lb, |what, f| {
-        if what.ends_with("_echo") {
-            f.expect_echo("ping");
-        } else {
-            f.expect(200, loopback::HELLO);
-        }
-    })
-    .await;
+    every_client(&t, &lb, expect_hello_or_echo).await;
     // Only ::1 is allowed besides 127.0.0.0/8: the same server is refused without it.
     let t4 = Internet::start(
         true,
