@@ -636,21 +636,21 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "ALEPH_WASM_CONNECTIVITY_IPV4_URL",
-        default_value = "https://1.1.1.1/"
+        default_value = crate::server::connectivity::DEFAULT_IPV4_URL
     )]
     pub connectivity_ipv4_url: String,
     /// `/status/check/host`'s IPv6 egress probe: a URL with a raw IPv6 address.
     #[arg(
         long,
         env = "ALEPH_WASM_CONNECTIVITY_IPV6_URL",
-        default_value = "https://[2606:4700:4700::1111]/"
+        default_value = crate::server::connectivity::DEFAULT_IPV6_URL
     )]
     pub connectivity_ipv6_url: String,
     /// `/status/check/host`'s DNS probe: a name that resolves to IPv4 and IPv6 addresses.
     #[arg(
         long,
         env = "ALEPH_WASM_CONNECTIVITY_DNS_HOST",
-        default_value = "example.org"
+        default_value = crate::server::connectivity::DEFAULT_DNS_HOST
     )]
     pub connectivity_dns_host: String,
     /// `/status/check/host`'s end-to-end probes, tried in order (repeatable, or

@@ -35,7 +35,6 @@ import time
 __all__ = ["DeadlockError", "install", "run_pending", "pending_count"]
 
 _real_lock = _thread.allocate_lock
-_real_start_new_thread = _thread.start_new_thread  # raises: kept for the runtime's own tests
 _pending = collections.deque()  # callables handed to "other threads", not yet run
 _turn_loop = None  # the loop whose next turn runs the pending work
 _instance_loop = None  # a callable giving the loop that runs the next turn when none is running

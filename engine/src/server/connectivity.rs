@@ -10,6 +10,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+/// Today's nodes' IPv4 egress probe.
+pub const DEFAULT_IPV4_URL: &str = "https://1.1.1.1/";
+/// Today's nodes' IPv6 egress probe.
+pub const DEFAULT_IPV6_URL: &str = "https://[2606:4700:4700::1111]/";
+/// Today's nodes' DNS probe.
+pub const DEFAULT_DNS_HOST: &str = "example.org";
+
 /// Where the probes go ([`ConnectivityConfig::default`]: today's nodes' targets).
 #[derive(Debug, Clone)]
 pub struct ConnectivityConfig {
@@ -28,9 +35,9 @@ pub struct ConnectivityConfig {
 impl Default for ConnectivityConfig {
     fn default() -> Self {
         ConnectivityConfig {
-            ipv4_url: "https://1.1.1.1/".into(),
-            ipv6_url: "https://[2606:4700:4700::1111]/".into(),
-            dns_host: "example.org".into(),
+            ipv4_url: DEFAULT_IPV4_URL.into(),
+            ipv6_url: DEFAULT_IPV6_URL.into(),
+            dns_host: DEFAULT_DNS_HOST.into(),
             http_urls: vec![
                 "http://detectportal.firefox.com/success.txt".into(),
                 "https://connectivity-check.ubuntu.com/".into(),
