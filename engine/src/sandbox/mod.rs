@@ -26,6 +26,7 @@ pub mod meter;
 pub mod output;
 pub mod quota;
 pub mod snapshot;
+pub mod stack;
 
 use std::collections::HashMap;
 use std::hash::Hasher;
@@ -799,10 +800,10 @@ fn classify(
             tracing::warn!(error = format!("{err:?}"), "the guest crashed");
             let cause = match below_zero_fault(&err) {
                 Some(address) => format!(
-                    "its C stack overflowed: a write below address 0 of its memory, at wasm \
-                     address {address:#x}; the stack's size is fixed when the module is built, \
-                     and calls nested too deep exceed it (on python-3.12, imports nested about \
-                     28 deep)"
+                    "its C stack overflowed: C calls nested deeper than its stack holds, \
+                     caught by an access at wasm address {address:#x}; an interpreter's C \
+                     stack is {} MiB, a WASI module's is the size it was linked with",
+                    self::stack::STACK_BYTES >> 20
                 ),
                 None => describe(&err),
             };
@@ -826,9 +827,10 @@ impl std::fmt::Display for GuestEnd {
     }
 }
 
-/// The address of an out-of-bounds access just below 4 GiB or past it: a 32-bit address that
-/// wrapped below 0, which is where a C stack laid out first in memory (LLVM's `--stack-first`,
-/// growing down from its size towards 0) goes when it overflows.
+/// The address of an out-of-bounds access just below 4 GiB or past it: where the guard of a
+/// relocated interpreter stack reads ([`self::stack::GUARD_FAULT_ADDRESS`]), and where a module's own
+/// C stack laid out first in memory (LLVM's `--stack-first`, growing down towards 0) goes when
+/// it overflows, its 32-bit address wrapping below 0.
 fn below_zero_fault(err: &wasmtime::Error) -> Option<u64> {
     const PREFIX: &str = "memory fault at wasm address 0x";
     if err.downcast_ref::<Trap>() != Some(&Trap::MemoryOutOfBounds) {

@@ -237,7 +237,7 @@ impl Snapshots {
         let path = source.interpreter_path.clone();
         let rewritten = blocking(move || {
             let original = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            prepare::rewrite(&original)
+            prepare::rewrite(&crate::sandbox::stack::relocate(&original)?)
         })
         .await?;
         let module = compile(sandbox, rewritten.wasm.clone()).await?;

@@ -62,7 +62,7 @@ pub use start::{InterpreterModule, Started};
 pub use wasm_opt::{WasmOpt, WasmOptSource};
 
 /// The version of the snapshot protocol (rewrite, pause, restore); part of every cache key.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The module of the checkpoint import.
 pub const CHECKPOINT_MODULE: &str = "aleph_wasm";
 /// The name of the checkpoint import.

@@ -17,12 +17,14 @@ use super::mounts;
 use super::prepare_cache::Prepared;
 use super::{Made, SnapshotBuild, SnapshotEvent, SnapshotSource, Snapshots, snapshot_key};
 use crate::sandbox::instance::Instance;
+use crate::sandbox::stack;
 use crate::sandbox::{GuestSpec, Sandbox};
 
 /// The interpreter module an instance runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InterpreterModule {
-    /// The sha256 of the module's bytes.
+    /// The sha256 of the module's bytes: the prepared interpreter's, or the original
+    /// interpreter's (which runs with its C stack relocated by [`stack::relocate`]).
     pub sha256: String,
     /// Whether it is the interpreter prepared for snapshots (else the original).
     pub prepared: bool,
@@ -94,9 +96,10 @@ impl Sandbox {
             }
         }
         let path = source.interpreter_path.clone();
+        let key = stack::relocated_key(&source.interpreter_sha256);
         let loaded = self
-            .module_off_thread(&source.interpreter_sha256, move || {
-                Ok(std::fs::read(&path)?)
+            .module_off_thread(&key, move || {
+                stack::relocate(&std::fs::read(&path)?).map_err(anyhow::Error::msg)
             })
             .await
             .map_err(|e| format!("content.runtime: {e:#}"))?;
