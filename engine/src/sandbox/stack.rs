@@ -122,17 +122,7 @@ pub fn layout(wasm: &[u8]) -> Result<Layout, String> {
                 }
             }
             Payload::CustomSection(c) => {
-                if let KnownCustom::Name(names) = c.as_known() {
-                    for sub in names.into_iter().flatten() {
-                        if let wasmparser::Name::Global(map) = sub {
-                            for naming in map.into_iter().flatten() {
-                                if naming.name == "__stack_pointer" {
-                                    named_sp = Some(naming.index);
-                                }
-                            }
-                        }
-                    }
-                }
+                named_sp = named_stack_pointer(&c).or(named_sp);
             }
             _ => {}
         }
@@ -178,6 +168,22 @@ pub fn layout(wasm: &[u8]) -> Result<Layout, String> {
         ));
     }
     Ok(layout)
+}
+
+/// The index of the global that `section`, when it is the name section, names
+/// `__stack_pointer` (LLVM's name for the stack pointer).
+pub(crate) fn named_stack_pointer(section: &wasmparser::CustomSectionReader<'_>) -> Option<u32> {
+    let KnownCustom::Name(names) = section.as_known() else {
+        return None;
+    };
+    names.into_iter().flatten().find_map(|sub| match sub {
+        wasmparser::Name::Global(map) => map
+            .into_iter()
+            .flatten()
+            .find(|naming| naming.name == "__stack_pointer")
+            .map(|naming| naming.index),
+        _ => None,
+    })
 }
 
 /// Rewrites a WASI command built by LLVM so that its C stack is [`STACK_BYTES`] in new pages

@@ -16,9 +16,10 @@ use std::path::Path;
 use std::process::Command;
 
 use wasm_encoder::reencode::{Error as ReencodeError, Reencode, utils};
-use wasmparser::{KnownCustom, Parser, Payload, TypeRef};
+use wasmparser::{Parser, Payload, TypeRef};
 
 use super::{CHECKPOINT_MODULE, CHECKPOINT_NAME, STACK_POINTER_EXPORT};
+use crate::sandbox::stack::named_stack_pointer;
 
 /// What [`rewrite`] produced.
 #[derive(Debug, Clone)]
@@ -82,17 +83,7 @@ fn scan(wasm: &[u8]) -> Result<Scan, String> {
                 }
             }
             Payload::CustomSection(c) => {
-                if let KnownCustom::Name(names) = c.as_known() {
-                    for sub in names.into_iter().flatten() {
-                        if let wasmparser::Name::Global(map) = sub {
-                            for naming in map.into_iter().flatten() {
-                                if naming.name == "__stack_pointer" {
-                                    named_sp = Some(naming.index);
-                                }
-                            }
-                        }
-                    }
-                }
+                named_sp = named_stack_pointer(&c).or(named_sp);
             }
             _ => {}
         }
