@@ -164,12 +164,17 @@ struct Py {
 
 impl Py {
     fn new() -> Py {
+        Py::with_runtime(python_runtime)
+    }
+
+    /// A test's store with the runtime `stored` puts in it (and returns the ref of).
+    fn with_runtime(stored: fn(&Store) -> String) -> Py {
         let dir = tempfile::Builder::new()
             .prefix("aleph-wasm-python-")
             .tempdir()
             .unwrap();
         let store = Store::open(dir.path().join("store")).unwrap();
-        let runtime = python_runtime(&store);
+        let runtime = stored(&store);
         Py {
             dir,
             store,
@@ -1489,3 +1494,6 @@ mod aleph_sdk;
 
 #[path = "python/guest_api.rs"]
 mod guest_api;
+
+#[path = "python/pydantic.rs"]
+mod pydantic;

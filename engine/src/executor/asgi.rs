@@ -1139,7 +1139,12 @@ impl Executor {
                     "runtime bootstrap file name {name:?} is not a plain file name"
                 ));
             }
-            std::fs::copy(path, root.join(name)).map_err(|e| format!("{name}: {e}"))?;
+            // A link where the cache and the store share a filesystem: the interpreter module
+            // can be mounted here too, and it is tens of MB.
+            let target = root.join(name);
+            if std::fs::hard_link(path, &target).is_err() {
+                std::fs::copy(path, &target).map_err(|e| format!("{name}: {e}"))?;
+            }
         }
         std::fs::write(work.path().join(".complete"), b"").map_err(|e| e.to_string())?;
         let work = work.keep();

@@ -72,12 +72,19 @@ pub struct Attempt {
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// Every source was tried and none gave bytes with the right sha256.
-    #[error("interpreter {sha256} could not be obtained: {}", describe(attempts))]
+    #[error(
+        "interpreter {sha256} could not be obtained: {}{}",
+        describe(attempts),
+        build.as_deref().map(|b| format!("; no registry carries it: build it with {b} \
+            and give the module it writes with --file")).unwrap_or_default()
+    )]
     Exhausted {
         /// The sha256 looked for.
         sha256: String,
         /// Each source tried, in order, with the reason it failed.
         attempts: Vec<Attempt>,
+        /// The manifest's way to build the module, when no source carries it.
+        build: Option<String>,
     },
     /// Verified bytes could not be put into the store.
     #[error("interpreter {sha256}: {source}")]
@@ -140,6 +147,7 @@ pub fn ensure_interpreter_with(
             return Err(FetchError::Exhausted {
                 sha256: spec.sha256.clone(),
                 attempts,
+                build: spec.build.clone(),
             });
         }
     };
@@ -551,6 +559,7 @@ mod tests {
             sha256: sha256_hex(BYTES),
             size: BYTES.len() as u64,
             sources,
+            build: None,
         }
     }
 
@@ -599,6 +608,29 @@ mod tests {
         .into_bytes();
         r.extend_from_slice(body);
         r
+    }
+
+    #[test]
+    fn a_module_no_source_carries_names_its_build_and_takes_the_built_file() {
+        let (dir, store) = temp_store();
+        let s = InterpreterSpec {
+            build: Some("runtimes/build/toy/build.sh".into()),
+            ..spec(Vec::new())
+        };
+        let err = ensure_interpreter_with(&store, &s, None, false, &quick()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "interpreter {} could not be obtained: no source to try (give a file that has \
+                 it); no registry carries it: build it with runtimes/build/toy/build.sh and give \
+                 the module it writes with --file",
+                s.sha256
+            )
+        );
+        let built = dir.path().join("python.wasm");
+        fs::write(&built, BYTES).unwrap();
+        let path = ensure_interpreter_with(&store, &s, Some(&built), false, &quick()).unwrap();
+        assert_eq!(fs::read(path).unwrap(), BYTES);
     }
 
     #[test]

@@ -86,6 +86,10 @@ pub struct InterpreterSpec {
     /// Where to look, in order. The source does not matter once the hash matches.
     #[serde(default)]
     pub sources: Vec<Source>,
+    /// How to make the module where no source carries it (a build script of the aleph-wasm
+    /// sources, which give its output to `runtime fetch --file`); said when every source failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
 }
 
 /// One place an interpreter module can be obtained from: `{"url": …}` or
@@ -165,6 +169,11 @@ pub struct Bootstrap {
     /// File name → sha256 of its bytes.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+    /// The name under which the interpreter module itself appears in the mount, for an
+    /// interpreter that carries data its guest reads as a file (a standard library zip in a
+    /// trailing custom section, found by `zipimport` through `PYTHONPATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpreter: Option<String>,
 }
 
 /// Which list of a source manifest a file belongs to.
@@ -262,6 +271,14 @@ impl Manifest {
                 for (name, hash) in &bootstrap.files {
                     check_file_name(name).map_err(|e| format!("bootstrap.files: {e}"))?;
                     check_sha256(hash).map_err(|e| format!("bootstrap.files.{name}: {e}"))?;
+                }
+                if let Some(name) = &bootstrap.interpreter {
+                    check_file_name(name).map_err(|e| format!("bootstrap.interpreter: {e}"))?;
+                    if bootstrap.files.contains_key(name) {
+                        return Err(format!(
+                            "bootstrap.interpreter: {name:?} is also one of bootstrap.files"
+                        ));
+                    }
                 }
             }
         }

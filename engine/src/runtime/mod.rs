@@ -147,7 +147,8 @@ pub struct ResolvedInterpreter {
     pub interfaces: Vec<String>,
     /// Where the bootstrap files are mounted read-only in the guest (`/opt/aleph-wasm`).
     pub bootstrap_mount: String,
-    /// Bootstrap file name → verified object path.
+    /// Bootstrap file name → verified object path (the interpreter module too, when the
+    /// manifest's `bootstrap.interpreter` names it).
     pub bootstrap: BTreeMap<String, PathBuf>,
 }
 
@@ -255,6 +256,9 @@ fn resolve_interpreter(
             .verify_object(hash)
             .map_err(|e| object_err(format!("bootstrap file {name}"), e))?;
         files.insert(name.clone(), file);
+    }
+    if let Some(name) = &bootstrap.interpreter {
+        files.insert(name.clone(), path.clone());
     }
     Ok(ResolvedInterpreter {
         sha256: spec.sha256.clone(),

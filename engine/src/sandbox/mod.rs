@@ -365,6 +365,11 @@ impl Drop for Ticker {
     }
 }
 
+/// The most Wasm frames a backtrace holds (wasmtime keeps 20 by default). Snapshot preparation
+/// needs every frame at its pause (an interpreter's read of stdin is about 30 deep), and a
+/// crash's log is more useful with the frames under the first 20.
+pub const MAX_BACKTRACE_FRAMES: usize = 256;
+
 /// The engine configuration. It is the same for every execution, reproducible or not, so that
 /// a compiled module, a fuel count and a NaN bit pattern mean the same thing on every node.
 /// wasmtime is built without its `threads` feature, so shared memories are never available.
@@ -377,7 +382,8 @@ pub fn engine_config(config: &SandboxConfig) -> Config {
         .epoch_interruption(true)
         .cranelift_nan_canonicalization(true)
         .relaxed_simd_deterministic(true)
-        .max_wasm_stack(config.max_wasm_stack);
+        .max_wasm_stack(config.max_wasm_stack)
+        .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(MAX_BACKTRACE_FRAMES));
     if let Some(pooling) = &config.pooling {
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(
             pooling.allocation_config(),

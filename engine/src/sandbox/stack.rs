@@ -7,12 +7,17 @@
 //! 28 deep overflowed it. [`relocate`] rewrites an interpreter so that:
 //! - its memory starts [`STACK_BYTES`] larger, and the stack pointer starts at the top of
 //!   those new pages (the old stack's pages stay, unused). The C heap is unaffected: the
-//!   allocator's first region ends where the linked memory ended, and it grows with
-//!   `memory.grow`, past the new pages;
+//!   allocator's first region ends where the linked memory ended (wasi-libc's `__heap_end`),
+//!   and it grows with `memory.grow`, past the new pages;
 //! - every write of the stack pointer goes through a guard function that, when the new value
 //!   is within [`GUARD_BYTES`] of the stack's low end, reads the last byte of the 32-bit address
 //!   space: an out-of-bounds trap at an address the sandbox names as a C stack overflow
 //!   (without the guard, an overflowing stack would silently write over the heap below it).
+//!
+//! An interpreter linked with an 8 MiB stack at the bottom of memory (`--stack-first`) is left
+//! as it is: its overflow already faults below address 0. That is also the only safe choice for
+//! a wasi-libc older than `__heap_end` (2023), whose allocator takes the whole initial memory,
+//! new pages included, as its first region.
 //!
 //! The engine relocates every interpreter it runs (the original and, before its own rewrite,
 //! the one prepared for snapshots); the key of the compiled module says so
@@ -30,7 +35,7 @@ pub const GUARD_BYTES: u32 = 64 << 10;
 /// The address the guard reads to trap: the last byte of the 32-bit address space.
 pub const GUARD_FAULT_ADDRESS: u32 = u32::MAX;
 /// The version of the relocation; part of [`relocated_key`].
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const PAGE: u32 = 64 << 10;
 
 /// The compiled-module key of `interpreter_sha256` relocated by this version of [`relocate`].
@@ -53,6 +58,8 @@ pub struct Layout {
     pub initial_pages: u64,
     /// The memory's maximum size in pages, when the module sets one.
     pub maximum_pages: Option<u64>,
+    /// The lowest address an active data segment starts at (`None`: no data).
+    pub lowest_data: Option<u32>,
     types: u32,
     func_imports: u32,
     global_imports: u32,
@@ -70,6 +77,17 @@ impl Layout {
         self.stack_base() + STACK_BYTES
     }
 
+    /// Whether the stack as linked is already [`STACK_BYTES`] or more at the bottom of memory
+    /// (linked `--stack-first`, below every data segment). Such a stack needs no relocation:
+    /// an overflow takes the stack pointer below 0, where the first write faults at an address
+    /// near the top of the 32-bit space, as the guard's does.
+    pub fn linked_stack_suffices(&self) -> bool {
+        self.initial_stack_pointer >= STACK_BYTES
+            && self
+                .lowest_data
+                .is_none_or(|data| data >= self.initial_stack_pointer)
+    }
+
     fn guard_index(&self) -> u32 {
         self.func_imports + self.defined_funcs
     }
@@ -85,6 +103,7 @@ pub fn layout(wasm: &[u8]) -> Result<Layout, String> {
     let mut globals: Vec<(bool, Option<u32>)> = Vec::new(); // (mutable i32, constant init)
     let mut memories = Vec::new();
     let mut named_sp = None;
+    let mut lowest_data: Option<u32> = None;
     for payload in Parser::new(0).parse_all(wasm) {
         match payload.map_err(|e| format!("not valid WebAssembly: {e}"))? {
             Payload::TypeSection(s) => types = s.count(),
@@ -124,6 +143,19 @@ pub fn layout(wasm: &[u8]) -> Result<Layout, String> {
             Payload::CustomSection(c) => {
                 named_sp = named_stack_pointer(&c).or(named_sp);
             }
+            Payload::DataSection(s) => {
+                for data in s {
+                    let data = data.map_err(|e| e.to_string())?;
+                    if let wasmparser::DataKind::Active { offset_expr, .. } = data.kind {
+                        // A segment placed by anything but a constant could be anywhere.
+                        let offset = match offset_expr.get_operators_reader().read() {
+                            Ok(wasmparser::Operator::I32Const { value }) => value as u32,
+                            _ => 0,
+                        };
+                        lowest_data = Some(lowest_data.map_or(offset, |low| low.min(offset)));
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -150,6 +182,7 @@ pub fn layout(wasm: &[u8]) -> Result<Layout, String> {
         initial_stack_pointer,
         initial_pages: memory.initial,
         maximum_pages: memory.maximum,
+        lowest_data,
         types,
         func_imports,
         global_imports,
@@ -187,10 +220,14 @@ pub(crate) fn named_stack_pointer(section: &wasmparser::CustomSectionReader<'_>)
 }
 
 /// Rewrites a WASI command built by LLVM so that its C stack is [`STACK_BYTES`] in new pages
-/// above its initial memory, with every stack-pointer write guarded. Fails (never panics) on a
+/// above its initial memory, with every stack-pointer write guarded; a module whose linked
+/// stack already suffices ([`Layout::linked_stack_suffices`]) is returned as it is. Fails (never panics) on a
 /// module it cannot handle; the output is validated.
 pub fn relocate(wasm: &[u8]) -> Result<Vec<u8>, String> {
     let layout = layout(wasm)?;
+    if layout.linked_stack_suffices() {
+        return Ok(wasm.to_vec());
+    }
     let mut relocator = Relocator { layout };
     let mut module = wasm_encoder::Module::new();
     relocator
@@ -469,6 +506,29 @@ mod tests {
             .unwrap();
         assert_eq!(sp.call(&mut store, ()).unwrap(), top - 4096);
         assert!(set.call(&mut store, 65536 + 16).is_err());
+    }
+
+    #[test]
+    fn a_stack_linked_first_and_large_enough_is_left_as_it_is() {
+        // 8 MiB of stack under the data, as `--stack-first -z stack-size=8388608` links it.
+        let first = format!(
+            r#"(module (memory 129) (global $sp (mut i32) (i32.const {STACK_BYTES}))
+                (data (i32.const {STACK_BYTES}) "data"))"#
+        );
+        let wasm = wat::parse_str(&first).unwrap();
+        assert!(layout(&wasm).unwrap().linked_stack_suffices());
+        assert_eq!(relocate(&wasm).unwrap(), wasm);
+        // The same stack pointer above data is not a stack at the bottom: relocated.
+        let after = format!(
+            r#"(module (memory 129) (global $sp (mut i32) (i32.const {STACK_BYTES}))
+                (data (i32.const 1024) "data"))"#
+        );
+        let wasm = wat::parse_str(&after).unwrap();
+        assert!(!layout(&wasm).unwrap().linked_stack_suffices());
+        assert_ne!(relocate(&wasm).unwrap(), wasm);
+        // The 1 KiB stack of the guest above is too small.
+        let small = layout(&wat::parse_str(GUEST).unwrap()).unwrap();
+        assert!(!small.linked_stack_suffices());
     }
 
     #[test]

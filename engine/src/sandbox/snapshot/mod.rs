@@ -62,7 +62,7 @@ pub use start::{InterpreterModule, Started};
 pub use wasm_opt::{WasmOpt, WasmOptSource};
 
 /// The version of the snapshot protocol (rewrite, pause, restore); part of every cache key.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The module of the checkpoint import.
 pub const CHECKPOINT_MODULE: &str = "aleph_wasm";
 /// The name of the checkpoint import.
@@ -248,6 +248,14 @@ async fn checkpoint(caller: &mut Caller<'_, GuestState>) -> wasmtime::Result<()>
         Hook::Off => Ok(()),
         Hook::Discover => {
             let found = stack(caller);
+            if found.len() >= crate::sandbox::MAX_BACKTRACE_FRAMES {
+                // The backtrace may be cut short: the functions under it would not unwind.
+                wasmtime::bail!(
+                    "the stack at the first read of stdin is {} frames deep or more, deeper \
+                     than a snapshot can be prepared for",
+                    found.len()
+                )
+            }
             caller.data_mut().hook = Hook::Discovered(found);
             wasmtime::bail!("paused for stack discovery")
         }

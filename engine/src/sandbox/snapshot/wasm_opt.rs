@@ -121,6 +121,7 @@ fn pinned_spec() -> InterpreterSpec {
             pypi: PINNED_PACKAGE.into(),
             path: PINNED_PATH.into(),
         }],
+        build: None,
     }
 }
 
