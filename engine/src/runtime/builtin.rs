@@ -43,6 +43,15 @@ macro_rules! shipped_files {
     };
 }
 
+/// A Python runtime's files: the bootstrap both Python runtimes share (`python-3.11-pydantic`
+/// links to `python-3.12`'s files), then its own licence texts.
+macro_rules! python_files {
+    ($dir:literal: $($licence:literal),* $(,)?) => {
+        shipped_files!($dir: "boot.py", "hostnet.py", "threads.py", "standins.py", "wsgi.py",
+            "aleph_sdk.py", "tzdata.zip", $($licence),*)
+    };
+}
+
 /// Every runtime shipped inside the binary.
 pub const SHIPPED: &[Shipped] = &[
     Shipped {
@@ -53,14 +62,7 @@ pub const SHIPPED: &[Shipped] = &[
     Shipped {
         name: "python-3.12",
         manifest: include_str!("../../../runtimes/python-3.12/runtime.json"),
-        files: shipped_files!("python-3.12":
-            "boot.py",
-            "hostnet.py",
-            "threads.py",
-            "standins.py",
-            "wsgi.py",
-            "aleph_sdk.py",
-            "tzdata.zip",
+        files: python_files!("python-3.12":
             "licences/cpython-psf-2.0.txt",
             "licences/webassembly-language-runtimes-apache-2.0.txt",
             "licences/webassembly-language-runtimes-notice.txt",
@@ -77,14 +79,7 @@ pub const SHIPPED: &[Shipped] = &[
     Shipped {
         name: "python-3.11-pydantic",
         manifest: include_str!("../../../runtimes/python-3.11-pydantic/runtime.json"),
-        files: shipped_files!("python-3.11-pydantic":
-            "boot.py",
-            "hostnet.py",
-            "threads.py",
-            "standins.py",
-            "wsgi.py",
-            "aleph_sdk.py",
-            "tzdata.zip",
+        files: python_files!("python-3.11-pydantic":
             "licences/cpython-psf-2.0.txt",
             "licences/zlib.txt",
             "licences/bzip2.txt",
