@@ -146,9 +146,20 @@ if run stdlib; then
   S=$B/stdlib; rm -rf $S; mkdir -p $S
   (cd $B/cpython/Lib && tar cf - --exclude=test --exclude=tests --exclude=idle_test --exclude=idlelib --exclude=tkinter \
      --exclude=turtledemo --exclude=turtle.py --exclude=ensurepip --exclude=__pycache__ --exclude=site-packages .) | tar xf - -C $S
-  # _sysconfigdata records the configure/build paths: write them as /build
+  # _sysconfigdata records the configure/build paths: write them as /build, then lay the dict out
+  # again as sysconfig does (pprint wraps lines by length, so a longer $W moved the wraps)
   for f in $B/cpython/builddir/wasi/build/lib.wasi-wasm32-3.11/_sysconfigdata_*.py; do
-    sed "s|$W|/build|g" $f > $S/$(basename $f); done
+    $HOSTPY - "$f" "$W" > $S/$(basename $f) <<'PY'
+import pprint, sys
+path, work = sys.argv[1:3]
+scope = {}
+exec(open(path).read(), scope)
+fix = lambda v: v.replace(work, "/build") if isinstance(v, str) else v
+print("# system configuration generated and used by the sysconfig module")
+print("build_time_vars = ", end="")
+pprint.pprint({k: fix(v) for k, v in scope["build_time_vars"].items()})
+PY
+  done
   for w in pydantic-$PYDANTIC annotated_types-0.8.0 typing_extensions-4.16.0 typing_inspection-0.4.5; do
     $HOSTPY -m zipfile -e $DL/$w-py3-none-any.whl $S; done
   rm -rf $B/pcore-py; mkdir -p $B/pcore-py; tar xzf $DL/pydantic_core-$PCORE.tar.gz -C $B/pcore-py --strip-components=1
