@@ -107,6 +107,9 @@ pub struct Outcome {
     pub module_cache: Option<ModuleCache>,
     /// Every object the execution was made from.
     pub inputs: Vec<ResolvedInput>,
+    /// What a reproducible execution read through the guest API (content named by its hash),
+    /// in the order first read.
+    pub reads: Vec<crate::host::recorded::Read>,
     /// Whether the execution started a new instance (a cold start) rather than reusing a warm
     /// one.
     pub cold_start: bool,
@@ -137,6 +140,7 @@ impl Outcome {
             export: None,
             module_cache: None,
             inputs: Vec::new(),
+            reads: Vec::new(),
             cold_start: false,
             interpreter: None,
             restored: false,

@@ -1497,3 +1497,6 @@ mod guest_api;
 
 #[path = "python/pydantic.rs"]
 mod pydantic;
+
+#[path = "python/reads.rs"]
+mod reads;

@@ -241,12 +241,11 @@ fn a_stack_overflow_is_its_own_outcome_kind() {
 }
 
 #[test]
-fn capabilities_and_host_state_are_refused_in_reproducible_mode() {
+fn the_internet_and_host_state_are_refused_in_reproducible_mode() {
     let t = TestDir::new();
     let body = "    (nop)";
     for (flags, field) in [
         (&["--internet"][..], "content.environment.internet"),
-        (&["--aleph-api"][..], "content.environment.aleph_api"),
         (
             &["--volume", "persistent:state:/state:1"][..],
             "content.volumes[0]",
@@ -339,4 +338,58 @@ fn a_request_with_a_body_verifies_from_the_store() {
     std::fs::remove_file(t.object_path(hash)).unwrap();
     let (stdout, _) = verify(&t, &receipt, 2);
     assert!(stdout.contains(hash), "{stdout}");
+}
+
+#[test]
+fn a_reproducible_wasi_module_reads_an_object_by_hash_and_the_receipt_names_it() {
+    let t = TestDir::new();
+    let (object_hash, _) = t.store_add(&t.write("object.txt", "stored bytes"));
+    let missing = "0".repeat(64);
+    let request = |hash: &str| {
+        format!(
+            "GET /api/v0/storage/raw/{hash} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let connect = r#"{"unix":"/tmp/socat-socket"}"#;
+    let guest = host_client_guest(connect, request(&object_hash).as_bytes(), "");
+    let program = t.guest_program(&guest, &["--no-http", "--reproducible", "--aleph-api"]);
+    let receipts: Vec<Vec<u8>> = (0..2)
+        .map(|i| {
+            let path = t.path().join(format!("receipt-{i}.json"));
+            let run = t.run_json(&program, &["--receipt", path.to_str().unwrap()], 0);
+            run.assert_outcome("ok");
+            let stdout = run.stdout();
+            assert!(stdout.starts_with("HTTP/1.1 200 OK\r\n"), "\n{run}");
+            assert!(stdout.ends_with("\r\n\r\nstored bytes"), "\n{run}");
+            std::fs::read(&path).unwrap()
+        })
+        .collect();
+    assert_eq!(receipts[0], receipts[1], "two runs differ");
+    let receipt: Value = serde_json::from_slice(&receipts[0]).unwrap();
+    assert_eq!(
+        receipt["inputs"]["reads"],
+        serde_json::json!([{"kind": "object", "hash": object_hash, "found": true}]),
+        "{receipt:#}"
+    );
+    let (stdout, _) = verify(&t, &t.path().join("receipt-0.json"), 0);
+    assert!(stdout.contains("verdict: match"), "{stdout}");
+
+    // A miss is a 404 the receipt records; a route other than a read by hash is a 403.
+    let guest = host_client_guest(connect, request(&missing).as_bytes(), "");
+    let program = t.guest_program(&guest, &["--no-http", "--reproducible", "--aleph-api"]);
+    let path = t.path().join("receipt-miss.json");
+    let run = t.run_json(&program, &["--receipt", path.to_str().unwrap()], 0);
+    assert!(run.stdout().starts_with("HTTP/1.1 404"), "\n{run}");
+    let receipt: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(receipt["inputs"]["reads"][0]["found"], false, "{receipt:#}");
+    let cache = b"GET /cache/key HTTP/1.1\r\nConnection: close\r\n\r\n";
+    let guest = host_client_guest(connect, cache, "");
+    let program = t.guest_program(&guest, &["--no-http", "--reproducible", "--aleph-api"]);
+    let run = t.run_json(&program, &[], 0);
+    assert!(run.stdout().starts_with("HTTP/1.1 403"), "\n{run}");
+    assert!(
+        run.stdout()
+            .contains("content.environment.reproducible is true"),
+        "\n{run}"
+    );
 }

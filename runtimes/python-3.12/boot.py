@@ -160,6 +160,11 @@ class _FrameReader:
     def pending(self):
         return len(self._buf)
 
+    def wanted(self):
+        """How many bytes complete the next frame's header, or else the frame: a read of at
+        most this many never takes bytes of the frame after it."""
+        return self._need - len(self._buf) if self._buf else 8
+
     def feed(self, data):
         if self._buf:
             self._buf += data
@@ -407,19 +412,22 @@ class _ServeSelector:
         if self.concurrent:
             if not _select((0,), (), (), timeout)[0]:
                 return []
-        elif _requests and not any(not r.body_complete for r in _requests.values()):
-            # a request is in flight and has its whole body: timers only, unless it awaits a reply
-            if _calls:
-                if not _select((0,), (), (), timeout)[0]:
+        else:
+            if _requests and not any(not r.body_complete for r in _requests.values()):
+                # a request is in flight and has its whole body: timers only, unless it awaits
+                # a reply, which is read once the ready callbacks have run
+                if not _calls:
+                    if timeout is None:
+                        self._deadlock()
+                    elif timeout > 0:
+                        time.sleep(timeout)
                     return []
-            elif timeout is None:
-                self._deadlock()
-                return []
-            else:
-                if timeout > 0:
-                    time.sleep(timeout)
-                return []
-        data = os.read(0, _READ_SIZE)  # concurrent: stdin is ready; sequential: a blocking read
+                if timeout == 0:
+                    return []
+            # one frame, read whole with blocking reads and nothing after it, so what the loop
+            # sees in a turn never depends on when the host wrote
+            return self._one_frame()
+        data = os.read(0, _READ_SIZE)  # stdin is ready
         if not data:
             self._end("as the host closed the channel")
             return []
@@ -427,6 +435,22 @@ class _ServeSelector:
         if lost is not None:
             self._end(lost)
         return frames
+
+    def _one_frame(self):
+        """Sequential mode: the next frame, read with blocking reads that stop at its end."""
+        while True:
+            data = os.read(0, self.reader.wanted())
+            if not data:
+                self._end("as the host closed the channel")
+                return []
+            frames, lost = self.feed(data)
+            if lost is not None:
+                if _select((0,), (), (), 0)[0]:
+                    os.read(0, _READ_SIZE)  # the rest of what is not a frame, as a whole read
+                self._end(lost)
+                return frames
+            if frames:
+                return frames
 
     def feed(self, data):
         """The frames in `data`, and why the channel is lost if it is."""
@@ -439,9 +463,12 @@ class _ServeSelector:
 
     def wait_reply(self, id):
         """Reads stdin until the REPLY for call `id` (a blocking call); what else arrives waits
-        for the loop's next turn."""
+        for the loop's next turn. A CANCEL of the request making the call ends the wait: the
+        call raises HostCallError("cancelled"), and the request's task is cancelled next turn
+        (its late REPLY is ignored)."""
+        request = _rid.get()
         while self.lost is None and not self.ended:
-            data = os.read(0, _READ_SIZE)
+            data = os.read(0, _READ_SIZE if self.concurrent else self.reader.wanted())
             if not data:
                 self.lost = "as the host closed the channel"
                 break
@@ -451,6 +478,10 @@ class _ServeSelector:
                     self.deferred += frames[at + 1:]
                     return payload
                 self.deferred.append((kind, fid, payload))
+                if kind == CANCEL and request and fid == request:
+                    self.deferred += frames[at + 1:]
+                    raise HostCallError("cancelled", f"request {request} was cancelled by the host "
+                                        "while this call waited for its answer")
         raise HostCallError("io", "the host closed the channel before answering")
 
     def _end(self, reason):

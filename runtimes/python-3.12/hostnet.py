@@ -59,7 +59,7 @@ def _error(exc, ssl_module=None):
         return ConnectionRefusedError(errno.ECONNREFUSED, message)
     if kind == "reset":
         return ConnectionResetError(errno.ECONNRESET, message)
-    if kind == "timeout":
+    if kind in ("timeout", "cancelled"):
         return TimeoutError(errno.ETIMEDOUT, message)
     if kind == "limit":
         return ConnectionAbortedError(errno.ECONNABORTED, message)

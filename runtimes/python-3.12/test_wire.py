@@ -142,6 +142,7 @@ APP = """
 import asyncio, sys
 from _aleph_wasm import call, HostCallError
 active = peak = 0
+blocking_failures = []
 
 async def respond(send, body, status=200, headers=()):
     await send({"type": "http.response.start", "status": status, "headers": list(headers)})
@@ -206,6 +207,15 @@ async def app(scope, receive, send):
     elif path == "/blocking":  # sync code: the instance waits for the answer
         from _aleph_wasm import call_blocking
         await respond(send, call_blocking("ping", body))
+    elif path == "/blocking_cancelled":  # a blocking call the host never answers
+        from _aleph_wasm import call_blocking
+        try:
+            call_blocking("ping", body)
+        except HostCallError as exc:
+            blocking_failures.append(f"{exc.kind}: {exc.message}")
+        await asyncio.sleep(3600)
+    elif path == "/blocking_failures":
+        await respond(send, "|".join(blocking_failures).encode())
     elif path == "/urlopen":  # the stdlib's client over host sockets; the host refuses
         import urllib.request
         try:
@@ -405,6 +415,21 @@ def concurrent_guest():
     g.hold_calls = False
     both = g.answers([400, 401])
     assert response(both[400])[2] == b"sync" and response(both[401])[2] == b"hello", both
+    # A blocking call whose request is cancelled: the call fails at once, then the task ends.
+    g.hold_calls, g.held = True, []
+    g.send(http_frames(402, "/blocking_cancelled", body_parts=[b"never"]))
+    while not g.held:
+        frame = g.next()
+        assert frame[0] == boot.CALL, frame
+        g.held.append((frame[1],) + tuple(boot._unpack_fields(frame[2])))
+    g.send(boot._frame(boot.CANCEL, 402))
+    cancelled = g.answers([402])[402]
+    assert [f[0] for f in cancelled] == [boot.LOG, boot.DONE], cancelled
+    g.send(boot._frame(boot.REPLY, g.held[0][0], b"\x01late"))  # the late answer is ignored
+    g.hold_calls = False
+    failures = response(g.request("/blocking_failures"))[2]
+    assert failures == b"cancelled: request 402 was cancelled by the host while this call waited " \
+                       b"for its answer", failures
     refused = response(g.request("/urlopen"))[2]
     assert refused == b"URLError: <urlopen error [Errno 13] content.environment.internet is false>", refused
 

@@ -15,7 +15,9 @@ pub(crate) mod pipe;
 pub(crate) mod session;
 pub mod wire;
 
-pub use calls::{Builtin, CallResult, CallsFactory, HostCalls};
+pub use calls::{
+    Builtin, CallResult, CallsFactory, HostCalls, InstanceCalls, OrderedCalls, Replies,
+};
 pub use wire::{CallFailure, Frame, RequestHead};
 
 /// The REPL line that starts serving on an instance paused after its boot: reseeds Python's

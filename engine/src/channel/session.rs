@@ -5,7 +5,10 @@
 //! a frame with a request's id goes to that request's [`Stream`], the instance's own frames
 //! (`READY`, `BOOT_ERROR`, `SERVING`) and logs written outside any request are kept for
 //! [`Session::wait_instance`] and [`Session::take_logs`], and a guest's call is answered by
-//! the session's [`HostCalls`] on a task of its own, so other requests proceed meanwhile.
+//! the session's [`HostCalls`] on a task of its own, so other requests proceed meanwhile — or,
+//! for [`OrderedCalls`](super::calls::OrderedCalls), by one task that takes the calls in the
+//! guest's order and writes the replies each makes due, so that what the guest reads depends
+//! on nothing but what it wrote.
 //! When the guest ends, every open stream ends too ([`Session::close`]).
 
 use std::collections::{HashMap, VecDeque};
@@ -15,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 
-use super::calls::HostCalls;
+use super::calls::InstanceCalls;
 use super::pipe::ChannelInput;
 use super::wire::{Frame, Item, Reader};
 use crate::sandbox::output::Sink;
@@ -77,13 +80,15 @@ struct State {
     logs: Logs,
     /// Binary programs: complete stdout lines, for [`Session::next_line`].
     lines: VecDeque<Vec<u8>>,
+    /// Ordered calls: where the task that takes them in order gets them (made at the first).
+    ordered: Option<mpsc::UnboundedSender<(u32, String, Vec<u8>)>>,
 }
 
 struct Shared {
     state: Mutex<State>,
     changed: Notify,
     input: ChannelInput,
-    calls: Arc<dyn HostCalls>,
+    calls: InstanceCalls,
     log_cap: usize,
 }
 
@@ -129,7 +134,7 @@ impl Drop for Stream {
 impl Session {
     /// A session over `input` (the guest's stdin) that answers calls with `calls` and keeps at
     /// most `log_cap` bytes of each instance log stream.
-    pub fn new(input: ChannelInput, calls: Arc<dyn HostCalls>, log_cap: usize) -> Self {
+    pub fn new(input: ChannelInput, calls: InstanceCalls, log_cap: usize) -> Self {
         Session {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
@@ -277,16 +282,53 @@ impl Session {
                 }
             }
         }
-        drop(state);
-        for (id, name, args) in calls {
-            let session = self.clone();
-            tokio::spawn(async move {
-                let answer = session.shared.calls.call(&name, args).await;
-                session.send(Frame::Reply(id, answer).to_bytes());
-            });
+        match &self.shared.calls {
+            InstanceCalls::Concurrent(host) => {
+                drop(state);
+                for (id, name, args) in calls {
+                    let (session, host) = (self.clone(), Arc::clone(host));
+                    tokio::spawn(async move {
+                        let answer = host.call(&name, args).await;
+                        session.send(Frame::Reply(id, answer).to_bytes());
+                    });
+                }
+            }
+            InstanceCalls::Ordered(host) => {
+                if !calls.is_empty() {
+                    let tx = state.ordered.get_or_insert_with(|| {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        tokio::spawn(take_in_order(
+                            Arc::clone(host),
+                            rx,
+                            self.shared.input.clone(),
+                        ));
+                        tx
+                    });
+                    for call in calls {
+                        // The task ends only when the session does, with this sender.
+                        let _ = tx.send(call);
+                    }
+                }
+                drop(state);
+            }
         }
         if changed {
             self.wake();
+        }
+    }
+}
+
+/// Takes ordered calls one at a time, in the order the guest made them, and writes the replies
+/// each makes due, in order.
+async fn take_in_order(
+    host: Arc<tokio::sync::Mutex<Box<dyn super::calls::OrderedCalls>>>,
+    mut calls: mpsc::UnboundedReceiver<(u32, String, Vec<u8>)>,
+    input: ChannelInput,
+) {
+    while let Some((id, name, args)) = calls.recv().await {
+        let replies = host.lock().await.call(id, &name, args).await;
+        for (id, answer) in replies {
+            input.send_bytes(Frame::Reply(id, answer).to_bytes().into());
         }
     }
 }
@@ -306,7 +348,11 @@ mod tests {
     fn session() -> (Session, ChannelInput) {
         let input = ChannelInput::new();
         (
-            Session::new(input.clone(), Arc::new(Builtin), 1 << 10),
+            Session::new(
+                input.clone(),
+                InstanceCalls::Concurrent(Arc::new(Builtin)),
+                1 << 10,
+            ),
             input,
         )
     }
@@ -369,5 +415,94 @@ mod tests {
         };
         assert_eq!(kind, "unknown_call");
         assert!(message.contains("no_such_call"), "{message}");
+    }
+
+    /// Holds each `wait` until a `release`, which answers itself and then every held call.
+    struct Gate {
+        held: Vec<u32>,
+    }
+
+    impl crate::channel::calls::OrderedCalls for Gate {
+        fn call<'a>(
+            &'a mut self,
+            id: u32,
+            name: &'a str,
+            _args: Vec<u8>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = crate::channel::calls::Replies> + Send + 'a>,
+        > {
+            Box::pin(async move {
+                // A pause before answering: on a task per call, later calls would overtake.
+                tokio::time::sleep(std::time::Duration::from_millis(u64::from(id % 3))).await;
+                match name {
+                    "wait" => {
+                        self.held.push(id);
+                        Vec::new()
+                    }
+                    _ => {
+                        let mut replies = vec![(id, Ok(name.as_bytes().to_vec()))];
+                        replies.extend(self.held.drain(..).map(|h| (h, Ok(b"released".to_vec()))));
+                        replies
+                    }
+                }
+            })
+        }
+    }
+
+    async fn read_frames(input: &ChannelInput, reader: &mut Reader, n: usize) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        while frames.len() < n {
+            let mut probe = input.clone();
+            wasmtime_wasi::p2::Pollable::ready(&mut probe).await;
+            let bytes = wasmtime_wasi::p2::InputStream::read(&mut probe, 1 << 16).unwrap();
+            reader.push(&bytes);
+            while let Some(Item::Frame(f)) = reader.next() {
+                frames.push(f);
+            }
+        }
+        frames
+    }
+
+    #[tokio::test]
+    async fn ordered_calls_are_answered_in_the_order_they_make_replies_due() {
+        let input = ChannelInput::new();
+        let calls = crate::channel::CallsFactory::ordered(|| Box::new(Gate { held: Vec::new() }));
+        let s = Session::new(input.clone(), calls.make(), 1 << 10);
+        let call = |id, name: &str| Frame::Call {
+            id,
+            name: name.into(),
+            args: Vec::new(),
+        };
+        let mut out = Vec::new();
+        for (id, name) in [(1, "wait"), (2, "a"), (3, "wait"), (4, "b"), (5, "c")] {
+            call(id, name).encode(&mut out);
+        }
+        Sink::push(&s, &out);
+        let mut reader = Reader::new();
+        let replies: Vec<(u32, Vec<u8>)> = read_frames(&input, &mut reader, 5)
+            .await
+            .into_iter()
+            .map(|f| match f {
+                Frame::Reply(id, Ok(bytes)) => (id, bytes),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let expected: Vec<(u32, Vec<u8>)> = vec![
+            (2, b"a".to_vec()),
+            (1, b"released".to_vec()),
+            (4, b"b".to_vec()),
+            (3, b"released".to_vec()),
+            (5, b"c".to_vec()),
+        ];
+        assert_eq!(replies, expected);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_waits_gets_would_block_for_an_ordered_call_that_would_wait() {
+        let calls = crate::channel::CallsFactory::ordered(|| Box::new(Gate { held: Vec::new() }));
+        let one = calls.make().one_at_a_time();
+        let failure = one.call("wait", Vec::new()).await.unwrap_err();
+        assert_eq!(failure.kind, crate::channel::calls::WOULD_BLOCK);
+        assert_eq!(one.call("go", Vec::new()).await.unwrap(), b"go");
     }
 }

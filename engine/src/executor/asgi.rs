@@ -82,6 +82,8 @@ pub(super) struct Warm {
     owner: String,
     time: f64,
     inputs: Vec<ResolvedInput>,
+    /// A reproducible execution's reads through the guest API.
+    reads: Option<crate::host::recorded::ReadLog>,
     /// The interpreter module the instance runs.
     interpreter: InterpreterModule,
     /// Whether the instance was restored from a snapshot.
@@ -389,6 +391,7 @@ impl Executor {
             live.last_used = Instant::now();
         }
         outcome.inputs = warm.inputs.clone();
+        super::reproducible::record_reads(&mut outcome, warm.reads.as_ref());
         outcome.interpreter = Some(warm.interpreter.clone());
         outcome.restored = warm.restored;
         let left = warm.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
@@ -645,7 +648,7 @@ impl Executor {
             env.push(("ALEPH_WASM_ENTRYPOINT".into(), entry.clone()));
         }
         env.push(("ALEPH_WASM_PATHS".into(), extra_paths(program).join(":")));
-        let calls = self.grant(item_hash, program, &mut env).await?;
+        let granted = self.grant(item_hash, program, &mut env).await?;
         let spec = GuestSpec {
             args: interp.argv.clone(),
             env,
@@ -654,7 +657,7 @@ impl Executor {
             memory_bytes: program.resources.memory_mib.saturating_mul(1 << 20),
             seconds: program.resources.seconds,
             determinism,
-            calls,
+            calls: granted.calls,
         };
         let reproducible = spec.determinism.is_some();
         let boot_limit = self
@@ -695,6 +698,7 @@ impl Executor {
             owner: program.address.clone(),
             time: program.time,
             inputs,
+            reads: granted.reads,
             interpreter: started.module,
             restored: started.restored,
             reproducible,

@@ -28,6 +28,8 @@ pub(super) struct Prepared {
     pub(super) spec: GuestSpec,
     pub(super) export: Option<ExportPlan>,
     pub(super) inputs: Vec<ResolvedInput>,
+    /// A reproducible execution's reads through the guest API.
+    pub(super) reads: Option<crate::host::recorded::ReadLog>,
     /// Keeps the per-execution directory (data, export, ephemeral volumes) alive.
     pub(super) exec_dir: tempfile::TempDir,
 }
@@ -60,6 +62,7 @@ impl Executor {
             ModuleCache::Miss
         });
         outcome.inputs = prepared.inputs;
+        super::reproducible::record_reads(&mut outcome, prepared.reads.as_ref());
         if let Some(plan) = &prepared.export
             && !matches!(outcome.kind, OutcomeKind::Error | OutcomeKind::Inconclusive)
         {
@@ -142,7 +145,7 @@ impl Executor {
             Trigger::Message(message) => stdin = message.to_string().into_bytes(),
             Trigger::Job | Trigger::Cron { .. } => {}
         }
-        let calls = self.grant(item_hash, program, &mut env).await?;
+        let granted = self.grant(item_hash, program, &mut env).await?;
         let mut args = vec![program.code.entrypoint.clone()];
         args.extend(program.code.args.iter().cloned());
         let spec = GuestSpec {
@@ -154,13 +157,14 @@ impl Executor {
             seconds: program.resources.seconds,
             // A WASI program has no boot phase of its own: the execution key throughout.
             determinism: determinism.map(Determinism::without_boot_phase),
-            calls,
+            calls: granted.calls,
         };
         Ok(Prepared {
             loaded,
             spec,
             export: mounts.export,
             inputs,
+            reads: granted.reads,
             exec_dir,
         })
     }

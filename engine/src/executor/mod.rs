@@ -178,6 +178,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     }
 }
 
+/// What an execution is granted ([`Executor::grant`]).
+pub(crate) struct Granted {
+    /// What makes each instance's host calls.
+    pub(crate) calls: crate::channel::CallsFactory,
+    /// For a reproducible execution, what its calls read.
+    pub(crate) reads: Option<crate::host::recorded::ReadLog>,
+}
+
 impl Executor {
     /// An executor over `store`; compiled modules are cached in the store's cache.
     pub fn new(store: Store, config: ExecutorConfig) -> anyhow::Result<Self> {
@@ -221,13 +229,14 @@ impl Executor {
 
     /// What `program` (item hash `item_hash`) is granted: the variables that go with its
     /// capabilities (added to `env` unless the program's own variables set them, which win as
-    /// on Aleph's VMs), and what makes each instance's host calls.
+    /// on Aleph's VMs), and what makes each instance's host calls — for a reproducible program,
+    /// recorded ones, with the log of what they read.
     pub(crate) async fn grant(
         &self,
         item_hash: &str,
         program: &crate::message::ProgramContent,
         env: &mut Vec<(String, String)>,
-    ) -> Result<crate::channel::CallsFactory, String> {
+    ) -> Result<Granted, String> {
         let grants = crate::host::Grants {
             internet: program.environment.internet,
             aleph_api: program.environment.aleph_api,
@@ -248,7 +257,17 @@ impl Executor {
                 env.push((key.to_string(), value));
             }
         }
-        self.host.calls_for(item_hash, grants).await
+        if program.environment.reproducible {
+            let log = crate::host::recorded::ReadLog::default();
+            return Ok(Granted {
+                calls: self.host.recorded_calls_for(grants, log.clone()),
+                reads: Some(log),
+            });
+        }
+        Ok(Granted {
+            calls: self.host.calls_for(item_hash, grants).await?,
+            reads: None,
+        })
     }
 
     /// The sandbox.

@@ -11,10 +11,16 @@
 //! Without the flag a function fails with the kind `permission` and a message naming the flag
 //! (`content.environment.internet is false`). The ABI (argument and result encodings, failure
 //! kinds) is in `docs/host.md`.
+//!
+//! A reproducible execution gets [`recorded::RecordedCalls`] instead
+//! ([`Host::recorded_calls_for`]): no internet, and from the guest API only reads of content
+//! named by its hash, answered in an order that depends on the guest alone and recorded for
+//! its receipt.
 
 pub mod api;
 pub mod net;
 pub mod policy;
+pub mod recorded;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -185,6 +191,22 @@ impl Host {
                 counters.clone(),
             )))
         }))
+    }
+
+    /// What makes the calls of each instance of a reproducible execution granted `grants`:
+    /// content-addressed reads of the node's store through the guest API, recorded in `log`.
+    pub fn recorded_calls_for(&self, grants: Grants, log: recorded::ReadLog) -> CallsFactory {
+        let store = self.store.clone();
+        let options = self.config.net.clone();
+        CallsFactory::ordered(move || {
+            Box::new(recorded::RecordedCalls::new(
+                store.clone(),
+                grants.aleph_api,
+                options.max_connections,
+                options.max_bytes,
+                log.clone(),
+            ))
+        })
     }
 
     fn counters_of(&self, program: &str) -> Arc<net::NetCounters> {

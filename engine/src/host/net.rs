@@ -97,9 +97,9 @@ pub const WAIT_FOREVER: u32 = u32::MAX;
 pub const INTERRUPTED: &str = "interrupted";
 
 /// The message of a call that needs `environment.internet`.
-const NO_INTERNET: &str = "content.environment.internet is false";
+pub(crate) const NO_INTERNET: &str = "content.environment.internet is false";
 /// The message of a call that needs `environment.aleph_api`.
-const NO_API: &str = "content.environment.aleph_api is false";
+pub(crate) const NO_API: &str = "content.environment.aleph_api is false";
 
 // --- Options -----------------------------------------------------------------------------------
 
@@ -514,18 +514,18 @@ pub struct NetSession {
 }
 
 #[derive(Deserialize)]
-struct ResolveArgs {
-    host: String,
+pub(crate) struct ResolveArgs {
+    pub(crate) host: String,
     #[serde(default)]
     port: u16,
 }
 
 #[derive(Deserialize)]
-struct ConnectArgs {
-    host: Option<String>,
-    port: Option<u16>,
+pub(crate) struct ConnectArgs {
+    pub(crate) host: Option<String>,
+    pub(crate) port: Option<u16>,
     timeout_ms: Option<u64>,
-    unix: Option<String>,
+    pub(crate) unix: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1088,7 +1088,7 @@ fn destination(host: &str, port: u16) -> String {
 }
 
 /// The loopback address a loopback name or address stands for (`localhost` → 127.0.0.1).
-fn loopback_host(host: &str) -> Option<IpAddr> {
+pub(crate) fn loopback_host(host: &str) -> Option<IpAddr> {
     let name = host.strip_suffix('.').unwrap_or(host);
     if name.eq_ignore_ascii_case("localhost") {
         return Some(Ipv4Addr::LOCALHOST.into());
@@ -1165,19 +1165,25 @@ fn tls_failure(e: &io::Error, dest: &str) -> CallFailure {
 }
 
 /// The JSON arguments of `function`.
-fn json_args<'a, T: Deserialize<'a>>(function: &str, args: &'a [u8]) -> Result<T, CallFailure> {
+pub(crate) fn json_args<'a, T: Deserialize<'a>>(
+    function: &str,
+    args: &'a [u8],
+) -> Result<T, CallFailure> {
     serde_json::from_slice(args)
         .map_err(|e| failure(kind::BAD_ARGS, format!("{function}: bad arguments: {e}")))
 }
 
 /// The u32 LE at `at` in `bytes`.
-fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
     let chunk = bytes.get(at..at.checked_add(4)?)?;
     Some(u32::from_le_bytes(chunk.try_into().ok()?))
 }
 
 /// The handle that starts binary arguments, and the rest.
-fn handle_arg<'a>(function: &str, args: &'a [u8]) -> Result<(u32, &'a [u8]), CallFailure> {
+pub(crate) fn handle_arg<'a>(
+    function: &str,
+    args: &'a [u8],
+) -> Result<(u32, &'a [u8]), CallFailure> {
     match (u32_at(args, 0), args.get(4..)) {
         (Some(handle), Some(rest)) => Ok((handle, rest)),
         _ => Err(failure(
@@ -1188,7 +1194,7 @@ fn handle_arg<'a>(function: &str, args: &'a [u8]) -> Result<(u32, &'a [u8]), Cal
 }
 
 /// Arguments that are a handle and nothing else.
-fn only_handle(function: &str, args: &[u8]) -> Result<u32, CallFailure> {
+pub(crate) fn only_handle(function: &str, args: &[u8]) -> Result<u32, CallFailure> {
     match handle_arg(function, args)? {
         (handle, []) => Ok(handle),
         _ => Err(failure(

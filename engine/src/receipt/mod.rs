@@ -13,7 +13,9 @@
 //!   and for an interpreter runtime the interpreter module that ran (`interpreter`: its sha256
 //!   and whether it is the one prepared for snapshots — fuel counts differ between the two);
 //! - `inputs`: the message's item hash, every object the execution was made from (field, ref,
-//!   resolved message and file hash), and the trigger ([`Trigger::describe`]);
+//!   resolved message and file hash), the trigger ([`Trigger::describe`]), and — only when a
+//!   reproducible execution read content through the guest API — `reads`: each message or
+//!   object it asked for by hash, in the order first read, and whether the store had it;
 //! - `outputs`: outcome kind, exit code, HTTP status, headers and body hash, stdout and stderr
 //!   hashes (with what the cap dropped), the export archive's hash and the hash of its
 //!   uncompressed tar, and the fuel consumed.
@@ -85,15 +87,22 @@ pub fn build(config: &SandboxConfig, e: &Execution<'_>) -> Value {
             })
         })
         .collect();
+    let mut inputs = json!({
+        "message": e.message,
+        "objects": objects,
+        "trigger": e.trigger.describe(),
+    });
+    if !e.outcome.reads.is_empty()
+        && let Value::Object(map) = &mut inputs
+    {
+        let reads = e.outcome.reads.iter().map(|r| r.to_json()).collect();
+        map.insert("reads".into(), Value::Array(reads));
+    }
     let mut receipt = json!({
         "receipt_version": RECEIPT_VERSION,
         "reproducible": e.reproducible,
         "engine": engine_of(config, e.outcome),
-        "inputs": {
-            "message": e.message,
-            "objects": objects,
-            "trigger": e.trigger.describe(),
-        },
+        "inputs": inputs,
         "outputs": outputs(e.outcome),
     });
     seal(&mut receipt);

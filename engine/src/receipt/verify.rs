@@ -116,6 +116,31 @@ pub async fn verify(executor: &Executor, receipt: &Value) -> Result<Verdict, Mal
             )));
         }
     }
+    let reads = match receipt.pointer("/inputs/reads") {
+        None => &[][..],
+        Some(Value::Array(reads)) => reads.as_slice(),
+        Some(_) => return Err(MalformedReceipt("inputs.reads is not a list".into())),
+    };
+    for r in reads {
+        let (kind, hash) = (text(r, "kind")?, text(r, "hash")?);
+        if r.get("found") != Some(&Value::Bool(true)) {
+            continue;
+        }
+        let here = match kind {
+            "message" => store.get_message(hash).is_ok(),
+            "object" => store.has_object(hash),
+            other => {
+                return Err(MalformedReceipt(format!(
+                    "inputs.reads names a {other:?}, neither a message nor an object"
+                )));
+            }
+        };
+        if !here {
+            return Ok(Verdict::Inconclusive(format!(
+                "{kind} {hash}, which the program read, is not in the store"
+            )));
+        }
+    }
     let trigger = match rebuild_trigger(executor, trigger_json)? {
         Ok(t) => t,
         Err(reason) => return Ok(Verdict::Inconclusive(reason)),

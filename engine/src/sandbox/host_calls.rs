@@ -22,17 +22,18 @@ pub const MODULE: &str = "aleph_host";
 /// The WASI errno of a failure kind (`docs/host.md`).
 pub fn errno(failure_kind: &str) -> i64 {
     match failure_kind {
-        kind::PERMISSION | kind::FORBIDDEN => 2, // EACCES
-        kind::DNS => 3,                          // EADDRNOTAVAIL (no address for the name)
-        kind::REFUSED => 14,                     // ECONNREFUSED
-        kind::RESET => 15,                       // ECONNRESET
-        kind::TIMEOUT => 73,                     // ETIMEDOUT
-        kind::TLS => 65,                         // EPROTO
-        kind::LIMIT => 13,                       // ECONNABORTED
-        kind::BAD_HANDLE => 8,                   // EBADF
-        kind::BAD_ARGS => 28,                    // EINVAL
-        "unknown_call" => 52,                    // ENOSYS
-        _ => 29,                                 // EIO
+        kind::PERMISSION | kind::FORBIDDEN => 2,  // EACCES
+        kind::DNS => 3,                           // EADDRNOTAVAIL (no address for the name)
+        kind::REFUSED => 14,                      // ECONNREFUSED
+        kind::RESET => 15,                        // ECONNRESET
+        kind::TIMEOUT => 73,                      // ETIMEDOUT
+        kind::TLS => 65,                          // EPROTO
+        kind::LIMIT => 13,                        // ECONNABORTED
+        kind::BAD_HANDLE => 8,                    // EBADF
+        kind::BAD_ARGS => 28,                     // EINVAL
+        "unknown_call" => 52,                     // ENOSYS
+        crate::channel::calls::WOULD_BLOCK => 16, // EDEADLK
+        _ => 29,                                  // EIO
     }
 }
 

@@ -16,7 +16,6 @@ use super::determinism::{Determinism, Reseed};
 use super::meter::Meter;
 use super::output::{Sink, SinkStream};
 use super::{GuestEnd, GuestSpec, GuestState, Sandbox, Stdio, StoreExtras, exit_end, start};
-use crate::channel::HostCalls;
 use crate::channel::pipe::{ChannelInput, LineOutput};
 use crate::channel::session::Session;
 
@@ -218,8 +217,8 @@ impl Sandbox {
         extras: StoreExtras,
     ) -> Result<Instance, String> {
         let input = ChannelInput::new();
-        let calls: Arc<dyn HostCalls> = spec.calls.make();
-        let calls_for_store = calls.clone();
+        let calls = spec.calls.make();
+        let calls_for_store = calls.one_at_a_time();
         let session = Session::new(input.clone(), calls, self.config.output_cap);
         let stderr = LineOutput::new(self.config.output_cap);
         let budget = spec.seconds.saturating_mul(self.config.fuel_per_second);

@@ -676,7 +676,7 @@ impl Sandbox {
             det,
             fuel_at_tick: fuel_budget,
             hook: extras.hook,
-            calls: spec.calls.make(),
+            calls: spec.calls.make().one_at_a_time(),
             pending: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);

@@ -795,6 +795,17 @@ pub fn untar_gz(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
 /// call it prints the failure's text and exits with its errno.
 pub fn echo_client_guest(port: u16, head: &str) -> String {
     let connect = format!(r#"{{"host":"127.0.0.1","port":{port}}}"#);
+    host_client_guest(&connect, b"ping", head)
+}
+
+/// A WASI guest that calls `net.connect` with the JSON `connect` through `aleph_host.call`,
+/// sends `payload` on the first connection, receives once (at most 1024 bytes, waiting at most
+/// 5 s) and prints `head` then what came; on a failed call it prints the failure's text and
+/// exits with its errno.
+pub fn host_client_guest(connect: &str, payload: &[u8], head: &str) -> String {
+    let mut send_args = 1u32.to_le_bytes().to_vec();
+    send_args.extend_from_slice(payload);
+    let hex = |bytes: &[u8]| -> String { bytes.iter().map(|b| format!("\\{b:02x}")).collect() };
     format!(
         r#"(module
   (import "aleph_host" "call" (func $call (param i32 i32 i32 i32) (result i64)))
@@ -806,10 +817,11 @@ pub fn echo_client_guest(port: u16, head: &str) -> String {
   (data (i32.const 16) "net.send")
   (data (i32.const 32) "net.recv")
   (data (i32.const 64) "{json}")
-  ;; handle 1 (the first connection), then "ping"; handle 1, max 64, timeout 5000 ms
-  (data (i32.const 512) "\01\00\00\00ping")
-  (data (i32.const 544) "\01\00\00\00\40\00\00\00\88\13\00\00")
+  ;; handle 1, max 1024, timeout 5000 ms
+  (data (i32.const 544) "\01\00\00\00\00\04\00\00\88\13\00\00")
   (data (i32.const 3072) "{head}")
+  ;; handle 1 (the first connection), then the payload
+  (data (i32.const 4096) "{send}")
   (func $out (param $ptr i32) (param $len i32)
     (i32.store (i32.const 2048) (local.get $ptr))
     (i32.store (i32.const 2052) (local.get $len))
@@ -822,7 +834,7 @@ pub fn echo_client_guest(port: u16, head: &str) -> String {
   (func (export "_start")
     (call $check (call $call (i32.const 0) (i32.const 11) (i32.const 64) (i32.const {len})))
     (drop (call $take (i32.const 1024) (i32.const 1024)))
-    (call $check (call $call (i32.const 16) (i32.const 8) (i32.const 512) (i32.const 8)))
+    (call $check (call $call (i32.const 16) (i32.const 8) (i32.const 4096) (i32.const {send_len})))
     (drop (call $take (i32.const 1024) (i32.const 1024)))
     (call $check (call $call (i32.const 32) (i32.const 8) (i32.const 544) (i32.const 12)))
     (call $out (i32.const 3072) (i32.const {head_len}))
@@ -831,5 +843,7 @@ pub fn echo_client_guest(port: u16, head: &str) -> String {
         len = connect.len(),
         head = head.escape_default(),
         head_len = head.len(),
+        send = hex(&send_args),
+        send_len = send_args.len(),
     )
 }

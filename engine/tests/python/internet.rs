@@ -109,6 +109,11 @@ struct Internet {
 
 impl Internet {
     fn start(internet: bool, net: NetOptions) -> Internet {
+        Internet::start_with(internet, net, 30)
+    }
+
+    /// The same, with `resources.seconds` = `seconds`.
+    fn start_with(internet: bool, net: NetOptions, seconds: u64) -> Internet {
         let py = Py::new();
         let code = internet_code(&py);
         let code_ref = py.code(&code);
@@ -122,7 +127,7 @@ impl Internet {
                     "aleph_api": false,
                     "shared_cache": false,
                 },
-                "resources": {"vcpus": 1, "memory": 256, "seconds": 30},
+                "resources": {"vcpus": 1, "memory": 256, "seconds": seconds},
             }),
         );
         let mut config = config(true);
@@ -673,5 +678,36 @@ async fn a_response_over_the_byte_limit_ends_with_a_clear_error_soon_and_the_ins
     t.fetch("requests", &format!("{}/hello", lb.https_base_url()))
         .await
         .expect(200, loopback::HELLO);
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_fetch_past_the_deadline_ends_with_its_request_and_the_instance_goes_on() {
+    let lb = Loopback::start();
+    let t = Internet::start_with(true, net_options(&LOOPBACK, None, None), 3);
+    let hello = format!("{}/hello", lb.base_url());
+    let before = t.fetch("urllib", &hello).await;
+    before.expect(200, loopback::HELLO);
+
+    // urllib waits (blocking the instance) for an answer 20 s away; the request's 3 s deadline
+    // cancels it: the blocked call fails at once instead of holding the instance until the
+    // host gives up on it and takes the instance down.
+    let slow = format!("{}/slow?ms=20000", lb.base_url());
+    let line = format!("GET /urllib?{}", query(&[("url", &slow)]));
+    let started = Instant::now();
+    let o = run(&t.ex, &t.msg, http(&line)).await;
+    assert_eq!(o.kind, OutcomeKind::Timeout, "{}", show(&o));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let after = t.fetch("urllib", &hello).await;
+    after.expect(200, loopback::HELLO);
+    assert_eq!(
+        after.reply["instance"], before.reply["instance"],
+        "the instance did not survive the cancelled call\n{before}\n{after}"
+    );
     t.shutdown().await;
 }

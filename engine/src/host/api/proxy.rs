@@ -94,13 +94,7 @@ pub(super) async fn message(
         tokio::task::spawn_blocking(move || store.get_message(&hash)).await
     };
     match read {
-        Ok(Ok(msg)) => axum::Json(json!({
-            "status": "processed",
-            "item_hash": msg.item_hash,
-            "reception_time": iso_time(msg.time),
-            "message": msg.to_json(),
-        }))
-        .into_response(),
+        Ok(Ok(msg)) => axum::Json(message_answer(&msg)).into_response(),
         Ok(Err(StoreError::NotFound { .. })) => {
             miss(&guest, method, &uri, format!("message {item_hash}")).await
         }
@@ -111,6 +105,16 @@ pub(super) async fn message(
         Ok(Err(e)) => internal(format!("reading message {item_hash}: {e}")),
         Err(e) => internal(format!("the message task failed: {e}")),
     }
+}
+
+/// The answer to `GET /api/v0/messages/{item_hash}` for a stored message, as pyaleph gives it.
+pub(crate) fn message_answer(msg: &Message) -> serde_json::Value {
+    json!({
+        "status": "processed",
+        "item_hash": msg.item_hash,
+        "reception_time": iso_time(msg.time),
+        "message": msg.to_json(),
+    })
 }
 
 /// `GET /api/v0/storage/raw/{sha256}`.
