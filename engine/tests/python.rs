@@ -348,6 +348,19 @@ async fn run(executor: &Executor, msg: &Message, trigger: Trigger) -> Outcome {
     }
 }
 
+/// The receipt of a reproducible execution: `o`, an execution of `msg` by `ex` on `trigger`.
+fn reproducible_receipt(ex: &Executor, msg: &Message, trigger: &Trigger, o: &Outcome) -> Value {
+    aleph_wasm::receipt::build(
+        ex.sandbox().config(),
+        &aleph_wasm::receipt::Execution {
+            message: &msg.item_hash,
+            reproducible: true,
+            trigger,
+            outcome: o,
+        },
+    )
+}
+
 fn show(o: &Outcome) -> String {
     format!(
         "outcome {} status {:?} exit {:?}\nerror: {}\n--- body ---\n{}\n--- stdout ---\n{}\n\

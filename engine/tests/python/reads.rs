@@ -12,18 +12,6 @@ use aleph_wasm::receipt::verify::{Verdict, verify};
 /// The app (without its packages).
 const READS_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/reads");
 
-fn receipt(ex: &Executor, msg: &Message, trigger: &Trigger, o: &Outcome) -> Value {
-    aleph_wasm::receipt::build(
-        ex.sandbox().config(),
-        &aleph_wasm::receipt::Execution {
-            message: &msg.item_hash,
-            reproducible: true,
-            trigger,
-            outcome: o,
-        },
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reproducible_program_reads_by_hash_and_its_receipts_record_the_reads() {
     let py = Py::new();
@@ -104,8 +92,8 @@ async fn a_reproducible_program_reads_by_hash_and_its_receipts_record_the_reads(
     let second = run(&ex, &msg, http(&line)).await;
     let trigger = http(&line);
     let (a, b) = (
-        receipt(&ex, &msg, &trigger, &first),
-        receipt(&ex, &msg, &trigger, &second),
+        reproducible_receipt(&ex, &msg, &trigger, &first),
+        reproducible_receipt(&ex, &msg, &trigger, &second),
     );
     assert_eq!(a, b, "two runs differ");
     assert_eq!(

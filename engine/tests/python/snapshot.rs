@@ -409,19 +409,6 @@ async fn without_wasm_opt_instances_start_cold_with_a_reason_until_it_is_install
     assert_eq!(restored(&ex), 1);
 }
 
-/// The receipt of `o`, an execution of `msg` by `ex` on `trigger`.
-fn receipt(ex: &Executor, msg: &Message, trigger: &Trigger, o: &Outcome) -> Value {
-    aleph_wasm::receipt::build(
-        ex.sandbox().config(),
-        &aleph_wasm::receipt::Execution {
-            message: &msg.item_hash,
-            reproducible: true,
-            trigger,
-            outcome: o,
-        },
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reproducible_restored_instances_give_the_receipts_of_a_fresh_start() {
     let _turn = TURN.lock().await;
@@ -468,14 +455,14 @@ async fn reproducible_restored_instances_give_the_receipts_of_a_fresh_start() {
     }
 
     // Two restored instances: the same receipt as the fresh start, field for field.
-    let expected = receipt(&ex, &msg, &trigger, &fresh);
+    let expected = reproducible_receipt(&ex, &msg, &trigger, &fresh);
     for _ in 0..2 {
         let o = run(&ex, &msg, trigger.clone()).await;
         assert_eq!(o.kind, OutcomeKind::Ok, "{}", show(&o));
         assert_eq!(body(&o), body(&fresh), "{}", show(&o));
         assert_eq!(o.interpreter.as_ref(), Some(&interpreter));
         assert!(o.restored, "{}", show(&o));
-        let got = receipt(&ex, &msg, &trigger, &o);
+        let got = reproducible_receipt(&ex, &msg, &trigger, &o);
         assert_eq!(
             got, expected,
             "a restored reproducible instance's receipt differs from a fresh start's"
