@@ -390,14 +390,14 @@ impl RecordedCalls {
     /// The answer to one request.
     async fn answer(&self, request: &Request) -> Answer {
         let path = request.path.split(['?', '#']).next().unwrap_or("");
-        let read = match (request.method.as_str(), path.rsplit_once('/')) {
+        let (what, hash) = match (request.method.as_str(), path.rsplit_once('/')) {
             ("GET" | "HEAD", Some(("/api/v0/messages", hash))) => ("message", hash),
             ("GET" | "HEAD", Some(("/api/v0/storage/raw", hash))) => ("object", hash),
             _ => {
                 return Answer::error(403, format!("{} {path}: {ALLOWED}", request.method));
             }
         };
-        let (what, hash) = (read.0, read.1.to_string());
+        let hash = hash.to_string();
         let valid = if what == "message" {
             is_item_hash(&hash)
         } else {

@@ -218,7 +218,7 @@ impl Sandbox {
     ) -> Result<Instance, String> {
         let input = ChannelInput::new();
         let calls = spec.calls.make();
-        let calls_for_store = calls.one_at_a_time();
+        let store_calls = calls.one_at_a_time();
         let session = Session::new(input.clone(), calls, self.config.output_cap);
         let stderr = LineOutput::new(self.config.output_cap);
         let budget = spec.seconds.saturating_mul(self.config.fuel_per_second);
@@ -229,8 +229,14 @@ impl Sandbox {
             stdout: Box::new(SinkStream(session.clone())),
             stderr: Box::new(SinkStream(stderr.clone())),
         };
-        let mut store = self.new_store(&spec, stdio, boot_fuel, Some(meter.clone()), extras)?;
-        store.data_mut().calls = calls_for_store;
+        let mut store = self.new_store(
+            &spec,
+            stdio,
+            store_calls,
+            boot_fuel,
+            Some(meter.clone()),
+            extras,
+        )?;
         let memory_refusals = store.data().limiter.refusals();
         let linker = self.linker_for(&store);
         let end: Arc<Mutex<Option<GuestEnd>>> = Arc::new(Mutex::new(None));

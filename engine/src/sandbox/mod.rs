@@ -581,14 +581,21 @@ impl Sandbox {
             stdout: Box::new(SinkStream(stdout.clone())),
             stderr: Box::new(SinkStream(stderr.clone())),
         };
-        let mut store =
-            match self.new_store(&spec, stdio, fuel_budget, None, StoreExtras::default()) {
-                Ok(store) => store,
-                Err(e) => {
-                    run.end = GuestEnd::Error(e);
-                    return run;
-                }
-            };
+        let calls = spec.calls.make().one_at_a_time();
+        let mut store = match self.new_store(
+            &spec,
+            stdio,
+            calls,
+            fuel_budget,
+            None,
+            StoreExtras::default(),
+        ) {
+            Ok(store) => store,
+            Err(e) => {
+                run.end = GuestEnd::Error(e);
+                return run;
+            }
+        };
         let deadline = spec.wall_limit(&self.config);
         let linker = self.linker_for(&store);
         let result = tokio::time::timeout(deadline, start(&linker, module, &mut store)).await;
@@ -614,10 +621,12 @@ impl Sandbox {
         run
     }
 
+    /// A store for `spec` whose host functions (the `aleph_host` imports) are `calls`.
     fn new_store(
         &self,
         spec: &GuestSpec,
         stdio: Stdio,
+        calls: Arc<dyn crate::channel::HostCalls>,
         fuel_budget: u64,
         meter: Option<Arc<Meter>>,
         extras: StoreExtras,
@@ -676,7 +685,7 @@ impl Sandbox {
             det,
             fuel_at_tick: fuel_budget,
             hook: extras.hook,
-            calls: spec.calls.make().one_at_a_time(),
+            calls,
             pending: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);

@@ -101,7 +101,8 @@ async fn run_to_pause(
         hook,
         clock_offset_ns: None,
     };
-    let mut store = sandbox.new_store(spec, stdio, fuel, None, extras)?;
+    let calls = spec.calls.make().one_at_a_time();
+    let mut store = sandbox.new_store(spec, stdio, calls, fuel, None, extras)?;
     let linker = sandbox.linker_for(&store);
     let run = async {
         let instance = linker
