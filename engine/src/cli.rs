@@ -1301,7 +1301,7 @@ fn run_program(store: Store, config: ExecutorConfig, a: &RunArgs) -> CliResult {
         Some(api) if !Path::new(&a.target).is_file() => {
             let remote = crate::store::remote::Remote::new(api)?;
             let fetcher = crate::store::prefetch::Prefetcher::new(remote);
-            runtime.block_on(fetcher.program(&store, &a.target))?
+            std::sync::Arc::unwrap_or_clone(runtime.block_on(fetcher.program(&store, &a.target))?)
         }
         _ => load_target(&store, &a.target)?,
     };

@@ -78,7 +78,7 @@ READY, BOOT_ERROR, LOG, START, RESPONSE_BODY, ERROR, PROTOCOL_ERROR, LIFESPAN, D
 
 _MAGIC = b"\x1eAW2"
 _HEAD = struct.Struct("<4sIBI")  # magic, len (kind + id + payload), kind, id
-_BODY_HEAD = struct.Struct("<4sIBIB")  # the same, then BODY's `more` byte
+_BYTE_HEAD = struct.Struct("<4sIBIB")  # the same, then one byte (BODY's `more`, LOG's stream)
 _PREFIX = struct.Struct("<4sI")
 _KIND_ID = struct.Struct("<BI")
 _U32 = struct.Struct("<I")
@@ -243,7 +243,7 @@ def _emit_body(id, body, more):
     """Queues BODY frames for one body part (bytes), split past 1 MiB."""
     size = len(body)
     if size <= _BODY_PART:
-        _out.append(_BODY_HEAD.pack(_MAGIC, size + 6, RESPONSE_BODY, id, more))
+        _out.append(_BYTE_HEAD.pack(_MAGIC, size + 6, RESPONSE_BODY, id, more))
         if size:
             _out.append(body)
         return
@@ -251,7 +251,7 @@ def _emit_body(id, body, more):
     for at in range(0, size, _BODY_PART):
         piece = view[at:at + _BODY_PART]
         last = at + _BODY_PART >= size
-        _out.append(_BODY_HEAD.pack(_MAGIC, len(piece) + 6, RESPONSE_BODY, id, more if last else 1))
+        _out.append(_BYTE_HEAD.pack(_MAGIC, len(piece) + 6, RESPONSE_BODY, id, more if last else 1))
         _out.append(piece)
 
 
@@ -319,7 +319,7 @@ class _LogStream(io.TextIOBase):
         self.flush()
 
     def write(self, text):
-        if not isinstance(text, str):
+        if type(text) is not str and not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         if text:
             if self.at_eof and text == "\n" and not self._parts:
@@ -330,6 +330,12 @@ class _LogStream(io.TextIOBase):
                 if self._parts:
                     self.flush()
                 self._id = id
+            if text == "\n":  # the end of a print(): the pending text (no newline in it) is a line
+                self._parts.append(text)
+                pending = "".join(self._parts)
+                self._parts, self._size = [], 0
+                self._send(pending)
+                return 1
             self._parts.append(text)
             self._size += len(text)
             if "\n" in text:
@@ -350,10 +356,10 @@ class _LogStream(io.TextIOBase):
 
     def _send(self, text):
         raw = text.encode("utf-8", "replace")
-        head = bytes((self._stream,))
         while raw:
             cut = _utf8_cut(raw, _LOG_CAP)
-            _emit(LOG, self._id, head + raw[:cut])
+            _out.append(_BYTE_HEAD.pack(_MAGIC, cut + 6, LOG, self._id, self._stream))
+            _out.append(raw[:cut] if cut < len(raw) else raw)
             raw = raw[cut:]
         _flush_out()
 
@@ -761,9 +767,10 @@ class _Request:
             parts = [_U16.pack(status)]
             try:
                 for name, value in message.get("headers") or ():
-                    if not (isinstance(name, _BYTES) and isinstance(value, _BYTES)):
-                        raise TypeError
-                    name, value = bytes(name), bytes(value)
+                    if type(name) is not bytes or type(value) is not bytes:  # a copy of a buffer
+                        if not (isinstance(name, _BYTES) and isinstance(value, _BYTES)):
+                            raise TypeError
+                        name, value = bytes(name), bytes(value)
                     parts += (_U32.pack(len(name)), name, _U32.pack(len(value)), value)
             except (TypeError, ValueError):
                 self._fail("http.response.start 'headers' must be [name, value] pairs of bytes")

@@ -114,6 +114,46 @@ def vectors():
 
 
 @test
+def log_lines():
+    """print() and write() become LOG frames: a line as one frame, written at once, under the id
+    of the request that wrote it; text left without a newline goes out, under its own id, when
+    another request writes or on flush; a long text is cut into frames of at most 64 KiB."""
+    written, saved = [], boot._write_all
+    boot._write_all = written.append
+    boot._out.clear()
+    try:
+        stream = boot._LogStream(1)
+
+        def frames():
+            out = read_all(b"".join(written), [1 << 30])
+            written.clear()
+            return [(kind, id, payload[1:].decode()) for kind, id, payload in out]
+
+        contextvars_run(1, lambda: print("a", 2, file=stream))
+        assert frames() == [(boot.LOG, 1, "a 2\n")]
+        contextvars_run(1, stream.write, "no newline")
+        assert frames() == []
+        contextvars_run(2, stream.write, "x\ny\nz")
+        assert frames() == [(boot.LOG, 1, "no newline"), (boot.LOG, 2, "x\ny\n")]
+        contextvars_run(2, stream.write, "\n")
+        assert frames() == [(boot.LOG, 2, "z\n")]
+        contextvars_run(3, stream.write, "\n")
+        assert frames() == [(boot.LOG, 3, "\n")]
+        contextvars_run(3, stream.write, "é" * 40000 + "\n")
+        cut = frames()
+        assert [len(text.encode()) for _, _, text in cut] == [65536, 80001 - 65536], cut
+        assert "".join(text for _, _, text in cut) == "é" * 40000 + "\n"
+        try:
+            stream.write(b"bytes")
+        except TypeError as exc:
+            assert "must be str, not bytes" in str(exc), exc
+        else:
+            raise AssertionError("write(bytes) was taken")
+    finally:
+        boot._write_all = saved
+
+
+@test
 def wire_faults():
     for data, fault in ((b"\x1eAW1 {}\n", "not an AW2 frame"), (b"hello world", "not an AW2 frame"),
                         (b"\x1eAW2" + struct.pack("<I", (16 << 20) + 6), "out of bounds"),

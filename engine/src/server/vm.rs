@@ -18,6 +18,7 @@
 //! mismatch) the answer is 502 with the reason, which names the hash.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
@@ -161,11 +162,11 @@ fn short(s: &str) -> String {
     }
 }
 
-async fn load_program(state: &AppState, reference: &str) -> Result<Message, ServiceError> {
+async fn load_program(state: &AppState, reference: &str) -> Result<Arc<Message>, ServiceError> {
     if let Some(prefetcher) = state.prefetcher() {
         return fetch_program(state, prefetcher, reference).await;
     }
-    match state.executor().store().get_message(reference) {
+    match state.executor().store().message(reference) {
         Ok(msg) if msg.program().is_some() => Ok(msg),
         Ok(_) | Err(StoreError::NotFound { .. }) | Err(StoreError::BadHash(_)) => {
             state.metrics().refused("unknown_program");
@@ -183,7 +184,7 @@ async fn fetch_program(
     state: &AppState,
     prefetcher: &Prefetcher,
     reference: &str,
-) -> Result<Message, ServiceError> {
+) -> Result<Arc<Message>, ServiceError> {
     let store = state.executor().store();
     match prefetcher.program(store, reference).await {
         Ok(msg) if msg.program().is_some() => Ok(msg),
@@ -204,7 +205,7 @@ async fn fetch_program(
 
 async fn execute(
     state: &AppState,
-    msg: &Message,
+    msg: &Arc<Message>,
     path: String,
     request: Request,
 ) -> Result<Response, ServiceError> {

@@ -168,6 +168,49 @@ pub struct Store {
     /// a large object (an interpreter) is not hashed again on every execution while its file
     /// is unchanged.
     verified: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, FileStamp>>>,
+    /// Messages [`Store::message`] parsed in this process, with their file's stamp then: a
+    /// program served request after request is read and validated once, not per request.
+    parsed: std::sync::Arc<std::sync::Mutex<ParsedMessages>>,
+}
+
+/// How many parsed messages a store keeps in memory; past it, the least recently used goes.
+const PARSED_MESSAGES: usize = 1024;
+
+/// Parsed messages by item hash: the stamp of the file each was parsed from, the message, and
+/// when it was last used (a counter).
+#[derive(Debug, Default)]
+struct ParsedMessages {
+    entries: std::collections::HashMap<String, (FileStamp, std::sync::Arc<Message>, u64)>,
+    clock: u64,
+}
+
+impl ParsedMessages {
+    fn get(&mut self, item_hash: &str, stamp: &FileStamp) -> Option<std::sync::Arc<Message>> {
+        self.clock += 1;
+        let clock = self.clock;
+        let (seen, msg, used) = self.entries.get_mut(item_hash)?;
+        if seen != stamp {
+            return None;
+        }
+        *used = clock;
+        Some(msg.clone())
+    }
+
+    fn put(&mut self, stamp: FileStamp, msg: std::sync::Arc<Message>) {
+        if self.entries.len() >= PARSED_MESSAGES
+            && !self.entries.contains_key(&msg.item_hash)
+            && let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(hash, _)| hash.clone())
+        {
+            self.entries.remove(&oldest);
+        }
+        self.clock += 1;
+        self.entries
+            .insert(msg.item_hash.clone(), (stamp, msg, self.clock));
+    }
 }
 
 /// One line that identifies this version of the file `meta` describes (size, times, inode):
@@ -248,6 +291,7 @@ impl Store {
             root,
             unsigned: UnsignedMessages::default(),
             verified: Default::default(),
+            parsed: Default::default(),
         })
     }
 
@@ -582,11 +626,19 @@ impl Store {
             .unwrap_or(false)
     }
 
-    /// Reads a stored message back, validating it again.
+    /// Reads a stored message back, validating it again (a copy of [`Store::message`]'s).
     pub fn get_message(&self, item_hash: &str) -> Result<Message, StoreError> {
+        self.message(item_hash).map(|msg| Message::clone(&msg))
+    }
+
+    /// A stored message, validated, shared. Its file is read and validated once per process
+    /// while the file keeps the same size, times and inode (a message file is only ever
+    /// written whole, under a new inode); only its metadata is read on later calls. A file that
+    /// has gone is `NotFound`, as on the first call.
+    pub fn message(&self, item_hash: &str) -> Result<std::sync::Arc<Message>, StoreError> {
         let path = self.message_file(item_hash)?;
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
+        let mut file = match fs::File::open(&path) {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StoreError::NotFound {
                     what: "message",
@@ -595,6 +647,14 @@ impl Store {
             }
             Err(e) => return Err(io_at(&path)(e)),
         };
+        let stamp = file.metadata().map(|m| FileStamp::of(&m)).ok();
+        if let Some(stamp) = &stamp
+            && let Some(msg) = lock_map(&self.parsed).get(item_hash, stamp)
+        {
+            return Ok(msg);
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io_at(&path))?;
         let msg = message::parse(&bytes).map_err(|source| StoreError::BadMessage {
             hash: item_hash.to_string(),
             source,
@@ -604,6 +664,10 @@ impl Store {
                 hash: item_hash.to_string(),
                 actual: msg.item_hash,
             });
+        }
+        let msg = std::sync::Arc::new(msg);
+        if let Some(stamp) = stamp {
+            lock_map(&self.parsed).put(stamp, msg.clone());
         }
         Ok(msg)
     }
@@ -949,6 +1013,79 @@ mod tests {
             s.get_message("../x").unwrap_err(),
             StoreError::BadHash(_)
         ));
+    }
+
+    #[test]
+    fn a_message_is_parsed_once_while_its_file_is_unchanged() {
+        let (d, s) = store();
+        let f = d.path().join("f");
+        fs::write(&f, b"v1").unwrap();
+        let msg = s.add_file(&f, "0xowner", 10.0, None).unwrap();
+        let first = s.message(&msg.item_hash).unwrap();
+        assert_eq!(*first, msg);
+        // Unchanged: the same parsed message, shared (another handle on the store included).
+        assert!(std::sync::Arc::ptr_eq(
+            &first,
+            &s.clone().message(&msg.item_hash).unwrap()
+        ));
+        assert_eq!(s.get_message(&msg.item_hash).unwrap(), msg);
+        // Replaced by a corrupt file: read and validated again.
+        let path = s.message_file(&msg.item_hash).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let other = path.with_extension("other");
+        fs::write(&other, text.replace("0xowner", "0xmallory")).unwrap();
+        fs::rename(&other, &path).unwrap();
+        let err = s.message(&msg.item_hash).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::BadMessage { .. } | StoreError::Corrupt { .. }
+            ),
+            "{err}"
+        );
+        // Gone: not found, as for a message never stored.
+        fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            s.message(&msg.item_hash).unwrap_err(),
+            StoreError::NotFound { .. }
+        ));
+    }
+
+    #[test]
+    fn the_parsed_messages_kept_are_bounded_and_the_recently_used_stay() {
+        let mut parsed = ParsedMessages::default();
+        let stamp = |n: u64| FileStamp {
+            len: n,
+            modified: None,
+            #[cfg(unix)]
+            ctime: (0, 0),
+            #[cfg(unix)]
+            inode: (0, n),
+        };
+        let msg = |n: usize| {
+            let content = serde_json::json!({
+                "address": "0xowner", "time": n as f64, "item_type": "storage",
+                "item_hash": "0".repeat(64),
+            });
+            std::sync::Arc::new(message::build_inline(
+                MessageType::Store,
+                "ETH",
+                "0xowner",
+                n as f64,
+                content,
+            ))
+        };
+        let first = msg(0);
+        parsed.put(stamp(0), first.clone());
+        for n in 1..PARSED_MESSAGES + 10 {
+            // The first message is used all along; the others once, when put.
+            assert!(parsed.get(&first.item_hash, &stamp(0)).is_some(), "at {n}");
+            parsed.put(stamp(n as u64), msg(n));
+        }
+        assert_eq!(parsed.entries.len(), PARSED_MESSAGES);
+        assert!(parsed.get(&msg(1).item_hash, &stamp(1)).is_none());
+        // A different stamp (the file changed) is not a hit.
+        assert!(parsed.get(&first.item_hash, &stamp(1)).is_none());
     }
 
     #[test]

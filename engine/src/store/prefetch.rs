@@ -101,10 +101,14 @@ impl Prefetcher {
     /// The message `item_hash` from `store` — fetched first when missing — and, when it is a
     /// PROGRAM, everything the program needs, fetched into `store` where missing. Another
     /// kind of message is returned as it is (the caller refuses it).
-    pub async fn program(&self, store: &Store, item_hash: &str) -> Result<Message, PrefetchError> {
+    pub async fn program(
+        &self,
+        store: &Store,
+        item_hash: &str,
+    ) -> Result<Arc<Message>, PrefetchError> {
         if lock(&self.ready).contains(item_hash) || !crate::message::is_sha256(item_hash) {
             return store
-                .get_message(item_hash)
+                .message(item_hash)
                 .map_err(|e| PrefetchError::at(PROGRAM)(e.into()));
         }
         let flight = lock(&self.flights)
@@ -114,7 +118,7 @@ impl Prefetcher {
         let _turn = flight.lock().await;
         if lock(&self.ready).contains(item_hash) {
             return store
-                .get_message(item_hash)
+                .message(item_hash)
                 .map_err(|e| PrefetchError::at(PROGRAM)(e.into()));
         }
         let result = self.program_once(store, item_hash).await;
@@ -125,7 +129,11 @@ impl Prefetcher {
         result
     }
 
-    async fn program_once(&self, store: &Store, item_hash: &str) -> Result<Message, PrefetchError> {
+    async fn program_once(
+        &self,
+        store: &Store,
+        item_hash: &str,
+    ) -> Result<Arc<Message>, PrefetchError> {
         let msg = self
             .message(store, item_hash)
             .await
@@ -133,7 +141,7 @@ impl Prefetcher {
         if let Some(program) = msg.program() {
             self.needs(store, program).await?;
         }
-        Ok(msg)
+        Ok(Arc::new(msg))
     }
 
     /// A message from the store, else fetched.

@@ -70,8 +70,9 @@ impl Triggers {
                 .program(store, hash)
                 .await
                 .map_err(|e| e.to_string())?,
-            None => store.get_message(hash).map_err(|e| e.to_string())?,
+            None => store.message(hash).map_err(|e| e.to_string())?,
         };
+        let msg = std::sync::Arc::unwrap_or_clone(msg);
         let Some(program) = msg.program() else {
             return Err(format!("{hash} is a {} message, not a PROGRAM", msg.kind));
         };
