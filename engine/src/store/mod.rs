@@ -173,14 +173,19 @@ pub struct Store {
     parsed: std::sync::Arc<std::sync::Mutex<ParsedMessages>>,
 }
 
-/// How many parsed messages a store keeps in memory; past it, the least recently used goes.
+/// How many parsed messages a store keeps in memory, and how many bytes of message files they
+/// may come from in all; past either, the least recently used go. A message file larger than
+/// the byte bound is parsed on every read and never kept.
 const PARSED_MESSAGES: usize = 1024;
+const PARSED_MESSAGE_BYTES: u64 = 64 << 20;
 
 /// Parsed messages by item hash: the stamp of the file each was parsed from, the message, and
 /// when it was last used (a counter).
 #[derive(Debug, Default)]
 struct ParsedMessages {
     entries: std::collections::HashMap<String, (FileStamp, std::sync::Arc<Message>, u64)>,
+    /// The sizes of the files the entries were parsed from, summed.
+    bytes: u64,
     clock: u64,
 }
 
@@ -197,19 +202,32 @@ impl ParsedMessages {
     }
 
     fn put(&mut self, stamp: FileStamp, msg: std::sync::Arc<Message>) {
-        if self.entries.len() >= PARSED_MESSAGES
-            && !self.entries.contains_key(&msg.item_hash)
-            && let Some(oldest) = self
+        if stamp.len > PARSED_MESSAGE_BYTES {
+            return;
+        }
+        self.remove(&msg.item_hash);
+        while self.entries.len() >= PARSED_MESSAGES || self.bytes + stamp.len > PARSED_MESSAGE_BYTES
+        {
+            let Some(oldest) = self
                 .entries
                 .iter()
                 .min_by_key(|(_, (_, _, used))| *used)
                 .map(|(hash, _)| hash.clone())
-        {
-            self.entries.remove(&oldest);
+            else {
+                break;
+            };
+            self.remove(&oldest);
         }
         self.clock += 1;
+        self.bytes += stamp.len;
         self.entries
             .insert(msg.item_hash.clone(), (stamp, msg, self.clock));
+    }
+
+    fn remove(&mut self, item_hash: &str) {
+        if let Some((stamp, _, _)) = self.entries.remove(item_hash) {
+            self.bytes = self.bytes.saturating_sub(stamp.len);
+        }
     }
 }
 
@@ -633,28 +651,29 @@ impl Store {
 
     /// A stored message, validated, shared. Its file is read and validated once per process
     /// while the file keeps the same size, times and inode (a message file is only ever
-    /// written whole, under a new inode); only its metadata is read on later calls. A file that
+    /// written whole, under a new inode); later calls only read its metadata. A file that
     /// has gone is `NotFound`, as on the first call.
     pub fn message(&self, item_hash: &str) -> Result<std::sync::Arc<Message>, StoreError> {
         let path = self.message_file(item_hash)?;
-        let mut file = match fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound {
-                    what: "message",
-                    hash: item_hash.to_string(),
-                });
-            }
+        let not_found = || StoreError::NotFound {
+            what: "message",
+            hash: item_hash.to_string(),
+        };
+        // The stamp is taken before the read: a file replaced in between is read again on the
+        // next call, as its stamp has changed.
+        let stamp = match fs::metadata(&path) {
+            Ok(meta) => FileStamp::of(&meta),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found()),
             Err(e) => return Err(io_at(&path)(e)),
         };
-        let stamp = file.metadata().map(|m| FileStamp::of(&m)).ok();
-        if let Some(stamp) = &stamp
-            && let Some(msg) = lock_map(&self.parsed).get(item_hash, stamp)
-        {
+        if let Some(msg) = lock_map(&self.parsed).get(item_hash, &stamp) {
             return Ok(msg);
         }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io_at(&path))?;
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found()),
+            Err(e) => return Err(io_at(&path)(e)),
+        };
         let msg = message::parse(&bytes).map_err(|source| StoreError::BadMessage {
             hash: item_hash.to_string(),
             source,
@@ -666,9 +685,7 @@ impl Store {
             });
         }
         let msg = std::sync::Arc::new(msg);
-        if let Some(stamp) = stamp {
-            lock_map(&self.parsed).put(stamp, msg.clone());
-        }
+        lock_map(&self.parsed).put(stamp, msg.clone());
         Ok(msg)
     }
 
@@ -1086,6 +1103,32 @@ mod tests {
         assert!(parsed.get(&msg(1).item_hash, &stamp(1)).is_none());
         // A different stamp (the file changed) is not a hit.
         assert!(parsed.get(&first.item_hash, &stamp(1)).is_none());
+        // The bytes they come from are bounded too: one large file pushes out the oldest, and
+        // a file past the bound is not kept at all.
+        let kept = parsed.bytes;
+        assert_eq!(
+            kept,
+            (1..PARSED_MESSAGES as u64 + 10)
+                .rev()
+                .take(PARSED_MESSAGES - 1)
+                .sum::<u64>()
+        );
+        let large = msg(5000);
+        parsed.put(stamp(PARSED_MESSAGE_BYTES - 100), large.clone());
+        assert!(parsed.bytes <= PARSED_MESSAGE_BYTES, "{}", parsed.bytes);
+        assert!(
+            parsed
+                .get(&large.item_hash, &stamp(PARSED_MESSAGE_BYTES - 100))
+                .is_some()
+        );
+        assert!(parsed.entries.len() < PARSED_MESSAGES);
+        let huge = msg(5001);
+        parsed.put(stamp(PARSED_MESSAGE_BYTES + 1), huge.clone());
+        assert!(
+            parsed
+                .get(&huge.item_hash, &stamp(PARSED_MESSAGE_BYTES + 1))
+                .is_none()
+        );
     }
 
     #[test]
