@@ -319,7 +319,7 @@ class _LogStream(io.TextIOBase):
         self.flush()
 
     def write(self, text):
-        if type(text) is not str and not isinstance(text, str):
+        if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         if text:
             if self.at_eof and text == "\n" and not self._parts:
@@ -330,21 +330,20 @@ class _LogStream(io.TextIOBase):
                 if self._parts:
                     self.flush()
                 self._id = id
-            if text == "\n":  # the end of a print(): the pending text (no newline in it) is a line
-                self._parts.append(text)
+            self._parts.append(text)
+            if text[-1] == "\n":  # all that is pending is whole lines (the end of a print())
                 pending = "".join(self._parts)
                 self._parts, self._size = [], 0
                 self._send(pending)
-                return 1
-            self._parts.append(text)
-            self._size += len(text)
-            if "\n" in text:
+            elif "\n" in text:
                 pending = "".join(self._parts)
                 cut = pending.rfind("\n") + 1
                 self._parts, self._size = [pending[cut:]], len(pending) - cut
                 self._send(pending[:cut])
-            elif self._size >= _LOG_CAP:
-                self.flush()
+            else:
+                self._size += len(text)
+                if self._size >= _LOG_CAP:
+                    self.flush()
         return len(text)
 
     def flush(self):
