@@ -498,6 +498,51 @@ async fn the_http_scope_is_complete() {
     ex.shutdown().await;
 }
 
+/// A runtime stored by another version, whose bootstrap speaks another channel protocol, is
+/// refused with both protocols named, instead of being sent frames it would misread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_of_another_channel_protocol_is_refused_naming_both() {
+    let py = Py::new();
+    let src = Path::new(REPO).join("runtimes/python-3.12");
+    let dir = py.dir.path().join("python-aw1");
+    std::fs::create_dir_all(dir.join("licences")).unwrap();
+    for entry in std::fs::read_dir(src.join("licences")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join("licences").join(path.file_name().unwrap())).unwrap();
+    }
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let boot = std::fs::read_to_string(dir.join("boot.py")).unwrap();
+    let current = format!("PROTOCOL = \"{}\"", aleph_wasm::channel::PROTOCOL);
+    assert!(boot.contains(&current), "boot.py names no {current}");
+    std::fs::write(
+        dir.join("boot.py"),
+        boot.replace(&current, "PROTOCOL = \"AW1\""),
+    )
+    .unwrap();
+    let reference = runtime::add_dir(&py.store, &dir).unwrap();
+    let msg =
+        py.probe(json!({"runtime": {"ref": reference, "use_latest": false, "comment": "AW1"}}));
+    let ex = py.executor(config(true));
+
+    let o = run(&ex, &msg, http("GET /scope")).await;
+    let error = o.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("speaks channel protocol AW1")
+            && error.contains(&format!(
+                "this engine speaks {}",
+                aleph_wasm::channel::PROTOCOL
+            )),
+        "{}",
+        show(&o)
+    );
+    ex.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_request_body_arrives_in_several_http_request_events() {
     let py = Py::new();

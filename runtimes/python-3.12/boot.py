@@ -1,7 +1,7 @@
-"""aleph-wasm guest bootstrap for CPython 3.12 on WASI -- channel protocol "AW2".
+"""aleph-wasm guest bootstrap for CPython 3.12 on WASI -- channel protocol "AW3".
 
 The protocol is specified in docs/channel.md (frames, kinds, life of an instance); the shared
-test vectors are in aw2-vectors.json, checked here by test_wire.py.
+test vectors are in aw3-vectors.json, checked here by test_wire.py.
 
 The engine runs ``python -i /opt/aleph-wasm/boot.py`` (stdin a pipe, not a tty). This script boots
 the program, writes READY (or BOOT_ERROR), then ends; the REPL takes over and blocks reading stdin
@@ -58,7 +58,7 @@ import time
 import traceback
 import types
 
-PROTOCOL = "AW2"
+PROTOCOL = "AW3"
 _ENV_KEYS = ("ALEPH_WASM_ENTRYPOINT", "ALEPH_WASM_CODE", "ALEPH_WASM_PLAIN", "ALEPH_WASM_PATHS")
 _BYTES = (bytes, bytearray, memoryview)
 _LOG_CAP = 64 * 1024  # bytes of UTF-8 text in one LOG frame (and in an ERROR text)
@@ -82,14 +82,15 @@ _BYTE_HEAD = struct.Struct("<4sIBIB")  # the same, then one byte (BODY's `more`,
 _PREFIX = struct.Struct("<4sI")
 _KIND_ID = struct.Struct("<BI")
 _U32 = struct.Struct("<I")
-_U16 = struct.Struct("<H")
+_HTTP_HEAD = struct.Struct("<IIIHH")  # HTTP: path length, text length, header pairs, ports
+_START_HEAD = struct.Struct("<HI")  # START: status, header pairs
 _HEAD_SIZE = _HEAD.size  # 13
 _MAX_LEN = (16 << 20) + 5  # the largest `len`
 _select = select.select  # fd 0's; hostnet.py makes select.select understand host sockets too
 
 
 class WireError(ValueError):
-    """Bytes that are not AW2 frames. `frames`: the complete frames read before the fault."""
+    """Bytes that are not frames. `frames`: the complete frames read before the fault."""
 
     def __init__(self, message, frames=()):
         super().__init__(message)
@@ -126,6 +127,26 @@ def _unpack_fields(buf):
         raise WireError(f"the last field overruns the payload by {pos - end} bytes")
     return items
 
+
+
+def _http_fields(payload):
+    """An HTTP payload's fields: (path, [method, scheme, http_version, root_path, client host,
+    server name], [raw_path, query_string, header names and values...], client port, server
+    port); WireError if it is not one."""
+    try:
+        path_len, text_len, pairs, client_port, server_port = _HTTP_HEAD.unpack_from(payload)
+    except struct.error:
+        raise WireError(f"an HTTP frame's head is cut short ({len(payload)} of 16 bytes)") from None
+    text_at = 16 + path_len
+    raw_at = text_at + text_len
+    if raw_at > len(payload):
+        raise WireError(f"an HTTP frame's path and text overrun it by {raw_at - len(payload)} bytes")
+    text = payload[text_at:raw_at].decode("utf-8", "replace").split("\0")
+    raw = payload[raw_at:].split(b"\0")
+    if len(text) != 6 or len(raw) != 2 + 2 * pairs:
+        raise WireError(f"an HTTP frame has {len(text)} text fields (not 6) and {len(raw)} byte "
+                        f"fields (not 2 + 2 x {pairs})")
+    return payload[16:text_at].decode("utf-8", "replace"), text, raw, client_port, server_port
 
 def _json(obj):
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
@@ -178,7 +199,7 @@ class _FrameReader:
         while end - pos >= 8:
             magic, size = _PREFIX.unpack_from(src, pos)
             if magic != _MAGIC:
-                raise WireError(f"not an AW2 frame: {bytes(src[pos:pos + 16])!r}", frames)
+                raise WireError(f"not a frame: {bytes(src[pos:pos + 16])!r}", frames)
             if not 5 <= size <= _MAX_LEN:
                 raise WireError(f"frame length {size} out of bounds (5 to {_MAX_LEN})", frames)
             stop = pos + 8 + size
@@ -190,7 +211,7 @@ class _FrameReader:
             pos = stop
         else:
             if not _MAGIC.startswith(bytes(src[pos:pos + 4])):
-                raise WireError(f"not an AW2 frame: {bytes(src[pos:pos + 16])!r}", frames)
+                raise WireError(f"not a frame: {bytes(src[pos:pos + 16])!r}", frames)
         if pos == end:
             if self._buf:
                 self._buf = bytearray()
@@ -462,7 +483,7 @@ class _ServeSelector:
         try:
             return self.reader.feed(data), None
         except WireError as exc:
-            _STDERR.write(f"aleph-wasm: stdin carries something that is not an AW2 frame ({exc}); "
+            _STDERR.write(f"aleph-wasm: stdin carries something that is not a frame ({exc}); "
                           "serving stops\n")
             return exc.frames, "as the channel broke"
 
@@ -763,18 +784,15 @@ class _Request:
             status = message.get("status")
             if type(status) is not int or not 100 <= status <= 999:
                 self._fail(f"http.response.start needs an integer 'status', not {status!r:.100}")
-            parts = [_U16.pack(status)]
-            try:
-                for name, value in message.get("headers") or ():
-                    if type(name) is not bytes or type(value) is not bytes:  # a copy of a buffer
-                        if not (isinstance(name, _BYTES) and isinstance(value, _BYTES)):
-                            raise TypeError
-                        name, value = bytes(name), bytes(value)
-                    parts += (_U32.pack(len(name)), name, _U32.pack(len(value)), value)
+            try:  # join() copies: the app may change a buffer it sent
+                items = [item for name, value in message.get("headers") or () for item in (name, value)]
+                joined = b"\0".join(items)
             except (TypeError, ValueError):
                 self._fail("http.response.start 'headers' must be [name, value] pairs of bytes")
+            if items and joined.count(0) != len(items) - 1:
+                self._fail("http.response.start 'headers' hold a NUL byte, which HTTP forbids")
             self.started, self.trailers = True, bool(message.get("trailers", False))
-            _emit(START, self.id, b"".join(parts))
+            _emit(START, self.id, _START_HEAD.pack(status, len(items) >> 1) + joined)
         elif kind == "http.response.body":
             if not self.started:
                 self._fail("http.response.body sent before http.response.start")
@@ -921,24 +939,23 @@ def _on_http(id, payload):
     _adapt_anyio()
     if _app is None:
         raise RuntimeError("the program did not boot")
-    f = _unpack_fields(payload)
-    if len(f) < 11 or not len(f) & 1:
-        raise WireError(f"an HTTP frame needs 11 fields and header pairs, not {len(f)} fields")
-    headers = iter(f[11:])
-    client, server = f[7], f[9]
+    path, (method, scheme, version, root_path, client, server), raw, client_port, server_port = \
+        _http_fields(payload)
+    headers = iter(raw)
+    raw_path = next(headers)
     scope = {
         "type": "http",
         "asgi": {"version": _asgi_version, "spec_version": "2.3"},
-        "http_version": f[2].decode(),
-        "method": f[0].decode(),
-        "scheme": f[1].decode(),
-        "path": f[3].decode("utf-8", "replace"),
-        "raw_path": f[4],
-        "query_string": f[5],
-        "root_path": f[6].decode("utf-8", "replace"),
+        "http_version": version,
+        "method": method,
+        "scheme": scheme,
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": next(headers),
+        "root_path": root_path,
         "headers": list(zip(headers, headers)),
-        "client": (client.decode("utf-8", "replace"), int(f[8]) if f[8] else None) if client else None,
-        "server": (server.decode("utf-8", "replace"), int(f[10]) if f[10] else None) if server else None,
+        "client": (client, client_port) if client else None,
+        "server": (server, server_port) if server else None,
         "state": dict(_lifespan.state),
     }
     _start(_Request(id, scope), _serve_app)
@@ -1239,9 +1256,10 @@ async def _warm_app(scope, receive, send):
 
 
 async def _probe():
-    fields = [b"GET", b"http", b"1.1", b"/", b"/", b"", b"", b"127.0.0.1", b"1", b"localhost",
-              b"80", b"host", b"localhost"]
-    data = _frame(HTTP, 1, _pack_fields(fields)) + _frame(BODY, 1, b"\x00")
+    text = b"\0".join([b"GET", b"http", b"1.1", b"", b"127.0.0.1", b"localhost"])
+    raw = b"\0".join([b"/", b"", b"host", b"localhost"])
+    head = _HTTP_HEAD.pack(1, len(text), 1, 1, 80) + b"/" + text + raw
+    data = _frame(HTTP, 1, head) + _frame(BODY, 1, b"\x00")
     reader = _FrameReader()
     frames = reader.feed(data[:7]) + reader.feed(data[7:])
     for frame in frames:

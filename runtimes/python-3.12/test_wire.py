@@ -1,8 +1,8 @@
-"""Checks of boot.py's side of the AW2 channel (docs/channel.md), with the machine's python3:
+"""Checks of boot.py's side of the AW3 channel (docs/channel.md), with the machine's python3:
 
     python3 runtimes/python-3.12/test_wire.py
 
-1. the shared test vectors (aw2-vectors.json): boot's encoders give each frame's bytes exactly, and
+1. the shared test vectors (aw3-vectors.json): boot's encoders give each frame's bytes exactly, and
    its incremental reader decodes them, fed in chunks of any size;
 2. the real boot.py, run natively as `python3 -i boot.py` with pipes, playing the host: READY, the
    run line, SERVING, then requests (concurrent and sequential), events, cancellation, calls, EOF.
@@ -64,6 +64,8 @@ def encode(v):
         return b"".join(written)
     if kind == boot.REPLY:
         payload = b"\x01" + h(v["data"]) if v["ok"] else b"\x00" + boot._pack_fields([h(x) for x in v["fields"]])
+    elif kind == boot.HTTP:
+        payload = http_payload([h(x) for x in v["fields"]])
     elif "fields" in v:
         payload = boot._pack_fields([h(x) for x in v["fields"]])
     elif "more" in v:
@@ -75,6 +77,17 @@ def encode(v):
     else:
         payload = b""
     return boot._frame(kind, id, payload)
+
+
+def http_payload(fields):
+    """The host's HTTP payload for a request head given as the vectors give it: method, scheme,
+    http_version, path, raw_path, query_string, root_path, client host, client port, server name,
+    server port (ports in ASCII decimal, empty: 0), then header names and values."""
+    port = lambda b: int(b) if b else 0  # noqa: E731
+    text = b"\0".join([fields[0], fields[1], fields[2], fields[6], fields[7], fields[9]])
+    head = struct.pack("<IIIHH", len(fields[3]), len(text), (len(fields) - 11) // 2,
+                       port(fields[8]) if fields[7] else 0, port(fields[10]))
+    return head + fields[3] + text + b"\0".join([fields[4], fields[5]] + fields[11:])
 
 
 def contextvars_run(id, fn, *args):
@@ -94,8 +107,8 @@ def read_all(data, sizes):
 
 @test
 def vectors():
-    spec = json.load(open(os.path.join(HERE, "aw2-vectors.json")))
-    assert spec["protocol"] == boot.PROTOCOL == "AW2"
+    spec = json.load(open(os.path.join(HERE, "aw3-vectors.json")))
+    assert spec["protocol"] == boot.PROTOCOL == "AW3"
     rng = random.Random(7)
     stream, expected = b"", []
     for v in spec["vectors"]:
@@ -103,7 +116,13 @@ def vectors():
         assert encode(v) == raw, (v["name"], encode(v).hex(), v["hex"])
         kind, id, payload = raw[8], struct.unpack_from("<I", raw, 9)[0], raw[13:]
         assert (kind, id) == (v["kind"], v["id"]), v["name"]
-        if "fields" in v and kind not in (boot.START, boot.REPLY):
+        if kind == boot.HTTP:
+            f = [bytes.fromhex(x) for x in v["fields"]]
+            port = lambda b: int(b) if b else 0  # noqa: E731
+            assert boot._http_fields(payload) == (
+                f[3].decode(), [x.decode() for x in (f[0], f[1], f[2], f[6], f[7], f[9])],
+                [f[4], f[5]] + f[11:], port(f[8]) if f[7] else 0, port(f[10])), v["name"]
+        elif "fields" in v and kind not in (boot.START, boot.REPLY):
             assert boot._unpack_fields(payload) == [bytes.fromhex(x) for x in v["fields"]], v["name"]
         for sizes in ([1] * len(raw), [len(raw)], [rng.randint(1, 9) for _ in raw]):
             assert read_all(raw, sizes) == [(kind, id, payload)], (v["name"], sizes)
@@ -111,6 +130,39 @@ def vectors():
         expected.append((kind, id, payload))
     for _ in range(20):  # every vector in one stream, cut anywhere
         assert read_all(stream, [rng.randint(1, 300) for _ in stream]) == expected
+
+
+@test
+def start_headers():
+    """START carries the headers joined by NUL: buffers are copied as they were sent; anything
+    but pairs of bytes, or a NUL inside one, is the app's protocol error."""
+    def start(headers):
+        request = boot._Request(5, None)
+        boot._out.clear()
+        try:
+            asyncio.run(request.send({"type": "http.response.start", "status": 200,
+                                      "headers": headers}))
+        except RuntimeError as exc:
+            return str(exc)
+        finally:
+            boot._out.clear()
+        return None
+
+    buf = bytearray(b"v1")
+    request = boot._Request(5, None)
+    boot._out.clear()
+    asyncio.run(request.send({"type": "http.response.start", "status": 200,
+                              "headers": [(b"a", buf), [memoryview(b"b"), b""]]}))
+    buf[:] = b"xx"  # changed after the send: the frame keeps what was sent
+    payload = b"".join(boot._out)[13:]
+    boot._out.clear()
+    assert payload == struct.pack("<HI", 200, 2) + b"a\0v1\0b\0", payload
+    assert start([]) is None
+    for bad, fault in (([("a", b"1")], "must be [name, value] pairs of bytes"),
+                       ([(b"a", b"1", b"2")], "must be [name, value] pairs of bytes"),
+                       ([(b"a",)], "must be [name, value] pairs of bytes"),
+                       ([(b"a", b"1\x002")], "hold a NUL byte")):
+        assert fault in (start(bad) or ""), (bad, start(bad))
 
 
 @test
@@ -155,7 +207,7 @@ def log_lines():
 
 @test
 def wire_faults():
-    for data, fault in ((b"\x1eAW1 {}\n", "not an AW2 frame"), (b"hello world", "not an AW2 frame"),
+    for data, fault in ((b"\x1eAW1 {}\n", "not a frame"), (b"hello world", "not a frame"),
                         (b"\x1eAW2" + struct.pack("<I", (16 << 20) + 6), "out of bounds"),
                         (b"\x1eAW2" + struct.pack("<I", 4) + b"\x01abc", "out of bounds")):
         try:
@@ -174,6 +226,20 @@ def wire_faults():
             raise AssertionError(bad)
         except boot.WireError:
             pass
+    good = [b"GET", b"http", b"1.1", b"/", b"/", b"", b"", b"", b"", b"n", b"80", b"a", b"b"]
+    nul_in = lambda i: good[:i] + [good[i] + b"\0x"] + good[i + 1:]  # noqa: E731
+    for bad, fault in ((http_payload(good)[:15], "cut short (15 of 16 bytes)"),
+                       (http_payload(good)[:20], "overrun it by"),
+                       (http_payload(nul_in(0)), "7 text fields (not 6) and 4 byte fields"),
+                       (http_payload(nul_in(11)), "6 text fields (not 6) and 5 byte fields"),
+                       (http_payload(good + [b"c", b"d"])[:-4], "2 + 2 x 2")):
+        try:
+            boot._http_fields(bad)
+        except boot.WireError as exc:
+            assert fault in str(exc), (bad, exc)
+        else:
+            raise AssertionError(f"no error for {bad!r}")
+    assert boot._http_fields(http_payload(nul_in(3)))[0] == "/\0x"  # the path may hold NUL
 
 
 # --- 2. The real guest ---------------------------------------------------------------------------
@@ -270,7 +336,7 @@ SEED = "00" * 32
 def http_frames(id, path, query=b"", body_parts=(b"",), headers=((b"host", b"localhost"),)):
     fields = [b"GET", b"http", b"1.1", path.encode(), path.encode(), query, b"", b"127.0.0.1", b"5555",
               b"localhost", b"8080"] + [x for pair in headers for x in pair]
-    frames = boot._frame(boot.HTTP, id, boot._pack_fields(fields))
+    frames = boot._frame(boot.HTTP, id, http_payload(fields))
     for i, part in enumerate(body_parts):
         frames += boot._frame(boot.BODY, id, bytes([i < len(body_parts) - 1]) + part)
     return frames
@@ -294,7 +360,7 @@ class Guest:
             self.send(f'__aleph_wasm__.run("{SEED}", {mode})\n'.encode())
             serving = self.next()
             assert serving[:2] == (boot.SERVING, 0), serving
-            assert json.loads(serving[2]) == {"protocol": "AW2", "concurrent": bool(mode)}, serving
+            assert json.loads(serving[2]) == {"protocol": "AW3", "concurrent": bool(mode)}, serving
 
     def send(self, data):
         self.proc.stdin.write(data)
@@ -361,10 +427,12 @@ def response(frames):
     kinds = [f[0] for f in frames if f[0] != boot.LOG]
     assert kinds[0] == boot.START and kinds[-1] == boot.DONE and boot.ERROR not in kinds, frames
     start = next(f[2] for f in frames if f[0] == boot.START)
-    fields = boot._unpack_fields(start[2:])
+    status, pairs = struct.unpack_from("<HI", start)
+    fields = start[6:].split(b"\0") if pairs else []
+    assert len(fields) == 2 * pairs, (start, pairs)
     bodies = [f[2] for f in frames if f[0] == boot.RESPONSE_BODY]
     assert bodies[-1][0] == 0 and all(b[0] == 1 for b in bodies[:-1]), bodies
-    return (struct.unpack_from("<H", start)[0], list(zip(fields[::2], fields[1::2])),
+    return (status, list(zip(fields[::2], fields[1::2])),
             b"".join(b[1:] for b in bodies), len(bodies))
 
 
@@ -507,8 +575,8 @@ def sequential_guest():
     assert response(g.request("/hello"))[2] == b"hello"
     g.send(b"GET / HTTP/1.1\r\n\r\n")  # garbage: explained on stderr, then the end
     rest = g.close()
-    assert len(rest) == 1 and rest[0][:2] == (boot.LOG, 0) and b"not an AW2 frame" in rest[0][2], rest
-    assert rest[0][2].startswith(b"\x02aleph-wasm: stdin carries something that is not an AW2 frame")
+    assert len(rest) == 1 and rest[0][:2] == (boot.LOG, 0) and b"not a frame" in rest[0][2], rest
+    assert rest[0][2].startswith(b"\x02aleph-wasm: stdin carries something that is not a frame")
 
 
 @test

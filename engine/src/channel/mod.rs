@@ -1,4 +1,4 @@
-//! The channel between the host and a long-lived interpreter instance: protocol AW2
+//! The channel between the host and a long-lived interpreter instance: protocol AW3
 //! (`docs/channel.md`), owned here end to end on the host's side.
 //!
 //! - [`wire`]: frames as bytes and back — the only encoder and decoder, checked against the
@@ -18,7 +18,7 @@ pub mod wire;
 pub use calls::{
     Builtin, CallResult, CallsFactory, HostCalls, InstanceCalls, OrderedCalls, Replies,
 };
-pub use wire::{CallFailure, Frame, RequestHead};
+pub use wire::{CallFailure, Frame, PROTOCOL, RequestHead};
 
 /// The REPL line that starts serving on an instance paused after its boot: reseeds Python's
 /// `random` with `seed_hex` (32 bytes in hex) and enters the serving loop, concurrent or

@@ -1,9 +1,12 @@
-//! The AW2 wire format: frames as bytes, and back (`docs/channel.md`).
+//! The AW3 wire format: frames as bytes, and back (`docs/channel.md`).
 //!
-//! A frame is the magic `\x1eAW2`, a u32 LE length, a kind byte, a u32 LE id and a payload.
+//! A frame is the magic `\x1eAW2` (AW2's framing, which AW3 keeps), a u32 LE length, a kind
+//! byte, a u32 LE id and a payload. AW3 lays out the `HTTP` and `START` payloads so that the
+//! guest decodes and encodes them with a few calls into C (an unpack, a split, a join) instead
+//! of Python code per field.
 //! [`Frame`] is the typed form of every kind in both directions; [`Frame::encode`] is the only
 //! encoder and [`Reader`] the only decoder. Both are checked against the test vectors the
-//! guest also checks (`runtimes/python-3.12/aw2-vectors.json`).
+//! guest also checks (`runtimes/python-3.12/aw3-vectors.json`).
 
 use serde_json::Value;
 
@@ -11,14 +14,16 @@ use serde_json::Value;
 pub const MAGIC: &[u8; 4] = b"\x1eAW2";
 
 /// The protocol's name, as the guest reports it in `SERVING`.
-pub const PROTOCOL: &str = "AW2";
+pub const PROTOCOL: &str = "AW3";
 
 /// The largest payload a frame may carry.
 pub const MAX_PAYLOAD: usize = 16 << 20;
 
 const HEADER: usize = 4 + 4 + 1 + 4;
 
-/// An HTTP request's head, as the `HTTP` frame carries it.
+/// An HTTP request's head, as the `HTTP` frame carries it. Every field but `path` is sent
+/// joined by NUL, so holds none (HTTP allows none in them); one that does makes the guest
+/// refuse the frame as malformed.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RequestHead {
     /// The method, upper case.
@@ -120,16 +125,16 @@ pub struct CallFailure {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     /// The bytes do not start with the magic.
-    #[error("bytes that are not an AW2 frame")]
+    #[error("bytes that are not a frame")]
     NotAFrame,
     /// The length is out of range.
-    #[error("an AW2 frame of {0} bytes (at most {MAX_PAYLOAD} bytes of payload)")]
+    #[error("a frame of {0} bytes (at most {MAX_PAYLOAD} bytes of payload)")]
     Length(usize),
     /// The kind byte is unknown.
-    #[error("an AW2 frame of unknown kind {0:#04x}")]
+    #[error("a frame of unknown kind {0:#04x}")]
     Kind(u8),
     /// The payload does not have its kind's shape.
-    #[error("a malformed AW2 {kind} frame: {why}")]
+    #[error("a malformed {kind} frame: {why}")]
     Payload {
         /// The frame's kind.
         kind: &'static str,
@@ -176,6 +181,100 @@ fn put_fields<'a>(out: &mut Vec<u8>, items: impl IntoIterator<Item = &'a [u8]>) 
     }
 }
 
+/// The bytes of an `HTTP` frame's fixed head: path length, text length, header pairs (u32
+/// LE each), client port, server port (u16 LE each).
+const HTTP_HEAD: usize = 16;
+
+/// Appends an `HTTP` payload: the fixed head, the path, the text fields (method, scheme,
+/// version, root path, client host, server name) joined by NUL, then the byte fields (raw path,
+/// query string, header names and values) joined by NUL. HTTP allows no NUL in any of the
+/// joined fields; one that holds one anyway changes the count of fields, and the guest refuses
+/// the frame as malformed rather than reading another request.
+fn encode_http(out: &mut Vec<u8>, head: &RequestHead) {
+    let text = [
+        &head.method[..],
+        &head.scheme,
+        &head.http_version,
+        &head.root_path,
+        &head.client.0,
+        &head.server.0,
+    ];
+    let text_len = text.iter().map(|t| t.len()).sum::<usize>() + text.len() - 1;
+    let client_port = if head.client.0.is_empty() {
+        0
+    } else {
+        head.client.1
+    };
+    out.extend_from_slice(&(head.path.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(text_len as u32).to_le_bytes());
+    out.extend_from_slice(&(head.headers.len() as u32).to_le_bytes());
+    out.extend_from_slice(&client_port.to_le_bytes());
+    out.extend_from_slice(&head.server.1.to_le_bytes());
+    out.extend_from_slice(&head.path);
+    put_joined(out, text);
+    let pairs = head.headers.iter().flat_map(|(k, v)| [&k[..], &v[..]]);
+    put_joined(
+        out,
+        [&head.raw_path[..], &head.query_string]
+            .into_iter()
+            .chain(pairs),
+    );
+}
+
+/// Appends `items` joined by NUL.
+fn put_joined<'a>(out: &mut Vec<u8>, items: impl IntoIterator<Item = &'a [u8]>) {
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(item);
+    }
+}
+
+/// The head an `HTTP` payload carries.
+fn decode_http(payload: &[u8]) -> Result<RequestHead, WireError> {
+    let bad = |why: String| WireError::Payload { kind: "HTTP", why };
+    let (head, rest) = payload
+        .split_first_chunk::<HTTP_HEAD>()
+        .ok_or_else(|| bad(format!("{} of {HTTP_HEAD} head bytes", payload.len())))?;
+    let u32_at = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+    let (path_len, text_len, pairs) = (u32_at(0) as usize, u32_at(4) as usize, u32_at(8) as usize);
+    let client_port = u16::from_le_bytes([head[12], head[13]]);
+    let server_port = u16::from_le_bytes([head[14], head[15]]);
+    if path_len.saturating_add(text_len) > rest.len() {
+        return Err(bad(format!(
+            "a path of {path_len} and text of {text_len} bytes overrun the {} left",
+            rest.len()
+        )));
+    }
+    let (path, rest) = rest.split_at(path_len);
+    let (text, raw) = rest.split_at(text_len);
+    let text: Vec<&[u8]> = text.split(|b| *b == 0).collect();
+    let raw: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+    if text.len() != 6 || Some(raw.len()) != pairs.checked_mul(2).and_then(|n| n.checked_add(2)) {
+        return Err(bad(format!(
+            "{} text fields (not 6) and {} byte fields (not 2 + 2 × {pairs})",
+            text.len(),
+            raw.len()
+        )));
+    }
+    Ok(RequestHead {
+        method: text[0].to_vec(),
+        scheme: text[1].to_vec(),
+        http_version: text[2].to_vec(),
+        path: path.to_vec(),
+        raw_path: raw[0].to_vec(),
+        query_string: raw[1].to_vec(),
+        root_path: text[3].to_vec(),
+        client: (text[4].to_vec(), client_port),
+        server: (text[5].to_vec(), server_port),
+        headers: raw[2..]
+            .chunks(2)
+            .map(|p| (p[0].to_vec(), p[1].to_vec()))
+            .collect(),
+    })
+}
+
 /// The fields of `payload`.
 fn fields<'a>(kind: &'static str, mut payload: &'a [u8]) -> Result<Vec<&'a [u8]>, WireError> {
     let mut out = Vec::new();
@@ -200,19 +299,6 @@ fn fields<'a>(kind: &'static str, mut payload: &'a [u8]) -> Result<Vec<&'a [u8]>
 
 fn json(v: &Value) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
-}
-
-fn port(kind: &'static str, bytes: &[u8]) -> Result<u16, WireError> {
-    if bytes.is_empty() {
-        return Ok(0);
-    }
-    std::str::from_utf8(bytes)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| WireError::Payload {
-            kind,
-            why: format!("port {:?} is not a number", String::from_utf8_lossy(bytes)),
-        })
 }
 
 impl Frame {
@@ -247,31 +333,7 @@ impl Frame {
         out.push(kind);
         out.extend_from_slice(&id.to_le_bytes());
         match self {
-            Frame::Http(_, head) => {
-                let client_port = if head.client.0.is_empty() {
-                    String::new()
-                } else {
-                    head.client.1.to_string()
-                };
-                let server_port = head.server.1.to_string();
-                put_fields(
-                    out,
-                    [
-                        &head.method[..],
-                        &head.scheme,
-                        &head.http_version,
-                        &head.path,
-                        &head.raw_path,
-                        &head.query_string,
-                        &head.root_path,
-                        &head.client.0,
-                        client_port.as_bytes(),
-                        &head.server.0,
-                        server_port.as_bytes(),
-                    ],
-                );
-                put_fields(out, head.headers.iter().flat_map(|(k, v)| [&k[..], &v[..]]));
-            }
+            Frame::Http(_, head) => encode_http(out, head),
             Frame::Body { .. } => unreachable!("encoded by encode_body"),
             Frame::Event(_, v)
             | Frame::Ready(v)
@@ -295,7 +357,8 @@ impl Frame {
                 status, headers, ..
             } => {
                 out.extend_from_slice(&status.to_le_bytes());
-                put_fields(out, headers.iter().flat_map(|(k, v)| [&k[..], &v[..]]));
+                out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
+                put_joined(out, headers.iter().flat_map(|(k, v)| [&k[..], &v[..]]));
             }
             Frame::Error(_, text) | Frame::ProtocolError(_, text) => {
                 out.extend_from_slice(text.as_bytes())
@@ -355,33 +418,7 @@ impl Frame {
                 })
         };
         Ok(match kind {
-            kind::HTTP => {
-                let f = fields("HTTP", payload)?;
-                if f.len() < 11 || (f.len() - 11) % 2 != 0 {
-                    return Err(WireError::Payload {
-                        kind: "HTTP",
-                        why: format!("{} fields", f.len()),
-                    });
-                }
-                Frame::Http(
-                    id,
-                    Box::new(RequestHead {
-                        method: f[0].to_vec(),
-                        scheme: f[1].to_vec(),
-                        http_version: f[2].to_vec(),
-                        path: f[3].to_vec(),
-                        raw_path: f[4].to_vec(),
-                        query_string: f[5].to_vec(),
-                        root_path: f[6].to_vec(),
-                        client: (f[7].to_vec(), port("HTTP", f[8])?),
-                        server: (f[9].to_vec(), port("HTTP", f[10])?),
-                        headers: f[11..]
-                            .chunks(2)
-                            .map(|p| (p[0].to_vec(), p[1].to_vec()))
-                            .collect(),
-                    }),
-                )
-            }
+            kind::HTTP => Frame::Http(id, Box::new(decode_http(payload)?)),
             kind::BODY | kind::OUT_BODY => {
                 let (more, data) = flagged("BODY")?;
                 Frame::Body {
@@ -420,22 +457,26 @@ impl Frame {
                 Frame::Log { id, stream, data }
             }
             kind::START => {
-                let (status, rest) =
-                    payload.split_first_chunk::<2>().ok_or(WireError::Payload {
-                        kind: "START",
-                        why: "no status".into(),
-                    })?;
-                let f = fields("START", rest)?;
-                if f.len() % 2 != 0 {
-                    return Err(WireError::Payload {
-                        kind: "START",
-                        why: "a header without a value".into(),
-                    });
+                let bad = |why: String| WireError::Payload { kind: "START", why };
+                let (head, rest) = payload
+                    .split_first_chunk::<6>()
+                    .ok_or_else(|| bad(format!("{} of 6 head bytes", payload.len())))?;
+                let pairs = u32::from_le_bytes([head[2], head[3], head[4], head[5]]) as usize;
+                let items: Vec<&[u8]> = if pairs == 0 && rest.is_empty() {
+                    Vec::new()
+                } else {
+                    rest.split(|b| *b == 0).collect()
+                };
+                if Some(items.len()) != pairs.checked_mul(2) {
+                    return Err(bad(format!(
+                        "{} header fields, not 2 × {pairs}",
+                        items.len()
+                    )));
                 }
                 Frame::Start {
                     id,
-                    status: u16::from_le_bytes(*status),
-                    headers: f
+                    status: u16::from_le_bytes([head[0], head[1]]),
+                    headers: items
                         .chunks(2)
                         .map(|p| (p[0].to_vec(), p[1].to_vec()))
                         .collect(),
@@ -556,7 +597,7 @@ impl Iterator for Reader {
 mod tests {
     use super::*;
 
-    const VECTORS: &str = include_str!("../../../runtimes/python-3.12/aw2-vectors.json");
+    const VECTORS: &str = include_str!("../../../runtimes/python-3.12/aw3-vectors.json");
 
     fn hex_field(v: &Value) -> Vec<u8> {
         hex::decode(v.as_str().unwrap()).unwrap()
@@ -699,5 +740,73 @@ mod tests {
             reader.next(),
             Some(Item::Malformed(WireError::Length(_)))
         ));
+    }
+
+    /// The payload of `frame` as bytes, to be cut or changed.
+    fn payload_of(frame: &Frame) -> Vec<u8> {
+        frame.to_bytes()[HEADER..].to_vec()
+    }
+
+    fn malformed(kind: u8, payload: &[u8]) -> String {
+        match Frame::decode(kind, 1, payload) {
+            Err(e) => e.to_string(),
+            Ok(f) => panic!("{payload:?} decoded as {f:?}"),
+        }
+    }
+
+    #[test]
+    fn a_nul_inside_a_joined_item_or_a_cut_head_is_a_malformed_frame_not_another_request() {
+        let head = RequestHead {
+            method: b"GET".to_vec(),
+            scheme: b"http".to_vec(),
+            http_version: b"1.1".to_vec(),
+            path: b"/a\0b".to_vec(),
+            raw_path: b"/a%00b".to_vec(),
+            server: (b"n".to_vec(), 80),
+            headers: vec![(b"x".to_vec(), b"1".to_vec())],
+            ..RequestHead::default()
+        };
+        // The path is length-prefixed: a NUL in it is data.
+        let good = Frame::Http(1, Box::new(head.clone()));
+        assert_eq!(
+            Frame::decode(kind::HTTP, 1, &payload_of(&good)).unwrap(),
+            good
+        );
+        let payload = payload_of(&good);
+        assert!(malformed(kind::HTTP, &payload[..15]).contains("15 of 16 head bytes"));
+        assert!(malformed(kind::HTTP, &payload[..20]).contains("overrun"));
+        let mut nul_in_method = head.clone();
+        nul_in_method.method = b"G\0T".to_vec();
+        let e = malformed(
+            kind::HTTP,
+            &payload_of(&Frame::Http(1, Box::new(nul_in_method))),
+        );
+        assert!(e.contains("7 text fields (not 6)"), "{e}");
+        let mut nul_in_value = head;
+        nul_in_value.headers[0].1 = b"1\x002".to_vec();
+        let e = malformed(
+            kind::HTTP,
+            &payload_of(&Frame::Http(1, Box::new(nul_in_value))),
+        );
+        assert!(e.contains("5 byte fields (not 2 + 2 × 1)"), "{e}");
+
+        let start = |headers: Vec<(Vec<u8>, Vec<u8>)>| Frame::Start {
+            id: 1,
+            status: 200,
+            headers,
+        };
+        for headers in [vec![], vec![(Vec::new(), Vec::new())]] {
+            let frame = start(headers);
+            assert_eq!(
+                Frame::decode(kind::START, 1, &payload_of(&frame)).unwrap(),
+                frame
+            );
+        }
+        let payload = payload_of(&start(vec![(b"a".to_vec(), b"1\x002".to_vec())]));
+        assert!(malformed(kind::START, &payload).contains("3 header fields, not 2 × 1"));
+        assert!(malformed(kind::START, &payload[..5]).contains("5 of 6 head bytes"));
+        let mut extra = payload_of(&start(vec![]));
+        extra.push(b'x');
+        assert!(malformed(kind::START, &extra).contains("1 header fields, not 2 × 0"));
     }
 }

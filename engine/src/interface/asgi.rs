@@ -1,4 +1,4 @@
-//! ASGI, host side: requests and events as AW2 frames for the Python bootstrap
+//! ASGI, host side: requests and events as AW3 frames for the Python bootstrap
 //! (`runtimes/python-3.12/boot.py`, protocol in `docs/channel.md`), and the assembly of the
 //! guest's frames into a response.
 //!

@@ -131,8 +131,17 @@ pub(crate) async fn enter(
     let session = instance.session();
     session.send(crate::channel::enter_line(&seed, determinism.is_none()));
     let serving = session.wait_instance(|s| {
-        if s.serving.is_some() {
-            Some(Ok(()))
+        if let Some(serving) = &s.serving {
+            Some(match serving.get("protocol").and_then(|p| p.as_str()) {
+                Some(crate::channel::PROTOCOL) => Ok(()),
+                other => Err(format!(
+                    "the runtime's bootstrap speaks channel protocol {}, this engine speaks {}: \
+                     the runtime was stored by another version of aleph-wasm; create the program \
+                     again with this version's runtime",
+                    other.unwrap_or("(none named)"),
+                    crate::channel::PROTOCOL
+                )),
+            })
         } else {
             s.closed
                 .then(|| Err(format!("the instance ended: {:?}", instance.ended())))
