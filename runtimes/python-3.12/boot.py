@@ -376,6 +376,11 @@ class _LogStream(io.TextIOBase):
 
     def _send(self, text):
         raw = text.encode("utf-8", "replace")
+        if len(raw) <= _LOG_CAP:  # one frame: most lines
+            _out.append(_BYTE_HEAD.pack(_MAGIC, len(raw) + 6, LOG, self._id, self._stream))
+            _out.append(raw)
+            _flush_out()
+            return
         while raw:
             cut = _utf8_cut(raw, _LOG_CAP)
             _out.append(_BYTE_HEAD.pack(_MAGIC, cut + 6, LOG, self._id, self._stream))
