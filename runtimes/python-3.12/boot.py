@@ -128,7 +128,6 @@ def _unpack_fields(buf):
     return items
 
 
-
 def _http_fields(payload):
     """An HTTP payload's fields: (path, [method, scheme, http_version, root_path, client host,
     server name], [raw_path, query_string, header names and values...], client port, server
@@ -147,6 +146,7 @@ def _http_fields(payload):
         raise WireError(f"an HTTP frame has {len(text)} text fields (not 6) and {len(raw)} byte "
                         f"fields (not 2 + 2 x {pairs})")
     return payload[16:text_at].decode("utf-8", "replace"), text, raw, client_port, server_port
+
 
 def _json(obj):
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
@@ -790,7 +790,8 @@ class _Request:
             if type(status) is not int or not 100 <= status <= 999:
                 self._fail(f"http.response.start needs an integer 'status', not {status!r:.100}")
             try:  # join() copies: the app may change a buffer it sent
-                items = [item for name, value in message.get("headers") or () for item in (name, value)]
+                headers = message.get("headers") or ()
+                items = [item for name, value in headers for item in (name, value)]
                 joined = b"\0".join(items)
             except (TypeError, ValueError):
                 self._fail("http.response.start 'headers' must be [name, value] pairs of bytes")
