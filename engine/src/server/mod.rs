@@ -617,27 +617,38 @@ impl Server {
     }
 }
 
-/// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = async {
+/// Registers for SIGINT (Ctrl-C) and, on Unix, SIGTERM at once; the future ends at the first
+/// of them. Registering before the server says it listens means a signal sent as soon as it
+/// does is a graceful shutdown, never the default action that kills the process.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let (mut interrupt, mut terminate) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = wait(interrupt.take()) => {}
+                _ = wait(terminate.take()) => {}
+            }
+        }
+        #[cfg(not(unix))]
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {}
-        _ = terminate => {}
     }
 }
 
@@ -646,13 +657,14 @@ pub async fn shutdown_signal() {
 /// flushed), so a script that asked for port 0 learns the port.
 pub async fn serve(config: ServerConfig, store: Store) -> anyhow::Result<()> {
     let server = start(config, store).await?;
+    let signalled = shutdown_signal();
     {
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on http://{}", server.local_addr())?;
         out.flush()?;
     }
-    shutdown_signal().await;
+    signalled.await;
     tracing::info!("shutting down");
     server.shutdown().await
 }
