@@ -236,9 +236,13 @@ impl Snapshots {
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
         let path = source.interpreter_path.clone();
+        let wasm_opt = self.wasm_opt();
+        let (dir, tool) = (self.dir.clone(), wasm_opt.clone());
         let rewritten = blocking(move || {
             let original = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            prepare::rewrite(&crate::sandbox::stack::relocate(&original)?)
+            let rewritten = prepare::rewrite(&crate::sandbox::stack::relocate(&original)?)?;
+            let work = tempfile::tempdir_in(&dir).map_err(|e| e.to_string())?;
+            prepare::optimize(&tool, &rewritten, work.path())
         })
         .await?;
         let module = compile(sandbox, rewritten.wasm.clone()).await?;
@@ -257,7 +261,6 @@ impl Snapshots {
         drop(paused);
         drop(module);
         let names = prepare::binaryen_names(&stack, rewritten.func_imports)?;
-        let wasm_opt = self.wasm_opt();
         let dir = self.dir.clone();
         let wasm = blocking(move || {
             let work = tempfile::tempdir_in(&dir).map_err(|e| e.to_string())?;
