@@ -1,0 +1,216 @@
+//! What metering costs the interpreter: `benches/python/interpreter_speed` (the Python a
+//! request runs) on the python-3.12 interpreter under plain wasmtime, with the engine's
+//! metering (fuel and epoch interruption), with epochs only and with neither, against native
+//! CPython, the variants taking turns. Every other setting is the engine's
+//! (`aleph_wasm::sandbox::engine_config`), so the figures isolate the two instrumentations.
+//!
+//! `cargo run --release -p aleph-wasm-benches --bin metering-cost [-- --rounds N] [-- --module FILE]`
+//! (`--module`: another build of the interpreter, e.g. one optimised by `wasm-opt -O3`.)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use aleph_wasm::runtime;
+use aleph_wasm::sandbox::{SandboxConfig, engine_config};
+use aleph_wasm::store::Store;
+use aleph_wasm_benches::{bench_cache, workspace};
+use anyhow::{Context, anyhow, bail};
+use wasmtime::{Engine, Linker, Module, Store as WasmStore};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p1::{self, WasiP1Ctx};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+/// A wasmtime configuration under test.
+struct Variant {
+    name: &'static str,
+    fuel: bool,
+    epochs: bool,
+}
+
+const VARIANTS: [Variant; 3] = [
+    Variant {
+        name: "fuel + epochs (the engine's)",
+        fuel: true,
+        epochs: true,
+    },
+    Variant {
+        name: "epochs only",
+        fuel: false,
+        epochs: true,
+    },
+    Variant {
+        name: "no metering",
+        fuel: false,
+        epochs: false,
+    },
+];
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut rounds = 5usize;
+    let mut module_file: Option<PathBuf> = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--rounds" => rounds = it.next().context("--rounds N")?.parse()?,
+            "--module" => module_file = Some(it.next().context("--module FILE")?.into()),
+            other => bail!("unknown argument {other:?} (--rounds N, --module FILE)"),
+        }
+    }
+    let root = workspace();
+    let cache = bench_cache(&root.join("target/aleph-wasm-bench-cache"))?;
+    let module_file = match module_file {
+        Some(file) => file,
+        None => interpreter(&root)?,
+    };
+    let app = root.join("benches/python/interpreter_speed/app.py");
+    let source = std::fs::read_to_string(&app).with_context(|| app.display().to_string())?;
+
+    let compiled: Vec<(Engine, Module)> = VARIANTS
+        .iter()
+        .map(|v| compile(v, &module_file, &cache))
+        .collect::<anyhow::Result<_>>()?;
+    let mut native = Vec::new();
+    let mut guest: Vec<Vec<f64>> = vec![Vec::new(); VARIANTS.len()];
+    for round in 1..=rounds {
+        native.push(run_native(&app)?);
+        for (i, (engine, module)) in compiled.iter().enumerate() {
+            guest[i].push(run_guest(&VARIANTS[i], engine, module, &source)?);
+        }
+        eprintln!("round {round}/{rounds} done");
+    }
+    let native = median(native);
+    println!(
+        "interpreter_speed, ns per step, median of {rounds} rounds taking turns ({}):",
+        module_file.display()
+    );
+    println!("  {:<32} {:>8.0}  1.00x native", "native CPython", native);
+    let metered = median(guest[0].clone());
+    for (i, v) in VARIANTS.iter().enumerate() {
+        let m = median(guest[i].clone());
+        println!(
+            "  {:<32} {:>8.0}  {:.2}x native, {:.3}x the engine's",
+            v.name,
+            m,
+            m / native,
+            m / metered
+        );
+    }
+    Ok(())
+}
+
+/// The python-3.12 interpreter module, fetched by hash into the bench cache if needed.
+fn interpreter(root: &Path) -> anyhow::Result<PathBuf> {
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        root.join("runtimes/python-3.12/runtime.json"),
+    )?)?;
+    let sha256 = manifest["interpreter"]["sha256"]
+        .as_str()
+        .ok_or_else(|| anyhow!("runtime.json names no interpreter sha256"))?;
+    let store_dir = tempfile::tempdir()?;
+    let store = Store::open(store_dir.path())?;
+    runtime::fetch_cached(&store, "python-3.12")?;
+    let dir = std::env::var_os(runtime::TEST_CACHE_ENV).context("no interpreter cache")?;
+    Ok(PathBuf::from(dir).join(sha256))
+}
+
+/// The engine's configuration with the variant's metering; the module compiled once and kept.
+fn compile(variant: &Variant, file: &Path, cache: &Path) -> anyhow::Result<(Engine, Module)> {
+    let mut config = engine_config(&SandboxConfig::default());
+    config
+        .consume_fuel(variant.fuel)
+        .epoch_interruption(variant.epochs);
+    let engine = Engine::new(&config).map_err(|e| anyhow!("{e}"))?;
+    let bytes = std::fs::read(file).with_context(|| file.display().to_string())?;
+    let key = format!(
+        "metering-{}{}-{}.cwasm",
+        u8::from(variant.fuel),
+        u8::from(variant.epochs),
+        &sha256_hex(&bytes)[..16]
+    );
+    let kept = cache.join(key);
+    if kept.is_file() {
+        // SAFETY: written by this harness with the same engine configuration.
+        if let Ok(module) = unsafe { Module::deserialize_file(&engine, &kept) } {
+            return Ok((engine, module));
+        }
+    }
+    eprintln!("compiling the interpreter for {} ...", variant.name);
+    let module = Module::new(&engine, &bytes).map_err(|e| anyhow!("{e}"))?;
+    std::fs::create_dir_all(cache)?;
+    std::fs::write(&kept, module.serialize().map_err(|e| anyhow!("{e}"))?)?;
+    Ok((engine, module))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Runs `python -c <app>` (its `__main__` part prints "<ns> ns/step") and reads the figure.
+fn run_guest(
+    variant: &Variant,
+    engine: &Engine,
+    module: &Module,
+    source: &str,
+) -> anyhow::Result<f64> {
+    let stdout = MemoryOutputPipe::new(1 << 16);
+    let stderr = MemoryOutputPipe::new(1 << 16);
+    let wasi = WasiCtxBuilder::new()
+        .args(&["python", "-c", source])
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .build_p1();
+    let mut linker: Linker<WasiP1Ctx> = Linker::new(engine);
+    p1::add_to_linker_sync(&mut linker, |s| s).map_err(|e| anyhow!("{e}"))?;
+    let mut store = WasmStore::new(engine, wasi);
+    if variant.fuel {
+        store.set_fuel(u64::MAX).map_err(|e| anyhow!("{e}"))?;
+    }
+    if variant.epochs {
+        store.set_epoch_deadline(u64::MAX / 2); // checked on every loop and call, never reached
+    }
+    let instance = linker
+        .instantiate(&mut store, module)
+        .map_err(|e| anyhow!("{e}"))?;
+    let start = instance
+        .get_typed_func::<(), ()>(&mut store, "_start")
+        .map_err(|e| anyhow!("{e}"))?;
+    if let Err(e) = start.call(&mut store, ()) {
+        match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            Some(exit) if exit.0 == 0 => {}
+            _ => bail!(
+                "the interpreter failed: {e}; stderr: {}",
+                String::from_utf8_lossy(&stderr.contents())
+            ),
+        }
+    }
+    parse(&String::from_utf8_lossy(&stdout.contents()))
+}
+
+fn run_native(app: &Path) -> anyhow::Result<f64> {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3.12".into());
+    let out = Command::new(&python)
+        .arg(app)
+        .output()
+        .with_context(|| format!("{python} (set PYTHON to a CPython 3.12)"))?;
+    if !out.status.success() {
+        bail!("{python} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse(text: &str) -> anyhow::Result<f64> {
+    text.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow!("no figure in {text:?}"))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
