@@ -6,8 +6,10 @@
 //!    is the host-owned import `aleph_wasm.checkpoint`; the stack-pointer global is exported;
 //!    DWARF and the name section are dropped (their offsets and indices would be stale);
 //! 2. [`optimize`]: binaryen's `wasm-opt` (the one [`super::wasm_opt`] finds or obtains)
-//!    optimises the whole module at [`OPTIMIZE_LEVEL`]. The interpreter's build leaves work that
-//!    binaryen's whole-module passes remove: CPython then runs about 15 % faster;
+//!    optimises the whole module ([`OPTIMIZE_ARGS`]). The interpreter's build leaves work that
+//!    binaryen's whole-module passes remove, and inlining small functions saves calls, which
+//!    fuel makes costly (the fuel count is saved before every call and reloaded after it):
+//!    CPython then runs about 30 % faster;
 //! 3. discovery: the optimised module runs once up to its first read of stdin, where the host
 //!    captures the Wasm backtrace: the functions on the stack at the pause;
 //! 4. [`asyncify`]: `wasm-opt --asyncify`, limited to exactly those functions, so the stack can
@@ -247,11 +249,22 @@ pub fn rewrite(wasm: &[u8]) -> Result<Rewritten, String> {
     Ok(Rewritten { wasm, func_imports })
 }
 
-/// The optimisation level of [`optimize`] (`wasm-opt -O3`; `-O4` and a second `-O3` gave no
-/// more). Part of the prepared interpreter's key.
-pub const OPTIMIZE_LEVEL: &str = "-O3";
+/// The arguments of [`optimize`]: `-O3`, and inlining of functions up to 6 (always) or 40
+/// (without loops or calls) binaryen size units instead of binaryen's 2 and 20. Measured with
+/// `benches` `metering-cost --module` on CPython 3.12 (ns per step of `interpreter_speed`,
+/// fuel and epochs on, medians of 3): original 41 600, `-O3` 32 100, these 27 700; larger
+/// limits (10/60, 15/100) did no better and grew the module; inlining functions with loops
+/// (up to 150) made fuel cost more than the calls it saved. Part of the prepared
+/// interpreter's key.
+pub const OPTIMIZE_ARGS: &[&str] = &[
+    "-O3",
+    "--always-inline-max-function-size",
+    "6",
+    "--flexible-inline-max-function-size",
+    "40",
+];
 
-/// Runs binaryen's whole-module optimisation ([`OPTIMIZE_LEVEL`]) on the rewritten module.
+/// Runs binaryen's whole-module optimisation ([`OPTIMIZE_ARGS`]) on the rewritten module.
 /// Binaryen may drop imports nothing calls, so the function import count is read again; the
 /// checkpoint import, the stack-pointer export and `_start` must have survived.
 pub fn optimize(wasm_opt: &Path, rewritten: &Rewritten, work: &Path) -> Result<Rewritten, String> {
@@ -259,7 +272,7 @@ pub fn optimize(wasm_opt: &Path, rewritten: &Rewritten, work: &Path) -> Result<R
     let output = work.join("optimized.wasm");
     std::fs::write(&input, &rewritten.wasm).map_err(|e| format!("{}: {e}", input.display()))?;
     let out = Command::new(wasm_opt)
-        .arg(OPTIMIZE_LEVEL)
+        .args(OPTIMIZE_ARGS)
         .arg(&input)
         .arg("-o")
         .arg(&output)
@@ -267,7 +280,8 @@ pub fn optimize(wasm_opt: &Path, rewritten: &Rewritten, work: &Path) -> Result<R
         .map_err(|e| format!("wasm-opt ({}) cannot be run: {e}", wasm_opt.display()))?;
     if !out.status.success() {
         return Err(format!(
-            "wasm-opt {OPTIMIZE_LEVEL} failed: {}",
+            "wasm-opt {} failed: {}",
+            OPTIMIZE_ARGS.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
@@ -445,6 +459,9 @@ mod tests {
         let work = tempfile::tempdir().unwrap();
         let original = wat::parse_str(GUEST).unwrap();
         let rewritten = rewrite(&original).unwrap();
+        // A tool that writes `file` as its output (its last argument).
+        let writes =
+            |file: &Path| format!("for last; do :; done\ncp '{}' \"$last\"", file.display());
 
         // What binaryen leaves: the import nothing calls gone, the checkpoint and exports kept.
         let trimmed = wat::parse_str(format!(
@@ -458,20 +475,32 @@ mod tests {
         .unwrap();
         let kept = work.path().join("trimmed.wasm");
         std::fs::write(&kept, &trimmed).unwrap();
-        let tool = fake_wasm_opt(work.path(), &format!("cp '{}' \"$4\"", kept.display()));
+        let tool = fake_wasm_opt(work.path(), &writes(&kept));
         let out = optimize(&tool, &rewritten, work.path()).unwrap();
         assert_eq!((out.func_imports, out.wasm), (2, trimmed));
 
-        // The tool's arguments are the level, the input and the output.
-        let tool = fake_wasm_opt(work.path(), "[ \"$1\" = -O3 ] && cp \"$2\" \"$4\"");
+        // The tool's arguments: OPTIMIZE_ARGS, the input, `-o`, the output.
+        let args = work.path().join("args.txt");
+        let n = OPTIMIZE_ARGS.len();
+        let body = format!(
+            "printf '%s\\n' \"$@\" > '{}'\nfor last; do :; done\ncp \"${{{}}}\" \"$last\"",
+            args.display(),
+            n + 1
+        );
+        let tool = fake_wasm_opt(work.path(), &body);
         let out = optimize(&tool, &rewritten, work.path()).unwrap();
         assert_eq!(out.wasm, rewritten.wasm);
         assert_eq!(out.func_imports, rewritten.func_imports);
+        let seen = std::fs::read_to_string(&args).unwrap();
+        let seen: Vec<&str> = seen.lines().collect();
+        assert_eq!(&seen[..n], OPTIMIZE_ARGS);
+        assert_eq!(seen[n + 1], "-o");
+        assert_eq!(seen.len(), n + 3);
 
         // A module without the checkpoint could never pause.
         let kept = work.path().join("original.wasm");
         std::fs::write(&kept, &original).unwrap();
-        let tool = fake_wasm_opt(work.path(), &format!("cp '{}' \"$4\"", kept.display()));
+        let tool = fake_wasm_opt(work.path(), &writes(&kept));
         let error = optimize(&tool, &rewritten, work.path()).unwrap_err();
         assert!(
             error.contains("no longer imports aleph_wasm.checkpoint"),
@@ -480,7 +509,13 @@ mod tests {
 
         let tool = fake_wasm_opt(work.path(), "echo 'unknown option' >&2; exit 1");
         let error = optimize(&tool, &rewritten, work.path()).unwrap_err();
-        assert_eq!(error, "wasm-opt -O3 failed: unknown option");
+        assert_eq!(
+            error,
+            format!(
+                "wasm-opt {} failed: unknown option",
+                OPTIMIZE_ARGS.join(" ")
+            )
+        );
         let error = optimize(&work.path().join("absent"), &rewritten, work.path()).unwrap_err();
         assert!(error.contains("cannot be run"), "{error}");
     }
