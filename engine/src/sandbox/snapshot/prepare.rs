@@ -264,15 +264,20 @@ pub const OPTIMIZE_ARGS: &[&str] = &[
     "40",
 ];
 
-/// Runs binaryen's whole-module optimisation ([`OPTIMIZE_ARGS`]) on the rewritten module.
-/// Binaryen may drop imports nothing calls, so the function import count is read again; the
-/// checkpoint import, the stack-pointer export and `_start` must have survived.
-pub fn optimize(wasm_opt: &Path, rewritten: &Rewritten, work: &Path) -> Result<Rewritten, String> {
-    let input = work.join("rewritten.wasm");
-    let output = work.join("optimized.wasm");
-    std::fs::write(&input, &rewritten.wasm).map_err(|e| format!("{}: {e}", input.display()))?;
+/// Runs `wasm-opt ARGS IN -o OUT` on `wasm` in `work` and returns OUT's bytes; a failure
+/// names `what` (the step) and carries wasm-opt's message.
+fn run_wasm_opt(
+    wasm_opt: &Path,
+    args: &[String],
+    wasm: &[u8],
+    work: &Path,
+    what: &str,
+) -> Result<Vec<u8>, String> {
+    let input = work.join("input.wasm");
+    let output = work.join("output.wasm");
+    std::fs::write(&input, wasm).map_err(|e| format!("{}: {e}", input.display()))?;
     let out = Command::new(wasm_opt)
-        .args(OPTIMIZE_ARGS)
+        .args(args)
         .arg(&input)
         .arg("-o")
         .arg(&output)
@@ -280,12 +285,25 @@ pub fn optimize(wasm_opt: &Path, rewritten: &Rewritten, work: &Path) -> Result<R
         .map_err(|e| format!("wasm-opt ({}) cannot be run: {e}", wasm_opt.display()))?;
     if !out.status.success() {
         return Err(format!(
-            "wasm-opt {} failed: {}",
-            OPTIMIZE_ARGS.join(" "),
+            "wasm-opt {what} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let wasm = std::fs::read(&output).map_err(|e| format!("{}: {e}", output.display()))?;
+    std::fs::read(&output).map_err(|e| format!("{}: {e}", output.display()))
+}
+
+/// Runs binaryen's whole-module optimisation ([`OPTIMIZE_ARGS`]) on the rewritten module.
+/// Binaryen may drop imports nothing calls, so the function import count is read again; the
+/// checkpoint import, the stack-pointer export and `_start` must have survived.
+pub fn optimize(wasm_opt: &Path, rewritten: &Rewritten, work: &Path) -> Result<Rewritten, String> {
+    let args: Vec<String> = OPTIMIZE_ARGS.iter().map(|a| a.to_string()).collect();
+    let wasm = run_wasm_opt(
+        wasm_opt,
+        &args,
+        &rewritten.wasm,
+        work,
+        &OPTIMIZE_ARGS.join(" "),
+    )?;
     let mut func_imports = 0u32;
     let mut checkpoint = false;
     let mut exports = Vec::new();
@@ -349,15 +367,10 @@ pub fn asyncify(
     names: &[String],
     work: &Path,
 ) -> Result<Vec<u8>, String> {
-    let input = work.join("rewritten.wasm");
-    let output = work.join("asyncified.wasm");
-    std::fs::write(&input, wasm).map_err(|e| format!("{}: {e}", input.display()))?;
-    let out = Command::new(wasm_opt)
-        .arg("--asyncify")
-        .arg(format!(
-            "--pass-arg=asyncify-imports@{CHECKPOINT_MODULE}.{CHECKPOINT_NAME}"
-        ))
-        .arg(format!("--pass-arg=asyncify-onlylist@{}", names.join(",")))
+    let args = [
+        "--asyncify".to_string(),
+        format!("--pass-arg=asyncify-imports@{CHECKPOINT_MODULE}.{CHECKPOINT_NAME}"),
+        format!("--pass-arg=asyncify-onlylist@{}", names.join(",")),
         // Asyncify flattens code and optimises it again only at an optimisation level.
         // Binaryen 108 flattened every function: without a level the module was 2.5 times
         // larger and did the same work in about 2.4 times the Wasm instructions, which fuel
@@ -366,20 +379,10 @@ pub fn asyncify(
         // (0.6 % of the module). Level 1 (for CPython, the same output as level 2 in less
         // time) adds no pass of its own; Asyncify then runs function passes only, so function
         // indices, and the pause stack with them, stay as they are.
-        .arg("--optimize-level")
-        .arg("1")
-        .arg(&input)
-        .arg("-o")
-        .arg(&output)
-        .output()
-        .map_err(|e| format!("wasm-opt ({}) cannot be run: {e}", wasm_opt.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "wasm-opt --asyncify failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let result = std::fs::read(&output).map_err(|e| format!("{}: {e}", output.display()))?;
+        "--optimize-level".to_string(),
+        "1".to_string(),
+    ];
+    let result = run_wasm_opt(wasm_opt, &args, wasm, work, "--asyncify")?;
     let mut exports = Vec::new();
     for payload in Parser::new(0).parse_all(&result) {
         if let Ok(Payload::ExportSection(s)) = payload {
