@@ -1,8 +1,10 @@
 //! What metering costs the interpreter: `benches/python/interpreter_speed` (the Python a
 //! request runs) on the python-3.12 interpreter under plain wasmtime, with the engine's
 //! metering (fuel and epoch interruption), with epochs only and with neither, against native
-//! CPython, the variants taking turns. Every other setting is the engine's
-//! (`aleph_wasm::sandbox::engine_config`), so the figures isolate the two instrumentations.
+//! CPython, the variants taking turns; and the engine's metering with tables filled at
+//! instantiation instead of on first use (each variant's instantiation time is printed: what
+//! eager tables cost an instance). Every other setting is the engine's
+//! (`aleph_wasm::sandbox::engine_config`), so the figures isolate one setting each.
 //!
 //! `cargo run --release -p aleph-wasm-benches --bin metering-cost [-- --rounds N] [-- --module FILE]`
 //! (`--module`: another build of the interpreter, e.g. one optimised by `wasm-opt -O3`.)
@@ -25,23 +27,36 @@ struct Variant {
     name: &'static str,
     fuel: bool,
     epochs: bool,
+    /// Tables filled at instantiation (`Config::table_lazy_init(false)`) instead of on first
+    /// use (wasmtime's default, which the engine keeps): `call_indirect` then skips its
+    /// is-it-initialised check.
+    eager_tables: bool,
 }
 
-const VARIANTS: [Variant; 3] = [
+const VARIANTS: [Variant; 4] = [
     Variant {
         name: "fuel + epochs (the engine's)",
         fuel: true,
         epochs: true,
+        eager_tables: false,
     },
     Variant {
         name: "epochs only",
         fuel: false,
         epochs: true,
+        eager_tables: false,
     },
     Variant {
         name: "no metering",
         fuel: false,
         epochs: false,
+        eager_tables: false,
+    },
+    Variant {
+        name: "fuel + epochs, eager tables",
+        fuel: true,
+        epochs: true,
+        eager_tables: true,
     },
 ];
 
@@ -72,10 +87,13 @@ fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let mut native = Vec::new();
     let mut guest: Vec<Vec<f64>> = vec![Vec::new(); VARIANTS.len()];
+    let mut instantiate: Vec<Vec<f64>> = vec![Vec::new(); VARIANTS.len()];
     for round in 1..=rounds {
         native.push(run_native(&app)?);
         for (i, (engine, module)) in compiled.iter().enumerate() {
-            guest[i].push(run_guest(&VARIANTS[i], engine, module, &source)?);
+            let (step_ns, instantiate_us) = run_guest(&VARIANTS[i], engine, module, &source)?;
+            guest[i].push(step_ns);
+            instantiate[i].push(instantiate_us);
         }
         eprintln!("round {round}/{rounds} done");
     }
@@ -89,11 +107,12 @@ fn main() -> anyhow::Result<()> {
     for (i, v) in VARIANTS.iter().enumerate() {
         let m = median(guest[i].clone());
         println!(
-            "  {:<32} {:>8.0}  {:.2}x native, {:.3}x the engine's",
+            "  {:<32} {:>8.0}  {:.2}x native, {:.3}x the engine's; instantiation {:.0} us",
             v.name,
             m,
             m / native,
-            m / metered
+            m / metered,
+            median(instantiate[i].clone())
         );
     }
     Ok(())
@@ -120,10 +139,14 @@ fn compile(variant: &Variant, file: &Path, cache: &Path) -> anyhow::Result<(Engi
     config
         .consume_fuel(variant.fuel)
         .epoch_interruption(variant.epochs);
+    if variant.eager_tables {
+        config.table_lazy_init(false);
+    }
     let engine = Engine::new(&config).map_err(|e| anyhow!("{e}"))?;
     let bytes = std::fs::read(file).with_context(|| file.display().to_string())?;
     let key = format!(
-        "metering-{}{}-{}.cwasm",
+        "metering-{}{}{}-{}.cwasm",
+        if variant.eager_tables { "e" } else { "" },
         u8::from(variant.fuel),
         u8::from(variant.epochs),
         &sha256_hex(&bytes)[..16]
@@ -150,13 +173,14 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Runs `python -c <app>` (its `__main__` part prints "<ns> ns/step") and reads the figure.
+/// Runs `python -c <app>` (its `__main__` part prints "<ns> ns/step") and reads the figure;
+/// returns it with the instantiation's time in microseconds.
 fn run_guest(
     variant: &Variant,
     engine: &Engine,
     module: &Module,
     source: &str,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let stdout = MemoryOutputPipe::new(1 << 16);
     let stderr = MemoryOutputPipe::new(1 << 16);
     let wasi = WasiCtxBuilder::new()
@@ -173,9 +197,11 @@ fn run_guest(
     if variant.epochs {
         store.set_epoch_deadline(u64::MAX / 2); // checked on every loop and call, never reached
     }
+    let started = std::time::Instant::now();
     let instance = linker
         .instantiate(&mut store, module)
         .map_err(|e| anyhow!("{e}"))?;
+    let instantiate_us = started.elapsed().as_secs_f64() * 1e6;
     let start = instance
         .get_typed_func::<(), ()>(&mut store, "_start")
         .map_err(|e| anyhow!("{e}"))?;
@@ -188,7 +214,10 @@ fn run_guest(
             ),
         }
     }
-    parse(&String::from_utf8_lossy(&stdout.contents()))
+    Ok((
+        parse(&String::from_utf8_lossy(&stdout.contents()))?,
+        instantiate_us,
+    ))
 }
 
 fn run_native(app: &Path) -> anyhow::Result<f64> {
