@@ -19,8 +19,12 @@
 # for uvicorn; its database migrated before the measurement on both sides) and asks for its
 # notes page, `GET /`: a sync view, an ORM query on sqlite, a template with a CSRF token.
 #
-# Usage: benches/serve-load.sh [--app hello|django] [--duration SECONDS] [--connections N]
-#                              [--vcpus "1 2"]
+# `--runtime python-3.11-pydantic` runs the aleph-wasm side on that runtime (CPython 3.11 built
+# from registry sources, `runtimes/build/`) instead of python-3.12 (the prebuilt interpreter);
+# both share one bootstrap. The native side is the venv's CPython either way (printed).
+#
+# Usage: benches/serve-load.sh [--app hello|django] [--runtime NAME] [--duration SECONDS]
+#                              [--connections N] [--vcpus "1 2"]
 # Needs: wrk (Debian: apt-get install wrk), python3 with venv and pip (uvicorn comes from PyPI).
 set -euo pipefail
 
@@ -28,18 +32,21 @@ DURATION=30
 CONNECTIONS=64
 VCPUS_LIST="1 2"
 APP=hello
+RUNTIME=python-3.12
 while [ $# -gt 0 ]; do
     case "$1" in
         --app) APP="$2"; shift 2 ;;
+        --runtime) RUNTIME="$2"; shift 2 ;;
         --duration) DURATION="$2"; shift 2 ;;
         --connections) CONNECTIONS="$2"; shift 2 ;;
         --vcpus) VCPUS_LIST="$2"; shift 2 ;;
-        -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "serve-load: unknown argument $1" >&2; exit 2 ;;
     esac
 done
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+RUNTIME_PY=$(sed -E 's/^python-([0-9]+\.[0-9]+).*/\1/' <<<"$RUNTIME") # what vendored packages target
 # shellcheck source=benches/common.sh
 . "$ROOT/benches/common.sh"
 WORK="$ROOT/target/serve-load"
@@ -86,7 +93,7 @@ STORE="$WORK/store"
 aw() { "$BIN" --store "$STORE" --module-cache "$CACHE/modules" "$@"; }
 
 # The interpreter by hash: a verified copy kept by an earlier bench or test run, else its sources.
-store_python_runtime serve-load
+store_python_runtime serve-load "$RUNTIME"
 
 # The native side: uvicorn from PyPI in a venv of its own.
 if [ ! -x "$VENV/bin/uvicorn" ]; then
@@ -101,7 +108,7 @@ if [ "$APP" = django ]; then
     rm -rf "$APP_DIR" "$NOTES_DATA_DIR"
     cp -r "$ROOT/examples/python-django" "$APP_DIR"
     python3 -m pip install -q --disable-pip-version-check --target "$APP_DIR/packages" \
-        --only-binary=:all: --platform any --python-version 3.12 --implementation py --abi none \
+        --only-binary=:all: --platform any --python-version "$RUNTIME_PY" --implementation py --abi none \
         -r "$REQS"
     mkdir -p "$NOTES_DATA_DIR"
     (cd "$APP_DIR" && "$VENV/bin/python" manage.py migrate -v0)
@@ -166,7 +173,7 @@ RESULTS=()
 FAILED=0
 for V in $VCPUS_LIST; do
     # aleph-wasm: the hello program with resources.vcpus = V.
-    PROGRAM=$(aw program create "$APP_DIR" --entrypoint "$ENTRYPOINT" --vcpus "$V" \
+    PROGRAM=$(aw program create "$APP_DIR" --entrypoint "$ENTRYPOINT" --vcpus "$V" --runtime "$RUNTIME" \
         "${CREATE_ARGS[@]}" | tail -n1)
     # The program's snapshot is built now, into the shared module cache, so that no build (the
     # node makes them in the background) runs during the measurement.
@@ -204,7 +211,7 @@ done
 
 echo
 echo "serve-load: examples/python-$APP, GET $PATH_QUERY, wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $(nproc) cores"
-echo "aleph-wasm: release build, warm instances kept (idle timeout 300 s), resources.vcpus = N"
+echo "aleph-wasm: release build, runtime $RUNTIME, warm instances kept (idle timeout 300 s), resources.vcpus = N"
 echo "native:     CPython $PY_VERSION, uvicorn $UVICORN_VERSION ($UVICORN_REQ), N worker processes"
 printf '%-24s %9s %8s %8s %8s %8s %11s %6s\n' "" "req/s" "p50 ms" "p99 ms" "non-2xx" "sock err" "CPU ms/req" "load"
 for r in "${RESULTS[@]}"; do

@@ -6,8 +6,12 @@
 //! eager tables cost an instance). Every other setting is the engine's
 //! (`aleph_wasm::sandbox::engine_config`), so the figures isolate one setting each.
 //!
-//! `cargo run --release -p aleph-wasm-benches --bin metering-cost [-- --rounds N] [-- --module FILE]`
-//! (`--module`: another build of the interpreter, e.g. one optimised by `wasm-opt -O3`.)
+//! `cargo run --release -p aleph-wasm-benches --bin metering-cost [-- --rounds N] [-- --module FILE
+//! [--stdlib-zip]]` (`--module`: another build of the interpreter, e.g. one optimised by
+//! `wasm-opt -O3`; `--stdlib-zip`: the module carries its standard library as a trailing zip, as
+//! the source-built `python-3.11-pydantic` does, so its directory is preopened at
+//! `/opt/aleph-wasm` and the module put on `PYTHONPATH`, as that runtime's manifest does. Set
+//! `PYTHON` to the native CPython of the same version.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,7 +22,8 @@ use aleph_wasm::store::Store;
 use aleph_wasm_benches::{bench_cache, workspace};
 use anyhow::{Context, anyhow, bail};
 use wasmtime::{Engine, Linker, Module, Store as WasmStore};
-use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
@@ -64,12 +69,14 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut rounds = 5usize;
     let mut module_file: Option<PathBuf> = None;
+    let mut stdlib_zip = false;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--rounds" => rounds = it.next().context("--rounds N")?.parse()?,
             "--module" => module_file = Some(it.next().context("--module FILE")?.into()),
-            other => bail!("unknown argument {other:?} (--rounds N, --module FILE)"),
+            "--stdlib-zip" => stdlib_zip = true,
+            other => bail!("unknown argument {other:?} (--rounds N, --module FILE, --stdlib-zip)"),
         }
     }
     let root = workspace();
@@ -80,6 +87,11 @@ fn main() -> anyhow::Result<()> {
     };
     let app = root.join("benches/python/interpreter_speed/app.py");
     let source = std::fs::read_to_string(&app).with_context(|| app.display().to_string())?;
+    let home = if stdlib_zip {
+        Some(GuestHome::new(&module_file)?)
+    } else {
+        None
+    };
 
     let compiled: Vec<(Engine, Module)> = VARIANTS
         .iter()
@@ -91,7 +103,8 @@ fn main() -> anyhow::Result<()> {
     for round in 1..=rounds {
         native.push(run_native(&app)?);
         for (i, (engine, module)) in compiled.iter().enumerate() {
-            let (step_ns, instantiate_us) = run_guest(&VARIANTS[i], engine, module, &source)?;
+            let (step_ns, instantiate_us) =
+                run_guest(&VARIANTS[i], engine, module, &source, home.as_ref())?;
             guest[i].push(step_ns);
             instantiate[i].push(instantiate_us);
         }
@@ -116,6 +129,34 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where a module that carries its standard library as a trailing zip finds it: the module's
+/// directory, preopened read-only at [`GuestHome::MOUNT`].
+struct GuestHome {
+    dir: PathBuf,
+    zip: String,
+}
+
+impl GuestHome {
+    const MOUNT: &str = "/opt/aleph-wasm";
+
+    fn new(module: &Path) -> anyhow::Result<Self> {
+        let module = module
+            .canonicalize()
+            .with_context(|| module.display().to_string())?;
+        let name = module
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("the module's file name is not UTF-8")?;
+        Ok(GuestHome {
+            zip: format!("{}/{name}", Self::MOUNT),
+            dir: module
+                .parent()
+                .context("the module has no directory")?
+                .into(),
+        })
+    }
 }
 
 /// The python-3.12 interpreter module, fetched by hash into the bench cache if needed.
@@ -180,14 +221,24 @@ fn run_guest(
     engine: &Engine,
     module: &Module,
     source: &str,
+    home: Option<&GuestHome>,
 ) -> anyhow::Result<(f64, f64)> {
     let stdout = MemoryOutputPipe::new(1 << 16);
     let stderr = MemoryOutputPipe::new(1 << 16);
-    let wasi = WasiCtxBuilder::new()
+    let mut builder = WasiCtxBuilder::new();
+    builder
         .args(&["python", "-c", source])
         .stdout(stdout.clone())
-        .stderr(stderr.clone())
-        .build_p1();
+        .stderr(stderr.clone());
+    if let Some(home) = home {
+        builder
+            .env("PYTHONHOME", GuestHome::MOUNT)
+            .env("PYTHONPATH", &home.zip)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .preopened_dir(&home.dir, GuestHome::MOUNT, FsPerms::ReadOnly)
+            .map_err(|e| anyhow!("{}: {e}", home.dir.display()))?;
+    }
+    let wasi = builder.build_p1();
     let mut linker: Linker<WasiP1Ctx> = Linker::new(engine);
     p1::add_to_linker_sync(&mut linker, |s| s).map_err(|e| anyhow!("{e}"))?;
     let mut store = WasmStore::new(engine, wasi);

@@ -41,7 +41,11 @@ fn pydantic_runtime(store: &Store) -> String {
     let cached = interpreter_cache().join(&sha);
     let work = cache_dir().join("build-python-3.11-pydantic");
     let built = work.join("out").join("python.wasm");
-    if !cached.is_file() && !built.is_file() {
+    // A build kept from an earlier pin (the build script changed since) is built again.
+    let built_is_pinned = std::fs::read(&built)
+        .map(|bytes| hex::encode(Sha256::digest(&bytes)) == sha)
+        .unwrap_or(false);
+    if !cached.is_file() && !built_is_pinned {
         let log = cache_dir().join("build-python-3.11-pydantic.log");
         let started = Instant::now();
         let status = Command::new("bash")
@@ -238,4 +242,45 @@ async fn fastapi_on_pydantic_v2_restores_from_a_snapshot() {
             .any(|e| matches!(e, SnapshotEvent::Fallback { .. })),
         "{events:?}"
     );
+}
+
+/// The app that stats paths under no preopen and keeps notes in a SQLite file database.
+const PATHS_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/paths");
+
+/// A path under no preopen is missing (`FileNotFoundError`, ENOENT) on both runtimes, as in
+/// later wasi-libc; python-3.11-pydantic's wasi-libc said "capabilities insufficient"
+/// (`PermissionError`) until its build rebuilt the path functions. So `pathlib`'s `exists()`
+/// answers instead of raising, and SQLite (which `lstat()`s every parent of a database's path,
+/// and `/var` of `/var/lib/notes` is under no preopen) opens a file database in a volume: the
+/// notes persist across instances, in the volume's host directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_under_no_preopen_are_missing_and_sqlite_keeps_a_file_database_in_a_volume() {
+    for (name, py) in [
+        ("python-3.11-pydantic", Py::with_runtime(pydantic_runtime)),
+        ("python-3.12", Py::new()),
+    ] {
+        let code = py.code(Path::new(PATHS_APP));
+        let msg = py.program(&code, "app:app", json!({"volumes": state_volume()}));
+        let mut notes = Vec::new();
+        for note in ["first", "second"] {
+            // A new executor each time: the second note is read by another instance.
+            let ex = py.executor(config(false));
+            let v = ok_json(&run(&ex, &msg, http(&format!("GET /?{note}"))).await);
+            ex.shutdown().await;
+            notes.push(note);
+            assert_eq!(
+                v,
+                json!({
+                    "/var": "FileNotFoundError",
+                    "/etc/hosts": "FileNotFoundError",
+                    "/state/missing": "FileNotFoundError",
+                    "exists": [false, true],
+                    "notes": notes,
+                }),
+                "{name}"
+            );
+        }
+        let db = std::fs::read(py.volume("state").join("notes.db")).unwrap();
+        assert!(db.starts_with(b"SQLite format 3\0"), "{name}: notes.db");
+    }
 }

@@ -3,7 +3,7 @@
 # in as builtin module pydantic_core._pydantic_core, and the standard library (+ pydantic) as a
 # ZIP in a trailing custom section "aleph-wasm.stdlib". One output file, bit-for-bit reproducible.
 # Sources only from registries (Debian bookworm, PyPI, crates.io).
-# Usage: [WORK=dir] build.sh [all|fetch|rust|zlib|bzip2|sqlite|cpython|stdlib|pack|check]
+# Usage: [WORK=dir] build.sh [all|fetch|rust|zlib|bzip2|sqlite|libc|cpython|stdlib|pack|check]
 #   all = fetch..pack (as root: it apt-installs pinned packages); check = wasmtime-py smoke test.
 set -euo pipefail
 umask 022
@@ -38,12 +38,13 @@ if run fetch; then
   rustup target add wasm32-wasip1 >/dev/null
   # apt-get source verifies each file against the signed .dsc; the sha256s are pinned again below
   (cd $SRC/deb && apt-get source -qq --download-only python3.11=3.11.2-6+deb12u8 sqlite3=3.40.1-2+deb12u2 \
-     zlib=1:1.2.13.dfsg-1 bzip2=1.0.8-5)
+     zlib=1:1.2.13.dfsg-1 bzip2=1.0.8-5 wasi-libc=0.0~git20220510.9886d3d-2)
   (cd $SRC/deb && sha256sum -c --quiet) <<SUM
 2411c74bda5bbcfcddaf4531f66d1adc73f247f529aee981b029513aefdbf849  python3.11_3.11.2.orig.tar.gz
 aaa776260ab4dc976db34aa7891819484c8676b5b2783123ebc6301e2ca5d655  sqlite3_3.40.1.orig.tar.xz
 71feb7947e3c00ef125f83b79a4e529bde31171e5babe48b391f06758d1ab0a1  zlib_1.2.13.dfsg.orig.tar.bz2
 ab5a03176ee106d3f0fa90e381da478ddae405918153cca248e682cd0c4a2269  bzip2_1.0.8.orig.tar.gz
+8f9b802736a856942839d32966937c389f46e9f156415a549a6675b7535e5f74  wasi-libc_0.0~git20220510.9886d3d.orig.tar.xz
 SUM
   [ -x $W/venv/bin/python ] || $HOSTPY -m venv $W/venv
   (cd $DL && $W/venv/bin/pip download -q --no-deps --require-hashes -r /dev/stdin) <<REQ
@@ -105,6 +106,30 @@ if run sqlite; then
      -c gen/sqlite3.c -o sqlite3.o && $WAR rcs libsqlite3.a sqlite3.o && cp gen/sqlite3.h .) >> $LOG/sqlite.log 2>&1
 fi
 
+# --- 3b. wasi-libc's path functions, as later wasi-libc has them ---------------------------
+# This wasi-libc (2022) fails a path under no preopen (stat("/var") beside a preopen /var/lib/x)
+# with ENOTCAPABLE, which Python raises as PermissionError: pathlib's exists() then raises,
+# and SQLite (which lstat()s each parent of a database path) cannot open any file database.
+# Later wasi-libc fails them with ENOENT, as python-3.12's does. Its posix.c (the functions
+# that resolve an absolute path against the preopens) is rebuilt with ENOENT there and linked
+# ahead of libc.a, so its definitions are the ones the interpreter uses.
+if run libc; then
+  step wasi-libc-posix
+  rm -rf $B/wasi-libc; mkdir -p $B/wasi-libc
+  tar xJf $SRC/deb/wasi-libc_0.0~git20220510.9886d3d.orig.tar.xz -C $B/wasi-libc --strip-components=1 \
+    --wildcards '*/libc-bottom-half/sources/posix.c'
+  $HOSTPY - $B/wasi-libc/libc-bottom-half/sources/posix.c <<'PY'
+import re, sys
+p = sys.argv[1]; s = open(p).read()
+# "no preopen holds this path" (24 places); the 2 other ENOTCAPABLEs (unlink's) are the host's
+s, n = re.subn(r"(if \([\w |=-]*dirfd == -1\) \{\n\s*errno = )ENOTCAPABLE;", r"\1ENOENT;", s)
+s, m = re.subn(r"(// We couldn't find a preopen for it; indicate that we lack capabilities.\n\s*errno = )ENOTCAPABLE;", r"\1ENOENT;", s)
+assert (n, m, s.count("ENOTCAPABLE")) == (22, 2, 2), (n, m, s.count("ENOTCAPABLE"))
+open(p, "w").write(s)
+PY
+  $WCC -O2 $MAP -c $B/wasi-libc/libc-bottom-half/sources/posix.c -o $B/wasi_posix.o > $LOG/wasi-libc.log 2>&1
+fi
+
 # --- 4. CPython 3.11.2 for wasm32-wasi with _pydantic_core in the inittab -------
 if run cpython; then
   step cpython-configure
@@ -134,7 +159,7 @@ PY
       --with-build-python=$HOSTPY --disable-ipv6 --disable-test-modules > $LOG/cpython-configure.log 2>&1
   for m in _bz2 zlib _sqlite3; do grep -q "for stdlib extension module $m... yes" $LOG/cpython-configure.log || { echo "configure: $m not enabled"; exit 1; }; done
   step cpython-make
-  make -j2 all BASEMODLIBS=$B/lib_pydantic_core.a > $LOG/cpython-make.log 2>&1
+  make -j2 all BASEMODLIBS="$B/lib_pydantic_core.a $B/wasi_posix.o" > $LOG/cpython-make.log 2>&1
   # drop DWARF, keep the "name" section (function names for backtraces)
   llvm-objcopy-16 --strip-debug python.wasm $B/python-stripped.wasm
   cd $W
