@@ -30,7 +30,7 @@ const FASTAPI_WHEELS: [&str; 6] = [
 
 /// Stores python-3.11-pydantic in `store`, building its interpreter once per cache; returns
 /// the runtime's ref.
-fn pydantic_runtime(store: &Store) -> String {
+pub(super) fn pydantic_runtime(store: &Store) -> String {
     static ONCE: Mutex<()> = Mutex::new(());
     let _once = lock(&ONCE);
     let manifest: Value = serde_json::from_str(PYDANTIC_RUNTIME_JSON).unwrap();
