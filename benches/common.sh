@@ -4,7 +4,7 @@
 # e.g. `python-3.11-pydantic`): its interpreter from a verified copy an earlier bench or test run
 # kept, else from its sources by hash (and keeps a copy for the next run). An interpreter built
 # from registry sources (its manifest lists no download) is built by its build script, as the
-# tests do: about 15 minutes, as root. Needs ROOT, CACHE and STORE set and `aw` (the binary on
+# tests do: about 4 minutes, as root. Needs ROOT, CACHE and STORE set and `aw` (the binary on
 # STORE); $1 names the bench in messages.
 store_python_runtime() {
     local runtime=${2:-python-3.12} manifest sha build copy="" c work

@@ -22,10 +22,9 @@ use aleph_wasm::store::Store;
 use aleph_wasm_benches::{bench_cache, workspace};
 use anyhow::{Context, anyhow, bail};
 use wasmtime::{Engine, Linker, Module, Store as WasmStore};
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
-
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 /// A wasmtime configuration under test.
 struct Variant {

@@ -41,11 +41,14 @@ pub(super) fn pydantic_runtime(store: &Store) -> String {
     let cached = interpreter_cache().join(&sha);
     let work = cache_dir().join("build-python-3.11-pydantic");
     let built = work.join("out").join("python.wasm");
-    // A build kept from an earlier pin (the build script changed since) is built again.
-    let built_is_pinned = std::fs::read(&built)
-        .map(|bytes| hex::encode(Sha256::digest(&bytes)) == sha)
-        .unwrap_or(false);
-    if !cached.is_file() && !built_is_pinned {
+    // A build kept from an earlier pin (the build script changed since) is built again; it is
+    // read only when no copy by hash is kept.
+    let built_is_pinned = || {
+        std::fs::read(&built)
+            .map(|bytes| hex::encode(Sha256::digest(&bytes)) == sha)
+            .unwrap_or(false)
+    };
+    if !cached.is_file() && !built_is_pinned() {
         let log = cache_dir().join("build-python-3.11-pydantic.log");
         let started = Instant::now();
         let status = Command::new("bash")
