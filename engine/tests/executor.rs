@@ -1,5 +1,5 @@
-//! Library-level tests of the executor: concurrency limits (`vcpus`) and deadlines that fire
-//! while the guest is blocked in a host call.
+//! Library-level tests of the executor: concurrency limits (`vcpus`, one execution at a time
+//! on a persistent volume) and deadlines that fire while the guest is blocked in a host call.
 
 use aleph_wasm::message::{self, MessageType};
 use aleph_wasm::{Executor, ExecutorConfig, OutcomeKind, Store, Trigger, runtime};
@@ -40,8 +40,39 @@ fn exclusive_sleeper(ms: u64) -> String {
     )
 }
 
-/// Stores `code` (WebAssembly text as plain code) as a binary program and returns its message.
-fn program(store: &Store, code: &str, vcpus: u32, seconds: u64) -> message::Message {
+/// A guest that sleeps for `ms` milliseconds (a WASI clock subscription) and exits 0.
+fn sleeper(ms: u64) -> String {
+    format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i64.store (i32.const 64) (i64.const 0))
+    (i32.store8 (i32.const 72) (i32.const 0))
+    (i32.store (i32.const 80) (i32.const 1))
+    (i64.store (i32.const 88) (i64.const {ns}))
+    (i64.store (i32.const 96) (i64.const 0))
+    (i32.store16 (i32.const 104) (i32.const 0))
+    (drop (call $poll (i32.const 64) (i32.const 256) (i32.const 1) (i32.const 512)))))"#,
+        ns = ms * 1_000_000
+    )
+}
+
+/// The persistent volume the exclusive sleeper uses.
+fn lock_volume() -> serde_json::Value {
+    serde_json::json!([{"name": "lock", "mount": "/state", "persistence": "host", "size_mib": 1}])
+}
+
+/// Stores `code` (WebAssembly text as plain code) as a binary program with `volumes` and
+/// returns its message.
+fn program(
+    store: &Store,
+    code: &str,
+    vcpus: u32,
+    seconds: u64,
+    volumes: serde_json::Value,
+) -> message::Message {
     let code_hash = store.put_object(code.as_bytes()).unwrap();
     let owner = "0x00000000000000000000000000000000000000aa";
     let code_msg = store
@@ -58,17 +89,22 @@ fn program(store: &Store, code: &str, vcpus: u32, seconds: u64) -> message::Mess
         "on": {"http": false},
         "environment": {},
         "resources": {"vcpus": vcpus, "memory": 16, "seconds": seconds},
-        "volumes": [{"name": "lock", "mount": "/state", "persistence": "host", "size_mib": 1}],
+        "volumes": volumes,
     });
     let msg = message::build_inline(MessageType::Program, "ETH", owner, 2.0, content);
     store.put_message(&msg).unwrap();
     msg
 }
 
-async fn run_pair(vcpus: u32) -> (aleph_wasm::Outcome, aleph_wasm::Outcome) {
+/// Two executions of one program at once: `code` with `volumes` on `vcpus`.
+async fn run_pair(
+    code: &str,
+    vcpus: u32,
+    volumes: serde_json::Value,
+) -> (aleph_wasm::Outcome, aleph_wasm::Outcome) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let msg = program(&store, &exclusive_sleeper(1000), vcpus, 5);
+    let msg = program(&store, code, vcpus, 5, volumes);
     let executor = Executor::new(store, ExecutorConfig::default()).unwrap();
     tokio::join!(
         executor.execute(&msg, &Trigger::Job),
@@ -78,25 +114,52 @@ async fn run_pair(vcpus: u32) -> (aleph_wasm::Outcome, aleph_wasm::Outcome) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_vcpu_runs_executions_of_a_program_one_at_a_time() {
-    let (a, b) = run_pair(1).await;
+    let started = std::time::Instant::now();
+    let (a, b) = run_pair(&sleeper(1500), 1, serde_json::json!([])).await;
     assert_eq!(a.kind, OutcomeKind::Ok, "{:?}", a.error);
     assert_eq!(b.kind, OutcomeKind::Ok, "{:?}", b.error);
+    // One after the other: at least two sleeps.
+    assert!(
+        started.elapsed().as_millis() >= 3000,
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_vcpus_let_executions_overlap() {
-    // The same pair with two slots overlaps, which the guest detects: this is what the test
-    // above would see if the limit were not enforced.
-    let (a, b) = run_pair(2).await;
-    let codes = [a.exit_code, b.exit_code];
-    assert!(codes.contains(&Some(7)), "{codes:?}");
+    // The same pair with two slots overlaps: both sleeps end before two sleeps' time.
+    let started = std::time::Instant::now();
+    let (a, b) = run_pair(&sleeper(1500), 2, serde_json::json!([])).await;
+    assert_eq!(a.kind, OutcomeKind::Ok, "{:?}", a.error);
+    assert_eq!(b.kind, OutcomeKind::Ok, "{:?}", b.error);
+    assert!(
+        started.elapsed().as_millis() < 2900,
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executions_sharing_a_persistent_volume_never_overlap_whatever_the_vcpus() {
+    // The guest exits 7 when it finds the other execution's mark in the volume.
+    for vcpus in [1, 2] {
+        let (a, b) = run_pair(&exclusive_sleeper(1000), vcpus, lock_volume()).await;
+        assert_eq!(a.kind, OutcomeKind::Ok, "vcpus {vcpus}: {:?}", a.error);
+        assert_eq!(b.kind, OutcomeKind::Ok, "vcpus {vcpus}: {:?}", b.error);
+        assert_eq!(
+            [a.exit_code, b.exit_code],
+            [Some(0), Some(0)],
+            "vcpus {vcpus}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_fires_while_the_guest_sleeps_in_the_host() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let msg = program(&store, &exclusive_sleeper(60_000), 1, 1);
+    let msg = program(&store, &exclusive_sleeper(60_000), 1, 1, lock_volume());
     let executor = Executor::new(store, ExecutorConfig::default()).unwrap();
     let outcome = executor.execute(&msg, &Trigger::Job).await;
     assert_eq!(outcome.kind, OutcomeKind::Timeout, "{:?}", outcome.error);

@@ -1055,11 +1055,7 @@ async fn idle_instances_retire_after_the_idle_timeout_with_lifespan_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_most_vcpus_instances_serve_concurrent_requests() {
     let py = Py::new();
-    let msg = py.probe(json!({
-        "resources": {"vcpus": 2, "memory": 128, "seconds": 10},
-        "volumes": state_volume(),
-    }));
-    let volume = py.volume("state");
+    let msg = py.probe(json!({"resources": {"vcpus": 2, "memory": 128, "seconds": 10}}));
     let ex = py.executor(config(true));
     let started = Instant::now();
     let outcomes = tokio::join!(
@@ -1069,25 +1065,68 @@ async fn at_most_vcpus_instances_serve_concurrent_requests() {
         run(&ex, &msg, http("GET /sleep?0.5")),
     );
     let elapsed = started.elapsed();
-    let results: Vec<(String, i64)> = [outcomes.0, outcomes.1, outcomes.2, outcomes.3]
-        .iter()
-        .map(counted)
-        .collect();
+    let outcomes = [outcomes.0, outcomes.1, outcomes.2, outcomes.3];
+    let results: Vec<(String, i64)> = outcomes.iter().map(counted).collect();
     let instances: BTreeSet<&str> = results.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(instances.len(), 2, "{results:?}");
     // Two rounds of two: never more than two requests at once.
     assert!(elapsed >= Duration::from_millis(1000), "{elapsed:?}");
-    let startups = lifespan_log(&volume)
+    // Each instance booted once: its lifespan startup is in the logs of its first request.
+    let startups = outcomes
         .iter()
-        .filter(|l| l.starts_with("startup "))
-        .count();
-    assert_eq!(startups, 2, "{:?}", lifespan_log(&volume));
+        .map(|o| stdout(o).matches("lifespan startup").count())
+        .sum::<usize>();
+    assert_eq!(startups, 2, "{results:?}");
     ex.shutdown().await;
-    let shutdowns = lifespan_log(&volume)
-        .iter()
-        .filter(|l| l.starts_with("shutdown "))
-        .count();
-    assert_eq!(shutdowns, 2, "{:?}", lifespan_log(&volume));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_at_a_time_mounts_a_persistent_volume_whatever_the_vcpus() {
+    let py = Py::new();
+    let msg = py.probe(json!({
+        "resources": {"vcpus": 2, "memory": 128, "seconds": 10},
+        "volumes": state_volume(),
+    }));
+    let volume = py.volume("state");
+    let ex = std::sync::Arc::new(py.executor(config(true)));
+    // Concurrent read-modify-writes of one file: two instances would interleave them and
+    // lose updates (WASI has no file locks), one serves them in turn.
+    let tasks: Vec<_> = (0..24)
+        .map(|_| {
+            let (ex, msg) = (ex.clone(), msg.clone());
+            tokio::spawn(async move { run(&ex, &msg, http("GET /tally")).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(counted(&task.await.unwrap()));
+    }
+    let instances: BTreeSet<&str> = results.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(instances.len(), 1, "{results:?}");
+    let counts: BTreeSet<i64> = results.iter().map(|(_, n)| *n).collect();
+    assert_eq!(counts, (1..=24).collect(), "{results:?}");
+    assert_eq!(std::fs::read_to_string(volume.join("tally")).unwrap(), "24");
+    let first = results[0].0.clone();
+
+    // Another program of the same owner mounts the same volume: the idle instance that holds
+    // it is retired (lifespan shutdown) before the new one boots, and the count goes on.
+    let other = py.probe(json!({
+        "resources": {"vcpus": 2, "memory": 128, "seconds": 10},
+        "volumes": state_volume(),
+        "variables": {"PROBE_PROGRAM": "other"},
+    }));
+    assert_ne!(other.item_hash, msg.item_hash);
+    let (second, count) = counted(&run(&ex, &other, http("GET /tally")).await);
+    assert_eq!(count, 25);
+    assert_eq!(
+        lifespan_log(&volume),
+        [
+            format!("startup {first}"),
+            format!("shutdown {first}"),
+            format!("startup {second}")
+        ]
+    );
+    ex.shutdown().await;
 }
 
 // --- A real framework ------------------------------------------------------------------------

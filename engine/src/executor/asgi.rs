@@ -4,7 +4,8 @@
 //!
 //! Each program has a pool of live instances. A request claims a place on the least busy
 //! instance with fewer than [`ExecutorConfig::instance_concurrency`] requests in flight, or
-//! boots a new one (at most `vcpus` instances per program), or waits for a place. It is
+//! boots a new one (at most `vcpus` instances per program, one for a program that mounts a
+//! persistent volume: `executor::volume_lease`), or waits for a place. It is
 //! served under `resources.seconds` (a wall-clock deadline; fuel granted per request, see
 //! `sandbox::meter`). A request past its deadline is cancelled in the guest and answered with
 //! a timeout; if the guest does not let go of it within [`CANCEL_GRACE`] (a loop that never
@@ -100,6 +101,9 @@ pub(super) struct Warm {
     in_flight: AtomicUsize,
     /// Set once its retirement has begun (by whoever takes it out of service).
     retiring: AtomicBool,
+    /// The persistent volumes it mounts, held until it is gone (the last field: let go after
+    /// everything else).
+    lease: super::volume_lease::VolumeLease,
 }
 
 /// What the holder of a pinned instance and the instance share.
@@ -561,6 +565,27 @@ impl Executor {
         n
     }
 
+    /// Takes the leases of the persistent volumes among `preopens` for a new instance,
+    /// retiring an idle instance that holds one (see `executor::volume_lease`).
+    pub(super) async fn lease_volumes(
+        &self,
+        preopens: &[Preopen],
+    ) -> Result<super::volume_lease::VolumeLease, String> {
+        self.volume_leases
+            .acquire(preopens, self.config.boot_timeout, |dir| async move {
+                let holders = self.take_idle_where(|_| true, |w| !w.held() && w.lease.holds(&dir));
+                for warm in holders {
+                    tracing::info!(
+                        "retiring an idle instance to let another one mount the persistent \
+                         volume it holds"
+                    );
+                    let _ = self.retire(&warm).await;
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Retires the pinned instance that shares `state`, if it is idle; a busy one is retired
     /// once its last request ends (the pin is released first).
     pub(super) async fn retire_pinned(&self, key: &str, state: &Arc<PinState>) {
@@ -617,6 +642,7 @@ impl Executor {
         )
         .map_err(|e| e.to_string())?;
         inputs.extend(mounts.inputs.iter().cloned());
+        let lease = self.lease_volumes(&mounts.preopens).await?;
         mounts.preopens.insert(
             1,
             Preopen {
@@ -718,6 +744,7 @@ impl Executor {
             }),
             in_flight: AtomicUsize::new(0),
             retiring: AtomicBool::new(false),
+            lease,
         };
         // The import of the app, then lifespan startup, each within the boot budget.
         let session = warm.instance.session().clone();

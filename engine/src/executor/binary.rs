@@ -32,6 +32,8 @@ pub(super) struct Prepared {
     pub(super) reads: Option<crate::host::recorded::ReadLog>,
     /// Keeps the per-execution directory (data, export, ephemeral volumes) alive.
     pub(super) exec_dir: tempfile::TempDir,
+    /// The persistent volumes the execution mounts, held until it is over.
+    pub(super) lease: super::volume_lease::VolumeLease,
 }
 
 impl Executor {
@@ -115,6 +117,7 @@ impl Executor {
         )
         .map_err(|e| e.to_string())?;
         inputs.extend(mounts.inputs.iter().cloned());
+        let lease = self.lease_volumes(&mounts.preopens).await?;
 
         let hash = code.hash.clone();
         let loaded = {
@@ -166,6 +169,7 @@ impl Executor {
             inputs,
             reads: granted.reads,
             exec_dir,
+            lease,
         })
     }
 

@@ -2,7 +2,8 @@
 //! trigger through resolve → prepare → sandbox → interface and returns an [`Outcome`].
 //!
 //! It owns the process's [`Sandbox`], the per-program concurrency limits (at most
-//! `resources.vcpus` executions of one program run at once; further ones wait their turn) and
+//! `resources.vcpus` executions of one program run at once; further ones wait their turn; one
+//! instance at a time mounts a persistent volume, see [`volume_lease`]) and
 //! the pool of warm interpreter instances, used or not according to [`Isolation`].
 //! Reproducible programs get the determinism profile ([`reproducible`]) and a fresh instance
 //! for every execution. Persistent programs are started ahead of any request and kept as
@@ -14,6 +15,7 @@ pub mod memory;
 pub mod persistent;
 pub mod reproducible;
 pub mod status;
+mod volume_lease;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,7 +39,7 @@ pub use persistent::Running;
 /// Whatever the isolation, a persistent program (`on.persistent`) keeps its one long-lived
 /// instance, which serves its requests and events in turn; a reproducible program never reuses
 /// an instance; a binary program runs once per trigger. Persistent volumes are shared by
-/// design under both.
+/// design under both, by one instance at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isolation {
     /// Instances stay alive between requests — at most `resources.vcpus` per program — and
@@ -169,6 +171,8 @@ pub struct Executor {
     slots: Option<memory::Budget>,
     /// Instances being retired after their answers (they still hold their reservations).
     retiring: Arc<std::sync::atomic::AtomicUsize>,
+    /// Which persistent volumes are mounted by a live instance.
+    volume_leases: volume_lease::VolumeLeases,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -214,6 +218,7 @@ impl Executor {
             memory,
             slots,
             retiring: Arc::default(),
+            volume_leases: volume_lease::VolumeLeases::default(),
         })
     }
 
@@ -300,7 +305,7 @@ impl Executor {
         };
         // Shared instances serve many requests each; otherwise one instance serves one.
         let shared = det.is_none() && self.config.isolation == Isolation::Warm;
-        let vcpus = program.resources.vcpus.max(1) as usize;
+        let vcpus = volume_lease::max_instances(program);
         let per_instance = if shared {
             self.config.instance_concurrency.max(1)
         } else {

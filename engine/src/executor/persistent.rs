@@ -56,6 +56,8 @@ struct Job {
     finished: Option<String>,
     /// What the job holds of the node's memory budget.
     _memory: super::memory::Reservation,
+    /// The persistent volumes it mounts, held while it runs.
+    _lease: super::volume_lease::VolumeLease,
 }
 
 impl std::fmt::Debug for Running {
@@ -178,6 +180,7 @@ impl Executor {
                         time: program.time,
                         finished: None,
                         _memory: memory,
+                        _lease: prepared.lease,
                     })),
                 })
             }
@@ -185,7 +188,7 @@ impl Executor {
                 // Booting takes one of the program's execution slots, as a request's boot does.
                 let semaphore = self.semaphore(
                     &key,
-                    (program.resources.vcpus.max(1) as usize)
+                    super::volume_lease::max_instances(program)
                         .saturating_mul(self.config.instance_concurrency.max(1)),
                 );
                 let _permit = semaphore

@@ -204,6 +204,20 @@ async def sleep_route(scope, receive, send):
     await _json(send, {"instance": INSTANCE, "count": COUNT})
 
 
+async def tally_route(scope, receive, send):
+    """A read-modify-write of /state/tally that holds the instance for 20 ms in between (a
+    blocking sleep): two instances at once would lose updates."""
+    try:
+        with open("/state/tally") as f:
+            n = int(f.read() or 0)
+    except FileNotFoundError:
+        n = 0
+    time.sleep(0.02)
+    with open("/state/tally", "w") as f:
+        f.write(str(n + 1))
+    await _json(send, {"instance": INSTANCE, "count": n + 1})
+
+
 async def loop_route(scope, receive, send):
     while True:
         pass
@@ -235,7 +249,7 @@ async def raise_route(scope, receive, send):
 ROUTES = {
     "/scope": scope_route, "/body": body_route, "/stream": stream_route,
     "/disconnect": disconnect_route, "/asyncio": asyncio_route, "/env": env_route,
-    "/files": files_route, "/count": count_route, "/sleep": sleep_route, "/loop": loop_route,
+    "/files": files_route, "/count": count_route, "/sleep": sleep_route, "/tally": tally_route, "/loop": loop_route,
     "/bomb": bomb_route, "/exit": exit_route, "/abort": abort_route, "/raise": raise_route,
     "/bad-send": bad_send_route,
 }
