@@ -4,9 +4,26 @@
 use aleph_wasm::message::{self, MessageType};
 use aleph_wasm::{Executor, ExecutorConfig, OutcomeKind, Store, Trigger, runtime};
 
-/// A guest that creates `/state/busy` exclusively, sleeps for `$ms` milliseconds (a WASI clock
-/// subscription), removes the file and exits 0; it exits 7 when the file already exists, i.e.
-/// when another execution of the same program is running at the same time.
+/// The instructions that sleep for `ms` milliseconds: one WASI clock subscription (at 64:
+/// userdata 0, tag 0 (clock), clock id 1 (monotonic), timeout in ns, precision 0, flags 0
+/// (relative)) given to `$poll`.
+fn sleep_for(ms: u64) -> String {
+    format!(
+        r#"
+    (i64.store (i32.const 64) (i64.const 0))
+    (i32.store8 (i32.const 72) (i32.const 0))
+    (i32.store (i32.const 80) (i32.const 1))
+    (i64.store (i32.const 88) (i64.const {ns}))
+    (i64.store (i32.const 96) (i64.const 0))
+    (i32.store16 (i32.const 104) (i32.const 0))
+    (drop (call $poll (i32.const 64) (i32.const 256) (i32.const 1) (i32.const 512)))"#,
+        ns = ms * 1_000_000
+    )
+}
+
+/// A guest that creates `/state/busy` exclusively, sleeps for `ms` milliseconds, removes the
+/// file and exits 0; it exits 7 when the file already exists, i.e. when another execution of
+/// the same program is running at the same time.
 fn exclusive_sleeper(ms: u64) -> String {
     format!(
         r#"(module
@@ -25,37 +42,21 @@ fn exclusive_sleeper(ms: u64) -> String {
     (if (call $path_open (i32.const 3) (i32.const 0) (i32.const 16) (i32.const 4)
           (i32.const 5) (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 8))
       (then (call $exit (i32.const 7))))
-    (drop (call $close (i32.load (i32.const 8))))
-    ;; subscription at 64: userdata 0, tag 0 (clock), clock id 1 (monotonic),
-    ;; timeout in ns, precision 0, flags 0 (relative)
-    (i64.store (i32.const 64) (i64.const 0))
-    (i32.store8 (i32.const 72) (i32.const 0))
-    (i32.store (i32.const 80) (i32.const 1))
-    (i64.store (i32.const 88) (i64.const {ns}))
-    (i64.store (i32.const 96) (i64.const 0))
-    (i32.store16 (i32.const 104) (i32.const 0))
-    (drop (call $poll (i32.const 64) (i32.const 256) (i32.const 1) (i32.const 512)))
+    (drop (call $close (i32.load (i32.const 8)))){sleep}
     (drop (call $unlink (i32.const 3) (i32.const 16) (i32.const 4)))))"#,
-        ns = ms * 1_000_000
+        sleep = sleep_for(ms)
     )
 }
 
-/// A guest that sleeps for `ms` milliseconds (a WASI clock subscription) and exits 0.
+/// A guest that sleeps for `ms` milliseconds and exits 0.
 fn sleeper(ms: u64) -> String {
     format!(
         r#"(module
   (import "wasi_snapshot_preview1" "poll_oneoff"
     (func $poll (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
-  (func (export "_start")
-    (i64.store (i32.const 64) (i64.const 0))
-    (i32.store8 (i32.const 72) (i32.const 0))
-    (i32.store (i32.const 80) (i32.const 1))
-    (i64.store (i32.const 88) (i64.const {ns}))
-    (i64.store (i32.const 96) (i64.const 0))
-    (i32.store16 (i32.const 104) (i32.const 0))
-    (drop (call $poll (i32.const 64) (i32.const 256) (i32.const 1) (i32.const 512)))))"#,
-        ns = ms * 1_000_000
+  (func (export "_start"){sleep}))"#,
+        sleep = sleep_for(ms)
     )
 }
 

@@ -178,30 +178,23 @@ mod tests {
     #[tokio::test]
     async fn other_volumes_and_other_mounts_take_no_lease() {
         let leases = VolumeLeases::default();
+        // A persistent volume beside the same shared and per-execution mounts.
+        let mounts = |volume: &str| {
+            [
+                preopen(Path::new(volume), "/state", MountOrigin::Persistent),
+                preopen(Path::new("/code"), "/opt/code", MountOrigin::Shared),
+                preopen(Path::new("/x/eph"), "/tmp", MountOrigin::PerExecution),
+            ]
+        };
+        let limit = Duration::from_millis(50);
         let a = leases
-            .acquire(
-                &[
-                    preopen(Path::new("/v/a"), "/a", MountOrigin::Persistent),
-                    preopen(Path::new("/code"), "/opt/code", MountOrigin::Shared),
-                    preopen(Path::new("/x/eph"), "/tmp", MountOrigin::PerExecution),
-                ],
-                Duration::from_millis(50),
-                nothing,
-            )
+            .acquire(&mounts("/v/a"), limit, nothing)
             .await
             .unwrap();
         assert!(!a.holds(Path::new("/code")) && !a.holds(Path::new("/x/eph")));
-        // Another volume, and the same shared and per-execution mounts: not waited for.
+        // Another volume: not waited for.
         let b = leases
-            .acquire(
-                &[
-                    preopen(Path::new("/v/b"), "/b", MountOrigin::Persistent),
-                    preopen(Path::new("/code"), "/opt/code", MountOrigin::Shared),
-                    preopen(Path::new("/x/eph"), "/tmp", MountOrigin::PerExecution),
-                ],
-                Duration::from_millis(50),
-                nothing,
-            )
+            .acquire(&mounts("/v/b"), limit, nothing)
             .await
             .unwrap();
         assert!(b.holds(Path::new("/v/b")));
