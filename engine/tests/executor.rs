@@ -1,25 +1,10 @@
 //! Library-level tests of the executor: concurrency limits (`vcpus`, one execution at a time
 //! on a persistent volume) and deadlines that fire while the guest is blocked in a host call.
 
+mod common;
+
 use aleph_wasm::message::{self, MessageType};
 use aleph_wasm::{Executor, ExecutorConfig, OutcomeKind, Store, Trigger, runtime};
-
-/// The instructions that sleep for `ms` milliseconds: one WASI clock subscription (at 64:
-/// userdata 0, tag 0 (clock), clock id 1 (monotonic), timeout in ns, precision 0, flags 0
-/// (relative)) given to `$poll`.
-fn sleep_for(ms: u64) -> String {
-    format!(
-        r#"
-    (i64.store (i32.const 64) (i64.const 0))
-    (i32.store8 (i32.const 72) (i32.const 0))
-    (i32.store (i32.const 80) (i32.const 1))
-    (i64.store (i32.const 88) (i64.const {ns}))
-    (i64.store (i32.const 96) (i64.const 0))
-    (i32.store16 (i32.const 104) (i32.const 0))
-    (drop (call $poll (i32.const 64) (i32.const 256) (i32.const 1) (i32.const 512)))"#,
-        ns = ms * 1_000_000
-    )
-}
 
 /// A guest that creates `/state/busy` exclusively, sleeps for `ms` milliseconds, removes the
 /// file and exits 0; it exits 7 when the file already exists, i.e. when another execution of
@@ -42,9 +27,10 @@ fn exclusive_sleeper(ms: u64) -> String {
     (if (call $path_open (i32.const 3) (i32.const 0) (i32.const 16) (i32.const 4)
           (i32.const 5) (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 8))
       (then (call $exit (i32.const 7))))
-    (drop (call $close (i32.load (i32.const 8)))){sleep}
+    (drop (call $close (i32.load (i32.const 8))))
+    {sleep}
     (drop (call $unlink (i32.const 3) (i32.const 16) (i32.const 4)))))"#,
-        sleep = sleep_for(ms)
+        sleep = common::wasi_sleep(ms)
     )
 }
 
@@ -55,8 +41,9 @@ fn sleeper(ms: u64) -> String {
   (import "wasi_snapshot_preview1" "poll_oneoff"
     (func $poll (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
-  (func (export "_start"){sleep}))"#,
-        sleep = sleep_for(ms)
+  (func (export "_start")
+    {sleep}))"#,
+        sleep = common::wasi_sleep(ms)
     )
 }
 

@@ -74,17 +74,11 @@ fn sleeper(ms: u64) -> String {
   (memory (export "memory") 1)
   (data (i32.const 1024) "Content-Type: text/plain\0d\0a\0d\0arested\0a")
   (func (export "_start")
-    (i64.store (i32.const 64) (i64.const 0))
-    (i32.store8 (i32.const 72) (i32.const 0))
-    (i32.store (i32.const 80) (i32.const 1))
-    (i64.store (i32.const 88) (i64.const {ns}))
-    (i64.store (i32.const 96) (i64.const 0))
-    (i32.store16 (i32.const 104) (i32.const 0))
-    (drop (call $poll (i32.const 64) (i32.const 256) (i32.const 1) (i32.const 512)))
+    {sleep}
     (i32.store (i32.const 0) (i32.const 1024))
     (i32.store (i32.const 4) (i32.const 35))
     (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
-        ns = ms * 1_000_000
+        sleep = common::wasi_sleep(ms)
     )
 }
 

@@ -83,15 +83,9 @@ fn sleeper(ms: u64) -> String {
   {data}
   {WRITE_FN}
   (func (export "_start")
-    (i64.store (i32.const 64) (i64.const 0))
-    (i32.store8 (i32.const 72) (i32.const 0))
-    (i32.store (i32.const 80) (i32.const 1))
-    (i64.store (i32.const 88) (i64.const {ns}))
-    (i64.store (i32.const 96) (i64.const 0))
-    (i32.store16 (i32.const 104) (i32.const 0))
-    (drop (call $poll (i32.const 64) (i32.const 256) (i32.const 1) (i32.const 512)))
+    {sleep}
     (call $write (i32.const 1024) (i32.const {len}))))"#,
-        ns = ms * 1_000_000
+        sleep = common::wasi_sleep(ms)
     )
 }
 
@@ -113,15 +107,9 @@ fn napper(ms: u64) -> String {
     (i32.store (i32.const 20) (i32.const 64))
     (drop (call $fd_read (i32.const 0) (i32.const 16) (i32.const 1) (i32.const 24)))
     (if (i32.load (i32.const 24)) (then
-      (i64.store (i32.const 64) (i64.const 0))
-      (i32.store8 (i32.const 72) (i32.const 0))
-      (i32.store (i32.const 80) (i32.const 1))
-      (i64.store (i32.const 88) (i64.const {ns}))
-      (i64.store (i32.const 96) (i64.const 0))
-      (i32.store16 (i32.const 104) (i32.const 0))
-      (drop (call $poll (i32.const 64) (i32.const 256) (i32.const 1) (i32.const 512)))))
+      {sleep}))
     (call $write (i32.const 2048) (i32.const {len}))))"#,
-        ns = ms * 1_000_000
+        sleep = common::wasi_sleep(ms)
     )
 }
 

@@ -88,13 +88,7 @@ fn appender(file: &str, line: &str, copy_stdin: bool, sleep_ms: u64, code: i32) 
     (drop (call $fd_close (local.get $fd)))
     (if (i64.ne (i64.const {ns}) (i64.const 0))
       (then
-        (i64.store (i32.const 64) (i64.const 0))
-        (i32.store8 (i32.const 72) (i32.const 0))
-        (i32.store (i32.const 80) (i32.const 1))
-        (i64.store (i32.const 88) (i64.const {ns}))
-        (i64.store (i32.const 96) (i64.const 0))
-        (i32.store16 (i32.const 104) (i32.const 0))
-        (drop (call $poll (i32.const 64) (i32.const 256) (i32.const 1) (i32.const 512)))))
+        {sleep}))
     (call $exit (i32.const {code}))))"#,
         file_lit = wat_str(file),
         file_len = file.len(),
@@ -102,6 +96,7 @@ fn appender(file: &str, line: &str, copy_stdin: bool, sleep_ms: u64, code: i32) 
         line_len = line.len(),
         copy = i32::from(copy_stdin),
         ns = sleep_ms * 1_000_000,
+        sleep = common::wasi_sleep(sleep_ms),
     )
 }
 

@@ -715,11 +715,7 @@ impl Executor {
         let warm = Warm {
             instance,
             _exec_dir: exec_dir,
-            durable: mounts.export.is_some()
-                || program
-                    .volumes
-                    .iter()
-                    .any(|v| matches!(v, Volume::Persistent { .. })),
+            durable: mounts.export.is_some() || program.has_persistent_volume(),
             export: mounts.export,
             owner: program.address.clone(),
             time: program.time,

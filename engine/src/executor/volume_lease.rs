@@ -22,17 +22,13 @@ use std::time::Duration;
 
 use tokio::sync::OwnedMutexGuard;
 
-use crate::message::{ProgramContent, Volume};
+use crate::message::ProgramContent;
 use crate::sandbox::{MountOrigin, Preopen};
 
 /// How many instances of the program may run at once: `resources.vcpus`, or one when it
 /// mounts a persistent volume.
 pub(super) fn max_instances(program: &ProgramContent) -> usize {
-    let persistent = program
-        .volumes
-        .iter()
-        .any(|v| matches!(v, Volume::Persistent { .. }));
-    if persistent {
+    if program.has_persistent_volume() {
         1
     } else {
         program.resources.vcpus.max(1) as usize

@@ -396,6 +396,13 @@ pub struct ProgramContent {
 }
 
 impl ProgramContent {
+    /// Whether the program mounts a persistent volume (state kept between executions).
+    pub fn has_persistent_volume(&self) -> bool {
+        self.volumes
+            .iter()
+            .any(|v| matches!(v, Volume::Persistent { .. }))
+    }
+
     /// Rejects what is a valid Aleph message but not runnable by this engine: export
     /// encodings other than `zip` and `tar.gz`, and `persistence: store` volumes. Errors use
     /// the final-form JSON paths (`content.export.encoding`, …).

@@ -522,6 +522,22 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 // WAT guests
 // ---------------------------------------------------------------------------------------------
 
+/// Instructions that sleep `ms` milliseconds in the host, for a hand-written guest that imports
+/// `poll_oneoff` as `$poll`: one relative clock subscription (monotonic clock) built at
+/// 64..112, its event written at 256, the count at 512.
+pub fn wasi_sleep(ms: u64) -> String {
+    format!(
+        "(i64.store (i32.const 64) (i64.const 0))
+    (i32.store8 (i32.const 72) (i32.const 0))
+    (i32.store (i32.const 80) (i32.const 1))
+    (i64.store (i32.const 88) (i64.const {ns}))
+    (i64.store (i32.const 96) (i64.const 0))
+    (i32.store16 (i32.const 104) (i32.const 0))
+    (drop (call $poll (i32.const 64) (i32.const 256) (i32.const 1) (i32.const 512)))",
+        ns = ms * 1_000_000
+    )
+}
+
 /// Memory layout of every guest (4 pages, 256 KiB):
 /// - 0..12: an iovec and the count written or read; 12: the fd `path_open` returns;
 /// - 16..48: the digits of a number being formatted; 48/52: environment sizes;
