@@ -36,12 +36,15 @@ def main():
     parser.add_argument("--requests", type=int, default=30000)
     parser.add_argument("--profile", action="store_true", help="print cProfile's table")
     parser.add_argument("--top", type=int, default=30, help="rows of the table (default 30)")
+    parser.add_argument("--boot", default=os.path.join(ROOT, "runtimes", "python-3.12"),
+                        help="the bootstrap's directory (default: runtimes/python-3.12): a copy "
+                        "to price a change in it")
     args = parser.parse_args()
 
     os.environ["ALEPH_WASM_ENTRYPOINT"] = args.entrypoint
     os.environ["ALEPH_WASM_CODE"] = os.path.abspath(args.app)
     spec = importlib.util.spec_from_file_location(
-        "aleph_wasm_boot", os.path.join(ROOT, "runtimes", "python-3.12", "boot.py"))
+        "aleph_wasm_boot", os.path.join(os.path.abspath(args.boot), "boot.py"))
     boot = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = boot
     report = os.dup(1)

@@ -41,7 +41,6 @@ What this file owns, inside the guest:
 
 import asyncio
 import codecs
-import collections
 import contextvars
 import importlib
 import importlib.machinery
@@ -210,7 +209,7 @@ class _FrameReader:
             frames.append((kind, id, src[pos + _HEAD_SIZE:stop]))
             pos = stop
         else:
-            if not _MAGIC.startswith(bytes(src[pos:pos + 4])):
+            if pos < end and not _MAGIC.startswith(bytes(src[pos:pos + 4])):
                 raise WireError(f"not a frame: {bytes(src[pos:pos + 16])!r}", frames)
         if pos == end:
             if self._buf:
@@ -313,6 +312,8 @@ class _LogStream(io.TextIOBase):
     one request is flushed before another writes."""
 
     encoding, errors, line_buffering = "utf-8", "replace", True
+    __slots__ = ("_stream", "_parts", "_size", "_id", "buffer", "at_eof")  # slots: faster than
+    # the instance dict of an io class
 
     def __init__(self, stream):
         self._stream = stream  # 1 stdout, 2 stderr
@@ -340,31 +341,37 @@ class _LogStream(io.TextIOBase):
         self.flush()
 
     def write(self, text):
-        if not isinstance(text, str):
+        if text.__class__ is not str and not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        if text:
-            if self.at_eof and text == "\n" and not self._parts:
+        if not text:
+            return 0
+        parts = self._parts
+        id = _rid.get()
+        if id != self._id:
+            if parts:
+                self.flush()
+                parts = self._parts
+            self._id = id
+        if text[-1] == "\n":  # what is pending ends with whole lines (the end of a print())
+            if parts:
+                parts.append(text)
+                text = "".join(parts)
+                self._parts, self._size = [], 0
+            elif self.at_eof and text == "\n":
                 self.at_eof = False
                 return 1
-            id = _rid.get()
-            if id != self._id:
-                if self._parts:
-                    self.flush()
-                self._id = id
-            self._parts.append(text)
-            if text[-1] == "\n":  # all that is pending is whole lines (the end of a print())
-                pending = "".join(self._parts)
-                self._parts, self._size = [], 0
-                self._send(pending)
-            elif "\n" in text:
-                pending = "".join(self._parts)
-                cut = pending.rfind("\n") + 1
-                self._parts, self._size = [pending[cut:]], len(pending) - cut
-                self._send(pending[:cut])
-            else:
-                self._size += len(text)
-                if self._size >= _LOG_CAP:
-                    self.flush()
+            self._send(text)
+        elif "\n" in text:
+            parts.append(text)
+            pending = "".join(parts)
+            cut = pending.rfind("\n") + 1
+            self._parts, self._size = [pending[cut:]], len(pending) - cut
+            self._send(pending[:cut])
+        else:
+            parts.append(text)
+            self._size += len(text)
+            if self._size >= _LOG_CAP:
+                self.flush()
         return len(text)
 
     def flush(self):
@@ -376,10 +383,14 @@ class _LogStream(io.TextIOBase):
 
     def _send(self, text):
         raw = text.encode("utf-8", "replace")
-        if len(raw) <= _LOG_CAP:  # one frame: most lines
-            _out.append(_BYTE_HEAD.pack(_MAGIC, len(raw) + 6, LOG, self._id, self._stream))
-            _out.append(raw)
-            _flush_out()
+        if len(raw) <= _LOG_CAP:  # one frame: most lines, written with what is queued before it
+            head = _BYTE_HEAD.pack(_MAGIC, len(raw) + 6, LOG, self._id, self._stream)
+            if _out:
+                _out.append(head)
+                _out.append(raw)
+                _flush_out()
+            elif not _muted:
+                _write_all(head + raw)
             return
         while raw:
             cut = _utf8_cut(raw, _LOG_CAP)
@@ -730,7 +741,7 @@ class _Request:
 
     def __init__(self, id, scope, body_complete=False):
         self.id, self.scope, self.task = id, scope, None
-        self.inbox = collections.deque()
+        self.inbox = []
         self.waiters = None  # futures of receive() calls waiting for body
         self.body_complete = body_complete  # the last BODY frame (more = 0) has arrived
         self.done = None  # a future set when the response is complete (made when awaited)
@@ -769,7 +780,7 @@ class _Request:
                 self.waiters = []
             self.waiters.append(waiter)
             await waiter
-        return self.inbox.popleft()
+        return self.inbox.pop(0)
 
     def _fail(self, message):
         _emit(PROTOCOL_ERROR, self.id, _text(_clean(message)))
@@ -780,10 +791,32 @@ class _Request:
         raise error
 
     async def send(self, message):
-        if not isinstance(message, dict):
+        if type(message) is not dict and not isinstance(message, dict):
             self._fail(f"an ASGI message must be a dict, not {type(message).__name__}: {message!r:.200}")
         kind = message.get("type")
-        if kind == "http.response.start":
+        if kind == "http.response.body":
+            if not self.started:
+                self._fail("http.response.body sent before http.response.start")
+            if self.finished:
+                self._fail("http.response.body sent after the response was complete")
+            body = message.get("body", b"")
+            if type(body) is not bytes:
+                if not isinstance(body, _BYTES):
+                    self._fail(f"http.response.body 'body' must be bytes, not {type(body).__name__}")
+                body = bytes(body)  # a copy: the app may change its buffer before the write
+            more = message.get("more_body", False)
+            if more is not False:
+                more = bool(more)
+            size = len(body)
+            if size <= _BODY_PART:  # one frame: _emit_body's common case, inline
+                _out.append(_BYTE_HEAD.pack(_MAGIC, size + 6, RESPONSE_BODY, self.id, more))
+                if size:
+                    _out.append(body)
+            else:
+                _emit_body(self.id, body, more)
+            if not more:
+                self._complete()
+        elif kind == "http.response.start":
             if self.started:
                 self._fail("http.response.start sent twice")
             status = message.get("status")
@@ -797,22 +830,13 @@ class _Request:
                 self._fail("http.response.start 'headers' must be [name, value] pairs of bytes")
             if items and joined.count(0) != len(items) - 1:
                 self._fail("http.response.start 'headers' hold a NUL byte, which HTTP forbids")
-            self.started, self.trailers = True, bool(message.get("trailers", False))
-            _emit(START, self.id, _START_HEAD.pack(status, len(items) >> 1) + joined)
-        elif kind == "http.response.body":
-            if not self.started:
-                self._fail("http.response.body sent before http.response.start")
-            if self.finished:
-                self._fail("http.response.body sent after the response was complete")
-            body = message.get("body", b"")
-            if type(body) is not bytes:
-                if not isinstance(body, _BYTES):
-                    self._fail(f"http.response.body 'body' must be bytes, not {type(body).__name__}")
-                body = bytes(body)  # a copy: the app may change its buffer before the write
-            more = bool(message.get("more_body", False))
-            _emit_body(self.id, body, more)
-            if not more:
-                self._complete()
+            self.started = True
+            if message.get("trailers", False):
+                self.trailers = True
+            _out.append(_HEAD.pack(_MAGIC, len(joined) + 11, START, self.id))
+            _out.append(_START_HEAD.pack(status, len(items) >> 1))
+            if joined:
+                _out.append(joined)
         elif kind == "http.response.trailers" and self.trailers:
             pass  # accepted and dropped: trailers do not reach the host
         else:
@@ -942,7 +966,8 @@ def _start_pending():
 
 
 def _on_http(id, payload):
-    _adapt_anyio()
+    if not _anyio_adapted and "anyio" in sys.modules:
+        _adapt_anyio()
     if _app is None:
         raise RuntimeError("the program did not boot")
     path, (method, scheme, version, root_path, client, server), raw, client_port, server_port = \
