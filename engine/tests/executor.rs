@@ -153,3 +153,47 @@ async fn the_deadline_fires_while_the_guest_sleeps_in_the_host() {
     assert_eq!(outcome.kind, OutcomeKind::Timeout, "{:?}", outcome.error);
     assert!(outcome.elapsed_ms < 30_000, "{}", outcome.elapsed_ms);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_persistent_volume_holds_none_of_the_node_memory() {
+    // A node with room for two 16 MiB instances. A holds the owner's volume; B, another program
+    // of the same owner, waits for it. C, a third program, must still find room: a boot takes
+    // its memory only once it holds its volumes.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = program(&store, &exclusive_sleeper(3000), 1, 10, lock_volume());
+    let b = program(&store, &exclusive_sleeper(100), 1, 10, lock_volume());
+    let c = program(&store, &sleeper(100), 1, 10, serde_json::json!([]));
+    let config = ExecutorConfig {
+        memory_budget_mib: Some(32),
+        ..ExecutorConfig::default()
+    };
+    let executor = std::sync::Arc::new(Executor::new(store, config).unwrap());
+    let started = std::time::Instant::now();
+    let first = tokio::spawn({
+        let executor = executor.clone();
+        async move { executor.execute(&a, &Trigger::Job).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let second = tokio::spawn({
+        let executor = executor.clone();
+        async move { executor.execute(&b, &Trigger::Job).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let third = executor.execute(&c, &Trigger::Job).await;
+    assert_eq!(
+        (third.kind, third.refused.is_some()),
+        (OutcomeKind::Ok, false),
+        "{:?}",
+        third.error
+    );
+    assert!(
+        started.elapsed().as_millis() < 3000,
+        "the third program waited for the volume's holder: {:?}",
+        started.elapsed()
+    );
+    for outcome in [first.await.unwrap(), second.await.unwrap()] {
+        assert_eq!(outcome.kind, OutcomeKind::Ok, "{:?}", outcome.error);
+        assert_eq!(outcome.exit_code, Some(0));
+    }
+}

@@ -618,7 +618,6 @@ impl Executor {
         runtime: &ResolvedRuntime,
         determinism: Option<Determinism>,
     ) -> Result<Warm, BootError> {
-        let memory = self.reserve_memory(program.resources.memory_mib).await?;
         let interp = runtime
             .interpreter()
             .ok_or_else(|| "content.runtime: not an interpreter runtime".to_string())?;
@@ -642,7 +641,10 @@ impl Executor {
         )
         .map_err(|e| e.to_string())?;
         inputs.extend(mounts.inputs.iter().cloned());
+        // The volumes first, then the memory: a boot that waits for another instance to let go
+        // of a volume holds none of the node's memory meanwhile.
         let lease = self.lease_volumes(&mounts.preopens).await?;
+        let memory = self.reserve_memory(program.resources.memory_mib).await?;
         mounts.preopens.insert(
             1,
             Preopen {

@@ -12,6 +12,7 @@ use crate::sandbox::{GuestEnd, GuestRun, GuestSpec, LoadedModule};
 use crate::volumes::{self, ExportPlan, ResolvedInput};
 
 use super::Executor;
+use super::asgi::BootError;
 
 /// The module a program runs, with what it was made from.
 pub(super) struct Code {
@@ -34,6 +35,8 @@ pub(super) struct Prepared {
     pub(super) exec_dir: tempfile::TempDir,
     /// The persistent volumes the execution mounts, held until it is over.
     pub(super) lease: super::volume_lease::VolumeLease,
+    /// The execution's share of the node's memory, held until it is over; taken after `lease`.
+    pub(super) memory: super::memory::Reservation,
 }
 
 impl Executor {
@@ -46,13 +49,14 @@ impl Executor {
         trigger: &Trigger,
         determinism: Option<Determinism>,
     ) -> Result<Outcome, String> {
-        let _memory = match self.reserve_memory(program.resources.memory_mib).await {
-            Ok(reservation) => reservation,
-            Err(refused) => return Ok(refused.outcome()),
-        };
-        let prepared = self
+        let prepared = match self
             .prepare_binary(item_hash, program, runtime, trigger, determinism)
-            .await?;
+            .await
+        {
+            Ok(prepared) => prepared,
+            Err(BootError::Refused(refused)) => return Ok(refused.outcome()),
+            Err(e) => return Err(e.into()),
+        };
         let run = self
             .sandbox
             .run(&prepared.loaded.module, prepared.spec)
@@ -90,13 +94,14 @@ impl Executor {
         runtime: ResolvedRuntime,
         trigger: &Trigger,
         determinism: Option<Determinism>,
-    ) -> Result<Prepared, String> {
+    ) -> Result<Prepared, BootError> {
         if program.code.interface != Interface::Binary {
             return Err(format!(
                 "content.code.interface: runtime {:?} runs WASI modules, which speak the binary \
                  interface, not {:?}",
                 runtime.manifest.name, program.code.interface
-            ));
+            )
+            .into());
         }
         let mut inputs = vec![ResolvedInput {
             field: "content.runtime".into(),
@@ -117,7 +122,10 @@ impl Executor {
         )
         .map_err(|e| e.to_string())?;
         inputs.extend(mounts.inputs.iter().cloned());
+        // The volumes first, then the memory: an execution that waits for another one to let go
+        // of a volume holds none of the node's memory meanwhile.
         let lease = self.lease_volumes(&mounts.preopens).await?;
+        let memory = self.reserve_memory(program.resources.memory_mib).await?;
 
         let hash = code.hash.clone();
         let loaded = {
@@ -170,6 +178,7 @@ impl Executor {
             reads: granted.reads,
             exec_dir,
             lease,
+            memory,
         })
     }
 

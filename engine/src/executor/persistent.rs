@@ -158,7 +158,6 @@ impl Executor {
         let key = msg.item_hash.clone();
         match runtime.manifest.kind {
             RuntimeKind::Wasi => {
-                let memory = self.reserve_memory(program.resources.memory_mib).await?;
                 let prepared = self
                     .prepare_binary(&key, program, runtime, &Trigger::Job, None)
                     .await?;
@@ -179,7 +178,7 @@ impl Executor {
                         owner: program.address.clone(),
                         time: program.time,
                         finished: None,
-                        _memory: memory,
+                        _memory: prepared.memory,
                         _lease: prepared.lease,
                     })),
                 })
