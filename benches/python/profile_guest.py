@@ -52,7 +52,8 @@ def main():
     spec.loader.exec_module(boot)
     boot._boot()
 
-    # One request: HTTP (head, path, text fields, raw path, query, headers) and an empty BODY.
+    # One request without a body, as the host sends it: HTTP_EMPTY (head, path, text fields, raw
+    # path, query, headers); HTTP and an empty BODY for a bootstrap older than AW4.
     text = b"\0".join([b"GET", b"http", b"1.1", b"", b"127.0.0.1", b"localhost"])
     headers = [b"host", b"localhost:8080", b"user-agent", b"wrk", b"accept", b"*/*"]
     path = args.path.encode()
@@ -62,7 +63,10 @@ def main():
     frames = tempfile.TemporaryFile()
     size = 0
     for id in range(1, args.requests + 1):
-        one = boot._frame(boot.HTTP, id, payload) + boot._frame(boot.BODY, id, b"\x00")
+        if hasattr(boot, "HTTP_EMPTY"):
+            one = boot._frame(boot.HTTP_EMPTY, id, payload)
+        else:
+            one = boot._frame(boot.HTTP, id, payload) + boot._frame(boot.BODY, id, b"\x00")
         size = len(one)
         frames.write(one)
     frames.seek(0)

@@ -1,5 +1,5 @@
-//! The guest's side of the AW3 channel, checked by the guest's own tests: the bootstrap's
-//! encoder and decoder against the shared test vectors (`runtimes/python-3.12/aw3-vectors.json`,
+//! The guest's side of the AW4 channel, checked by the guest's own tests: the bootstrap's
+//! encoder and decoder against the shared test vectors (`runtimes/python-3.12/aw4-vectors.json`,
 //! which `channel::wire`'s unit tests check on the host's side), and its serving loop driven
 //! over pipes under the machine's native CPython (`runtimes/python-3.12/test_wire.py`).
 

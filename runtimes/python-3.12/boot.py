@@ -1,7 +1,7 @@
-"""aleph-wasm guest bootstrap for CPython 3.12 on WASI -- channel protocol "AW3".
+"""aleph-wasm guest bootstrap for CPython 3.12 on WASI -- channel protocol "AW4".
 
 The protocol is specified in docs/channel.md (frames, kinds, life of an instance); the shared
-test vectors are in aw3-vectors.json, checked here by test_wire.py.
+test vectors are in aw4-vectors.json, checked here by test_wire.py.
 
 The engine runs ``python -i /opt/aleph-wasm/boot.py`` (stdin a pipe, not a tty). This script boots
 the program, writes READY (or BOOT_ERROR), then ends; the REPL takes over and blocks reading stdin
@@ -57,7 +57,7 @@ import time
 import traceback
 import types
 
-PROTOCOL = "AW3"
+PROTOCOL = "AW4"
 _ENV_KEYS = ("ALEPH_WASM_ENTRYPOINT", "ALEPH_WASM_CODE", "ALEPH_WASM_PLAIN", "ALEPH_WASM_PATHS")
 _BYTES = (bytes, bytearray, memoryview)
 _LOG_CAP = 64 * 1024  # bytes of UTF-8 text in one LOG frame (and in an ERROR text)
@@ -67,7 +67,7 @@ _DEADLOCK = ("deadlock: the app waits for something that can never happen "
              "(no ready callbacks, no timers, no I/O in this sandbox)")
 
 # Frame kinds (docs/channel.md). Host -> guest:
-HTTP, BODY, EVENT, CANCEL, REPLY = 0x01, 0x02, 0x03, 0x04, 0x05
+HTTP, BODY, EVENT, CANCEL, REPLY, HTTP_EMPTY = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
 # Guest -> host:
 READY, BOOT_ERROR, LOG, START, RESPONSE_BODY, ERROR, PROTOCOL_ERROR, LIFESPAN, DONE, SERVING, \
     CALL = 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8B
@@ -965,7 +965,8 @@ def _start_pending():
             request.task = _loop.create_task(coro)
 
 
-def _on_http(id, payload):
+def _on_http(id, payload, empty=False):
+    """An HTTP request: its scope; its body comes in BODY frames, or (HTTP_EMPTY) is empty."""
     if not _anyio_adapted and "anyio" in sys.modules:
         _adapt_anyio()
     if _app is None:
@@ -989,7 +990,14 @@ def _on_http(id, payload):
         "server": (server, server_port) if server else None,
         "state": dict(_lifespan.state),
     }
-    _start(_Request(id, scope), _serve_app)
+    request = _Request(id, scope, empty)
+    if empty:
+        request.inbox.append({"type": "http.request", "body": b"", "more_body": False})
+    _start(request, _serve_app)
+
+
+def _on_http_empty(id, payload):
+    _on_http(id, payload, True)
 
 
 def _on_body(id, payload):
@@ -1045,7 +1053,8 @@ def _on_reply(id, payload):
         future.set_exception(error)
 
 
-_HANDLERS = {HTTP: _on_http, BODY: _on_body, EVENT: _on_event, CANCEL: _on_cancel, REPLY: _on_reply}
+_HANDLERS = {HTTP: _on_http, HTTP_EMPTY: _on_http_empty, BODY: _on_body, EVENT: _on_event,
+             CANCEL: _on_cancel, REPLY: _on_reply}
 
 
 def _dispatch(kind, id, payload):
@@ -1286,11 +1295,11 @@ async def _warm_app(scope, receive, send):
     await receive()
 
 
-async def _probe():
+async def _probe(empty):
     text = b"\0".join([b"GET", b"http", b"1.1", b"", b"127.0.0.1", b"localhost"])
     raw = b"\0".join([b"/", b"", b"host", b"localhost"])
     head = _HTTP_HEAD.pack(1, len(text), 1, 1, 80) + b"/" + text + raw
-    data = _frame(HTTP, 1, head) + _frame(BODY, 1, b"\x00")
+    data = _frame(HTTP_EMPTY, 1, head) if empty else _frame(HTTP, 1, head) + _frame(BODY, 1, b"\x00")
     reader = _FrameReader()
     frames = reader.feed(data[:7]) + reader.feed(data[7:])
     for frame in frames:
@@ -1306,9 +1315,10 @@ async def _probe():
 
 
 def _warm_up():
-    """Runs the request path once, without the app and without output, before the pause point:
-    an HTTP frame and its BODY read, dispatched, made into a scope and a task; the exchange, its
-    frames encoded (and dropped), a queue, a sleep on the loop. Their first-run costs (allocator
+    """Runs the request path, without the app and without output, before the pause point: an
+    HTTP frame and its BODY, and an HTTP_EMPTY frame, each read, dispatched, made into a scope
+    and a task, twice; the exchange, its frames encoded (and dropped), a queue, a sleep on the
+    loop. Their first-run costs (allocator
     pools, specialised bytecode, the loop's first turns) are then paid at boot -- and so are in a
     snapshot -- instead of by each instance's first requests. Skipped when the app's import left
     work on the loop, which must first run once serving, as it would without the warm-up."""
@@ -1320,8 +1330,8 @@ def _warm_up():
     _muted = True
     try:
         _app, _asgi_version = _warm_app, "3.0"
-        for _ in range(2):
-            _loop.run_until_complete(_probe())
+        for empty in (False, True, False, True):
+            _loop.run_until_complete(_probe(empty))
     except Exception as exc:  # an optimisation only: the app may have patched asyncio
         failure = exc
     else:

@@ -1,8 +1,8 @@
-"""Checks of boot.py's side of the AW3 channel (docs/channel.md), with the machine's python3:
+"""Checks of boot.py's side of the AW4 channel (docs/channel.md), with the machine's python3:
 
     python3 runtimes/python-3.12/test_wire.py
 
-1. the shared test vectors (aw3-vectors.json): boot's encoders give each frame's bytes exactly, and
+1. the shared test vectors (aw4-vectors.json): boot's encoders give each frame's bytes exactly, and
    its incremental reader decodes them, fed in chunks of any size;
 2. the real boot.py, run natively as `python3 -i boot.py` with pipes, playing the host: READY, the
    run line, SERVING, then requests (concurrent and sequential), events, cancellation, calls, EOF.
@@ -64,7 +64,7 @@ def encode(v):
         return b"".join(written)
     if kind == boot.REPLY:
         payload = b"\x01" + h(v["data"]) if v["ok"] else b"\x00" + boot._pack_fields([h(x) for x in v["fields"]])
-    elif kind == boot.HTTP:
+    elif kind in (boot.HTTP, boot.HTTP_EMPTY):
         payload = http_payload([h(x) for x in v["fields"]])
     elif "fields" in v:
         payload = boot._pack_fields([h(x) for x in v["fields"]])
@@ -107,8 +107,8 @@ def read_all(data, sizes):
 
 @test
 def vectors():
-    spec = json.load(open(os.path.join(HERE, "aw3-vectors.json")))
-    assert spec["protocol"] == boot.PROTOCOL == "AW3"
+    spec = json.load(open(os.path.join(HERE, "aw4-vectors.json")))
+    assert spec["protocol"] == boot.PROTOCOL == "AW4"
     rng = random.Random(7)
     stream, expected = b"", []
     for v in spec["vectors"]:
@@ -116,7 +116,7 @@ def vectors():
         assert encode(v) == raw, (v["name"], encode(v).hex(), v["hex"])
         kind, id, payload = raw[8], struct.unpack_from("<I", raw, 9)[0], raw[13:]
         assert (kind, id) == (v["kind"], v["id"]), v["name"]
-        if kind == boot.HTTP:
+        if kind in (boot.HTTP, boot.HTTP_EMPTY):
             f = [bytes.fromhex(x) for x in v["fields"]]
             port = lambda b: int(b) if b else 0  # noqa: E731
             assert boot._http_fields(payload) == (
@@ -333,9 +333,13 @@ async def app(scope, receive, send):
 SEED = "00" * 32
 
 
-def http_frames(id, path, query=b"", body_parts=(b"",), headers=((b"host", b"localhost"),)):
+def http_frames(id, path, query=b"", body_parts=None, headers=((b"host", b"localhost"),)):
+    """A request's frames as the host sends them: HTTP and its BODY parts, or without
+    `body_parts` one HTTP_EMPTY frame."""
     fields = [b"GET", b"http", b"1.1", path.encode(), path.encode(), query, b"", b"127.0.0.1", b"5555",
               b"localhost", b"8080"] + [x for pair in headers for x in pair]
+    if body_parts is None:
+        return boot._frame(boot.HTTP_EMPTY, id, http_payload(fields))
     frames = boot._frame(boot.HTTP, id, http_payload(fields))
     for i, part in enumerate(body_parts):
         frames += boot._frame(boot.BODY, id, bytes([i < len(body_parts) - 1]) + part)
@@ -360,7 +364,7 @@ class Guest:
             self.send(f'__aleph_wasm__.run("{SEED}", {mode})\n'.encode())
             serving = self.next()
             assert serving[:2] == (boot.SERVING, 0), serving
-            assert json.loads(serving[2]) == {"protocol": "AW3", "concurrent": bool(mode)}, serving
+            assert json.loads(serving[2]) == {"protocol": "AW4", "concurrent": bool(mode)}, serving
 
     def send(self, data):
         self.proc.stdin.write(data)
@@ -485,6 +489,9 @@ def concurrent_guest():
 
     status, headers, body, _ = response(g.request("/echo", body_parts=[b"ab", b"", b"cd", b"e"]))
     assert body == b"abcde" and headers == [(b"x-parts", b"4")], (body, headers)
+    for parts in (None, [b""]):  # no body: one HTTP_EMPTY frame, or HTTP and an empty BODY
+        status, headers, body, _ = response(g.request("/echo", body_parts=parts))
+        assert (body, headers) == (b"", [(b"x-parts", b"1")]), (parts, body, headers)
     every_byte = bytes(range(256)) * 5000  # > 1 MiB: split into several BODY frames back
     status, _, body, parts = response(g.request("/echo", body_parts=[every_byte[:1000], every_byte[1000:]]))
     assert body == every_byte and parts == 2, parts

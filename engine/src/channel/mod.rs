@@ -1,4 +1,4 @@
-//! The channel between the host and a long-lived interpreter instance: protocol AW3
+//! The channel between the host and a long-lived interpreter instance: protocol AW4
 //! (`docs/channel.md`), owned here end to end on the host's side.
 //!
 //! - [`wire`]: frames as bytes and back — the only encoder and decoder, checked against the

@@ -1,12 +1,13 @@
-//! The AW3 wire format: frames as bytes, and back (`docs/channel.md`).
+//! The AW4 wire format: frames as bytes, and back (`docs/channel.md`).
 //!
-//! A frame is the magic `\x1eAW2` (AW2's framing, which AW3 keeps), a u32 LE length, a kind
-//! byte, a u32 LE id and a payload. AW3 lays out the `HTTP` and `START` payloads so that the
+//! A frame is the magic `\x1eAW2` (AW2's framing, which AW4 keeps), a u32 LE length, a kind
+//! byte, a u32 LE id and a payload. The `HTTP` and `START` payloads are laid out so that the
 //! guest decodes and encodes them with a few calls into C (an unpack, a split, a join) instead
-//! of Python code per field.
+//! of Python code per field (AW3), and a request without a body is one `HTTP_EMPTY` frame
+//! rather than `HTTP` and an empty `BODY` (AW4).
 //! [`Frame`] is the typed form of every kind in both directions; [`Frame::encode`] is the only
 //! encoder and [`Reader`] the only decoder. Both are checked against the test vectors the
-//! guest also checks (`runtimes/python-3.12/aw3-vectors.json`).
+//! guest also checks (`runtimes/python-3.12/aw4-vectors.json`).
 
 use serde_json::Value;
 
@@ -14,7 +15,7 @@ use serde_json::Value;
 pub const MAGIC: &[u8; 4] = b"\x1eAW2";
 
 /// The protocol's name, as the guest reports it in `SERVING`.
-pub const PROTOCOL: &str = "AW3";
+pub const PROTOCOL: &str = "AW4";
 
 /// The largest payload a frame may carry.
 pub const MAX_PAYLOAD: usize = 16 << 20;
@@ -53,6 +54,8 @@ pub struct RequestHead {
 pub enum Frame {
     /// Host → guest: a request's head; its body follows as [`Frame::Body`].
     Http(u32, Box<RequestHead>),
+    /// Host → guest: the head of a request whose body is empty; no [`Frame::Body`] follows.
+    HttpEmpty(u32, Box<RequestHead>),
     /// Either way: a part of a body; `more` says whether another part follows.
     Body {
         /// The request.
@@ -145,6 +148,7 @@ pub enum WireError {
 
 mod kind {
     pub const HTTP: u8 = 0x01;
+    pub const HTTP_EMPTY: u8 = 0x06;
     pub const BODY: u8 = 0x02;
     pub const EVENT: u8 = 0x03;
     pub const CANCEL: u8 = 0x04;
@@ -306,6 +310,7 @@ impl Frame {
     pub fn id(&self) -> u32 {
         match self {
             Frame::Http(id, _)
+            | Frame::HttpEmpty(id, _)
             | Frame::Body { id, .. }
             | Frame::Event(id, _)
             | Frame::Cancel(id)
@@ -333,7 +338,7 @@ impl Frame {
         out.push(kind);
         out.extend_from_slice(&id.to_le_bytes());
         match self {
-            Frame::Http(_, head) => encode_http(out, head),
+            Frame::Http(_, head) | Frame::HttpEmpty(_, head) => encode_http(out, head),
             Frame::Body { .. } => unreachable!("encoded by encode_body"),
             Frame::Event(_, v)
             | Frame::Ready(v)
@@ -379,6 +384,7 @@ impl Frame {
     fn kind_and_id(&self) -> (u8, u32) {
         let kind = match self {
             Frame::Http(..) => kind::HTTP,
+            Frame::HttpEmpty(..) => kind::HTTP_EMPTY,
             // One body kind a direction; the host only ever encodes request bodies and the
             // guest response bodies, so `Body` encodes as the host's and decodes from both.
             Frame::Body { .. } => kind::BODY,
@@ -419,6 +425,7 @@ impl Frame {
         };
         Ok(match kind {
             kind::HTTP => Frame::Http(id, Box::new(decode_http(payload)?)),
+            kind::HTTP_EMPTY => Frame::HttpEmpty(id, Box::new(decode_http(payload)?)),
             kind::BODY | kind::OUT_BODY => {
                 let (more, data) = flagged("BODY")?;
                 Frame::Body {
@@ -597,7 +604,7 @@ impl Iterator for Reader {
 mod tests {
     use super::*;
 
-    const VECTORS: &str = include_str!("../../../runtimes/python-3.12/aw3-vectors.json");
+    const VECTORS: &str = include_str!("../../../runtimes/python-3.12/aw4-vectors.json");
 
     fn hex_field(v: &Value) -> Vec<u8> {
         hex::decode(v.as_str().unwrap()).unwrap()
@@ -620,7 +627,7 @@ mod tests {
         let data = || hex_field(&v["data"]);
         let text = || v["text"].as_str().unwrap().to_string();
         match v["kind"].as_u64().unwrap() as u8 {
-            kind::HTTP => {
+            k @ (kind::HTTP | kind::HTTP_EMPTY) => {
                 let text = |i: usize| fields[i].clone();
                 let port = |i: usize| {
                     std::str::from_utf8(&fields[i])
@@ -628,21 +635,23 @@ mod tests {
                         .parse()
                         .unwrap_or(0)
                 };
-                Frame::Http(
-                    id,
-                    Box::new(RequestHead {
-                        method: text(0),
-                        scheme: text(1),
-                        http_version: text(2),
-                        path: text(3),
-                        raw_path: text(4),
-                        query_string: text(5),
-                        root_path: text(6),
-                        client: (text(7), port(8)),
-                        server: (text(9), port(10)),
-                        headers: pairs(&fields[11..]),
-                    }),
-                )
+                let head = Box::new(RequestHead {
+                    method: text(0),
+                    scheme: text(1),
+                    http_version: text(2),
+                    path: text(3),
+                    raw_path: text(4),
+                    query_string: text(5),
+                    root_path: text(6),
+                    client: (text(7), port(8)),
+                    server: (text(9), port(10)),
+                    headers: pairs(&fields[11..]),
+                });
+                if k == kind::HTTP {
+                    Frame::Http(id, head)
+                } else {
+                    Frame::HttpEmpty(id, head)
+                }
             }
             kind::BODY | kind::OUT_BODY => Frame::Body {
                 id,

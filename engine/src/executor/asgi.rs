@@ -1,6 +1,6 @@
 //! ASGI programs on an interpreter runtime: instances that boot once (interpreter start, app
 //! import, lifespan startup) and then serve requests — many at once, interleaved at their
-//! awaits, over the instance's channel session (`crate::channel`, protocol AW3).
+//! awaits, over the instance's channel session (`crate::channel`, protocol AW4).
 //!
 //! Each program has a pool of live instances. A request claims a place on the least busy
 //! instance with fewer than [`ExecutorConfig::instance_concurrency`] requests in flight, or

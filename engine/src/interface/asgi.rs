@@ -1,11 +1,11 @@
-//! ASGI, host side: requests and events as AW3 frames for the Python bootstrap
+//! ASGI, host side: requests and events as AW4 frames for the Python bootstrap
 //! (`runtimes/python-3.12/boot.py`, protocol in `docs/channel.md`), and the assembly of the
 //! guest's frames into a response.
 //!
 //! An HTTP request is one `HTTP` frame (a complete ASGI 3 scope: method, paths, query,
 //! headers as bytes, client, server) followed by its body in `BODY` frames of at most
-//! [`BODY_CHUNK`] bytes, all in one write; lifespan, cron and message events are `EVENT`
-//! frames. The guest answers with `START`, `BODY`, `ERROR`, `PROTOCOL_ERROR`, `LIFESPAN` and
+//! [`BODY_CHUNK`] bytes, all in one write — or, without a body, one `HTTP_EMPTY` frame and
+//! nothing after it; lifespan, cron and message events are `EVENT` frames. The guest answers with `START`, `BODY`, `ERROR`, `PROTOCOL_ERROR`, `LIFESPAN` and
 //! `LOG` frames for the request's id, and `DONE` last. The app's own `print()` output arrives
 //! as `LOG` frames, so it can never corrupt the framing.
 
@@ -48,7 +48,8 @@ pub fn event_frames(id: u32, event: &Value) -> Bytes {
 }
 
 /// The frames of an HTTP request, as one write: its `HTTP` frame with the scope's fields, then
-/// its body in `BODY` frames (at least one; the last says there is no more).
+/// its body in `BODY` frames (the last says there is no more); a request without a body is its
+/// `HTTP_EMPTY` frame alone.
 pub fn http_frames(id: u32, req: &HttpRequest) -> Bytes {
     let (client_host, client_port) = match req.remote_addr.as_deref() {
         Some(addr) => match addr.rsplit_once(':') {
@@ -76,13 +77,14 @@ pub fn http_frames(id: u32, req: &HttpRequest) -> Bytes {
             .map(|(k, v)| (k.to_ascii_lowercase().into_bytes(), v.as_bytes().to_vec()))
             .collect(),
     };
-    let chunks = req.body.len().div_ceil(BODY_CHUNK).max(1);
+    let chunks = req.body.len().div_ceil(BODY_CHUNK);
     let mut out = Vec::with_capacity(256 + req.body.len() + chunks * 14);
+    if req.body.is_empty() {
+        Frame::HttpEmpty(id, Box::new(head)).encode(&mut out);
+        return out.into();
+    }
     Frame::Http(id, Box::new(head)).encode(&mut out);
     let mut parts = req.body.chunks(BODY_CHUNK).peekable();
-    if parts.peek().is_none() {
-        encode_body(&mut out, id, false, &[]);
-    }
     while let Some(part) = parts.next() {
         encode_body(&mut out, id, parts.peek().is_some(), part);
     }
@@ -191,7 +193,7 @@ mod tests {
     use crate::channel::wire::{Item, Reader};
 
     #[test]
-    fn a_request_is_a_head_and_its_body_in_chunks() {
+    fn a_request_is_a_head_and_its_body_in_chunks_or_one_frame_without_a_body() {
         let mut req = HttpRequest::from_line("POST /a%20b?x=1").unwrap();
         req.headers = vec![("X-Thing".into(), "v".into())];
         req.body = vec![7u8; BODY_CHUNK + 1];
@@ -217,19 +219,15 @@ mod tests {
         }
         assert_eq!((parts, body), (2, req.body.clone()));
         assert_eq!(reader.next(), None);
-        // No body: one empty last part.
+        // No body: the same head as one HTTP_EMPTY frame, and nothing after it.
         req.body.clear();
         let mut reader = Reader::new();
         reader.push(&http_frames(1, &req));
-        reader.next();
-        assert_eq!(
-            reader.next(),
-            Some(Item::Frame(Frame::Body {
-                id: 1,
-                more: false,
-                data: vec![]
-            }))
-        );
+        let Some(Item::Frame(Frame::HttpEmpty(1, empty))) = reader.next() else {
+            panic!("no HTTP_EMPTY frame");
+        };
+        assert_eq!(empty, head);
+        assert_eq!(reader.next(), None);
     }
 
     #[test]
