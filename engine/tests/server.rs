@@ -768,7 +768,15 @@ async fn work_beyond_the_memory_budget_gets_503_until_memory_is_free() {
     let slow_url = node.url(&format!("/vm/{}/", slow.item_hash));
     let first = tokio::spawn(Answer::of(node.client.get(slow_url)));
     wait_running(&node, 1).await;
-    let usage = node.json("/about/usage/system").await;
+    // The execution takes its memory once its code and volumes are ready: wait for that.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let usage = loop {
+        let usage = node.json("/about/usage/system").await;
+        if usage["memory_budget"]["reserved_mib"] != 0 || Instant::now() > deadline {
+            break usage;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(usage["memory_budget"]["total_mib"], 24, "{usage}");
     assert_eq!(usage["memory_budget"]["reserved_mib"], 16, "{usage}");
     let full = node
