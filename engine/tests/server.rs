@@ -17,7 +17,7 @@ use aleph_wasm::server::{self, ServerConfig};
 use aleph_wasm::volumes::archive::{self, PackFormat};
 use aleph_wasm::{Store, runtime};
 use common::http::{Answer, client};
-use common::node::{Node, wait_running};
+use common::node::{Node, wait_running, wait_usage};
 use common::serve::ServeProcess;
 use serde_json::{Value, json};
 
@@ -530,18 +530,10 @@ async fn a_full_node_without_a_queue_answers_503_with_retry_after() {
 
 /// Waits until the node reports `n` requests waiting for an execution slot.
 async fn wait_queued(node: &Node, n: u64) {
-    let started = Instant::now();
-    loop {
-        let usage = node.json("/about/usage/system").await;
-        if usage["executions"]["queued"].as_u64() == Some(n) {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "never {n} requests queued: {usage}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_usage(node, &format!("{n} requests queued"), |u| {
+        u["executions"]["queued"].as_u64() == Some(n)
+    })
+    .await;
 }
 
 /// The node's metrics, parsed.
@@ -769,14 +761,10 @@ async fn work_beyond_the_memory_budget_gets_503_until_memory_is_free() {
     let first = tokio::spawn(Answer::of(node.client.get(slow_url)));
     wait_running(&node, 1).await;
     // The execution takes its memory once its code and volumes are ready: wait for that.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let usage = loop {
-        let usage = node.json("/about/usage/system").await;
-        if usage["memory_budget"]["reserved_mib"] != 0 || Instant::now() > deadline {
-            break usage;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let usage = wait_usage(&node, "memory reserved", |u| {
+        u["memory_budget"]["reserved_mib"] != 0
+    })
+    .await;
     assert_eq!(usage["memory_budget"]["total_mib"], 24, "{usage}");
     assert_eq!(usage["memory_budget"]["reserved_mib"], 16, "{usage}");
     let full = node

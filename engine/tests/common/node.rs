@@ -97,18 +97,27 @@ impl Node {
     }
 }
 
-/// Waits until the node reports `n` executions running.
-pub async fn wait_running(node: &Node, n: u64) {
+/// Polls the node's `/about/usage/system` until `ready` holds for it (at most 30 s) and returns
+/// it; `what` names the awaited state in the failure.
+pub async fn wait_usage(node: &Node, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
     let started = Instant::now();
     loop {
         let usage = node.json("/about/usage/system").await;
-        if usage["executions"]["running"].as_u64() == Some(n) {
-            return;
+        if ready(&usage) {
+            return usage;
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "never {n} executions running: {usage}"
+            "never {what}: {usage}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the node reports `n` executions running.
+pub async fn wait_running(node: &Node, n: u64) {
+    wait_usage(node, &format!("{n} executions running"), |u| {
+        u["executions"]["running"].as_u64() == Some(n)
+    })
+    .await;
 }
