@@ -383,14 +383,10 @@ class _LogStream(io.TextIOBase):
 
     def _send(self, text):
         raw = text.encode("utf-8", "replace")
-        if len(raw) <= _LOG_CAP:  # one frame: most lines, written with what is queued before it
-            head = _BYTE_HEAD.pack(_MAGIC, len(raw) + 6, LOG, self._id, self._stream)
-            if _out:
-                _out.append(head)
-                _out.append(raw)
-                _flush_out()
-            elif not _muted:
-                _write_all(head + raw)
+        if len(raw) <= _LOG_CAP:  # one frame: most lines
+            _out.append(_BYTE_HEAD.pack(_MAGIC, len(raw) + 6, LOG, self._id, self._stream))
+            _out.append(raw)
+            _flush_out()
             return
         while raw:
             cut = _utf8_cut(raw, _LOG_CAP)
@@ -804,16 +800,8 @@ class _Request:
                 if not isinstance(body, _BYTES):
                     self._fail(f"http.response.body 'body' must be bytes, not {type(body).__name__}")
                 body = bytes(body)  # a copy: the app may change its buffer before the write
-            more = message.get("more_body", False)
-            if more is not False:
-                more = bool(more)
-            size = len(body)
-            if size <= _BODY_PART:  # one frame: _emit_body's common case, inline
-                _out.append(_BYTE_HEAD.pack(_MAGIC, size + 6, RESPONSE_BODY, self.id, more))
-                if size:
-                    _out.append(body)
-            else:
-                _emit_body(self.id, body, more)
+            more = bool(message.get("more_body", False))
+            _emit_body(self.id, body, more)
             if not more:
                 self._complete()
         elif kind == "http.response.start":
@@ -830,13 +818,8 @@ class _Request:
                 self._fail("http.response.start 'headers' must be [name, value] pairs of bytes")
             if items and joined.count(0) != len(items) - 1:
                 self._fail("http.response.start 'headers' hold a NUL byte, which HTTP forbids")
-            self.started = True
-            if message.get("trailers", False):
-                self.trailers = True
-            _out.append(_HEAD.pack(_MAGIC, len(joined) + 11, START, self.id))
-            _out.append(_START_HEAD.pack(status, len(items) >> 1))
-            if joined:
-                _out.append(joined)
+            self.started, self.trailers = True, bool(message.get("trailers", False))
+            _emit(START, self.id, _START_HEAD.pack(status, len(items) >> 1) + joined)
         elif kind == "http.response.trailers" and self.trailers:
             pass  # accepted and dropped: trailers do not reach the host
         else:
@@ -990,9 +973,9 @@ def _on_http(id, payload, empty=False):
         "server": (server, server_port) if server else None,
         "state": dict(_lifespan.state),
     }
-    request = _Request(id, scope, empty)
+    request = _Request(id, scope)
     if empty:
-        request.inbox.append({"type": "http.request", "body": b"", "more_body": False})
+        request.feed(b"", False)
     _start(request, _serve_app)
 
 
