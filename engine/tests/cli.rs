@@ -1,7 +1,7 @@
 //! End-to-end tests of the `aleph-wasm` binary: each test gets a fresh directory and store,
 //! builds WASI guests from WAT, and drives the real command line.
 
-mod common;
+use crate::common;
 
 use std::io::Write as _;
 use std::path::PathBuf;

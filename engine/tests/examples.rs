@@ -1,7 +1,7 @@
 //! The WebAssembly-text examples in `examples/`, run end to end through the command line
 //! exactly as `examples/README.md` shows them. (The Python examples are run by `python.rs`.)
 
-mod common;
+use crate::common;
 
 use common::TestDir;
 

@@ -1,7 +1,7 @@
 //! Library-level tests of the executor: concurrency limits (`vcpus`, one execution at a time
 //! on a persistent volume) and deadlines that fire while the guest is blocked in a host call.
 
-mod common;
+use crate::common;
 
 use aleph_wasm::message::{self, MessageType};
 use aleph_wasm::{Executor, ExecutorConfig, OutcomeKind, Store, Trigger, runtime};

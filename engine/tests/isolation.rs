@@ -7,7 +7,7 @@
 //! the other suites (`target/tmp/aleph-wasm-test-cache/`). The binary programs are small WAT
 //! guests. Each test has its own store.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -13,7 +13,7 @@
 //! (every executor and every command shares `target/tmp/aleph-wasm-test-cache/modules`). Each
 //! test has its own store.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -1565,35 +1565,14 @@ async fn the_report_job_example_exports_its_report() {
     assert_eq!(run_once(), export);
 }
 
-#[path = "python/snapshot.rs"]
-mod snapshot;
-
-#[path = "python/concurrency.rs"]
-mod concurrency;
-
-#[path = "python/reproducible.rs"]
-mod reproducible;
-
-#[path = "python/internet.rs"]
-mod internet;
-
-#[path = "python/threads.rs"]
-mod threads;
-
-#[path = "python/django.rs"]
-mod django;
-
-#[path = "python/wsgi.rs"]
-mod wsgi;
-
-#[path = "python/aleph_sdk.rs"]
 mod aleph_sdk;
-
-#[path = "python/guest_api.rs"]
+mod concurrency;
+mod django;
 mod guest_api;
-
-#[path = "python/pydantic.rs"]
+mod internet;
 mod pydantic;
-
-#[path = "python/reads.rs"]
 mod reads;
+mod reproducible;
+mod snapshot;
+mod threads;
+mod wsgi;

@@ -7,7 +7,7 @@
 //! (The Python torture program is in `tests/python/reproducible.rs`, part of the `python`
 //! suite that owns the interpreter set-up.)
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -6,7 +6,7 @@
 //! python-3.12 runtime, sharing the interpreter copy and compiled-module cache of
 //! `tests/python.rs` (`target/tmp/aleph-wasm-test-cache/`). Each test has its own store.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

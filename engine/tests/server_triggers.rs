@@ -10,7 +10,7 @@
 //! instance, `aleph.cron` and `aleph.message` events, a crash), sharing the interpreter copy
 //! and compiled-module cache of the other suites (`target/tmp/aleph-wasm-test-cache/`).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -8,7 +8,7 @@
 //! The programs are binary WebAssembly-text guests compiled here with `wat`: CGI ones for
 //! requests, a job recording the messages it is given for subscriptions.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
