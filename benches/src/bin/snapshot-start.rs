@@ -327,8 +327,13 @@ async fn main() -> anyhow::Result<()> {
                 SnapshotEvent::Prepared { ms, .. } => builds.push(format!(
                     "prepare the interpreter (rewrite, discovery, wasm-opt --asyncify): {ms} ms"
                 )),
-                SnapshotEvent::Built { ms, .. } => builds.push(format!(
-                    "{name}: build the snapshot (instrument, boot, snapshot, precompile): {ms} ms"
+                SnapshotEvent::Built {
+                    ms,
+                    modules_compiled,
+                    ..
+                } => builds.push(format!(
+                    "{name}: build the snapshot (instrument, boot, snapshot, precompile; \
+                     {modules_compiled} module(s) compiled): {ms} ms"
                 )),
                 SnapshotEvent::Loaded { .. } => {
                     builds.push(format!("{name}: snapshot loaded from the cache"))

@@ -175,6 +175,21 @@ async fn restored_instances_differ_in_randomness_and_keep_the_clock_monotonic() 
     let keys: BTreeSet<String> = snapshot_keys(&ex).into_iter().collect();
     assert_eq!(keys.len(), 3, "{:?}", events(&ex));
     assert_eq!(restored(&ex), 5, "{:?}", events(&ex));
+    // Wizer's instrumented interpreter is compiled at most once: every build after the first
+    // compiles its own snapshot and nothing else.
+    let compiled: Vec<u32> = events(&ex)
+        .into_iter()
+        .filter_map(|e| match e {
+            SnapshotEvent::Built {
+                modules_compiled, ..
+            } => Some(modules_compiled),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        compiled.iter().skip(1).all(|&n| n == 1),
+        "modules compiled by each build: {compiled:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,8 @@
 //! snapshot key), each cached on disk and built at most once at a time.
 //!
 //! A snapshot build boots the program on Wizer's instrumented copy of the prepared interpreter
-//! with the program's own preopens (private copies of the per-execution ones, [`super::mounts`])
+//! (compiled once per prepared interpreter, through the compiled-module cache) with the
+//! program's own preopens (private copies of the per-execution ones, [`super::mounts`])
 //! and environment; at the checkpoint the host checks the stack
 //! against the one the interpreter was prepared for, unwinds (`asyncify_start_unwind`), and once
 //! `_start` has returned stops the unwind; Wizer then writes the paused state into a new module,
@@ -301,18 +302,20 @@ impl Snapshots {
         ));
         let result = work.await.and_then(|r| r);
         match result {
-            Ok((r, existed)) => {
+            Ok((r, compiled)) => {
                 cache::touch(&self.dir, key);
-                if existed {
-                    self.record(SnapshotEvent::Loaded { key: key.into() });
-                } else {
+                let existed = compiled.is_none();
+                if let Some(modules_compiled) = compiled {
                     let ms = started.elapsed().as_millis() as u64;
-                    tracing::info!(key, ms, "built a snapshot");
+                    tracing::info!(key, ms, modules_compiled, "built a snapshot");
                     self.record(SnapshotEvent::Built {
                         key: key.into(),
                         ms,
+                        modules_compiled,
                     });
                     cache::evict(&self.dir, self.config.cache_limit_bytes, &self.held());
+                } else {
+                    self.record(SnapshotEvent::Loaded { key: key.into() });
                 }
                 *guard = Some(Made::now(Ok(r.clone())));
                 Ok((r, existed))
@@ -324,6 +327,8 @@ impl Snapshots {
         }
     }
 
+    /// The snapshot from the disk cache (`None`), or built now (`Some`: how many modules the
+    /// build compiled).
     async fn build_now(
         &self,
         sandbox: &Sandbox,
@@ -332,7 +337,7 @@ impl Snapshots {
         spec: &GuestSpec,
         fuel: u64,
         limit: Duration,
-    ) -> Result<(Arc<Restorable>, bool), String> {
+    ) -> Result<(Arc<Restorable>, Option<u32>), String> {
         let cwasm = self.dir.join(format!("{key}.cwasm"));
         let meta_path = self.dir.join(format!("{key}.json"));
         if let Ok(meta) = std::fs::read(&meta_path)
@@ -340,7 +345,7 @@ impl Snapshots {
             && cwasm.is_file()
         {
             match Restorable::load(sandbox, key, &cwasm, meta) {
-                Ok(r) => return Ok((Arc::new(r), true)),
+                Ok(r) => return Ok((Arc::new(r), None)),
                 Err(e) => tracing::warn!(key, "cached snapshot unusable, building again: {e}"),
             }
         }
@@ -348,7 +353,15 @@ impl Snapshots {
         let (cx, instrumented) = wizer
             .instrument(prepared.wasm()?)
             .map_err(|e| format!("cannot instrument: {e:#}"))?;
-        let module = compile(sandbox, instrumented).await?;
+        // The instrumented interpreter is the same for every program of one prepared
+        // interpreter: compiled once, through the compiled-module cache, so a build compiles
+        // one module (its snapshot), not two.
+        let instrumented = sandbox
+            .module_off_thread(&sha256_hex(&instrumented), move || Ok(instrumented))
+            .await
+            .map_err(|e| format!("cannot compile: {e:#}"))?;
+        let modules_compiled = if instrumented.from_cache { 1 } else { 2 };
+        let module = instrumented.module;
         let hook = Hook::Unwind {
             expected: prepared.stack.clone(),
             since: Instant::now(),
@@ -414,7 +427,7 @@ impl Snapshots {
         write_atomic(&meta_path, &meta_bytes).map_err(|e| e.to_string())?;
         Ok((
             Arc::new(Restorable::load(sandbox, key, &cwasm, meta)?),
-            false,
+            Some(modules_compiled),
         ))
     }
 }

@@ -147,6 +147,9 @@ pub enum SnapshotEvent {
         key: String,
         /// How long it took.
         ms: u64,
+        /// How many modules the build compiled: 1 (the snapshot) when Wizer's instrumented
+        /// interpreter came from the compiled-module cache, 2 when it was compiled too.
+        modules_compiled: u32,
     },
     /// A snapshot was loaded from the on-disk cache.
     Loaded {
