@@ -561,6 +561,12 @@ impl Sandbox {
             .insert(hash.to_string(), module.clone());
     }
 
+    /// Lets go of the in-memory copy of a module (its code stays in the on-disk cache): for
+    /// one that is used rarely and briefly, so it does not hold memory between uses.
+    pub(crate) fn forget_module(&self, hash: &str) {
+        self.loaded_modules().remove(hash);
+    }
+
     /// Runs a WASI command module's `_start` under the spec's limits. Never panics and never
     /// returns an error: every failure is a [`GuestEnd`].
     pub async fn run(&self, module: &Module, spec: GuestSpec) -> GuestRun {

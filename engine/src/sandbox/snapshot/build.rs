@@ -355,11 +355,13 @@ impl Snapshots {
             .map_err(|e| format!("cannot instrument: {e:#}"))?;
         // The instrumented interpreter is the same for every program of one prepared
         // interpreter: compiled once, through the compiled-module cache, so a build compiles
-        // one module (its snapshot), not two.
+        // one module (its snapshot), not two. Between builds it is only on disk.
+        let instrumented_hash = sha256_hex(&instrumented);
         let instrumented = sandbox
-            .module_off_thread(&sha256_hex(&instrumented), move || Ok(instrumented))
+            .module_off_thread(&instrumented_hash, move || Ok(instrumented))
             .await
             .map_err(|e| format!("cannot compile: {e:#}"))?;
+        sandbox.forget_module(&instrumented_hash);
         let modules_compiled = if instrumented.from_cache { 1 } else { 2 };
         let module = instrumented.module;
         let hook = Hook::Unwind {
