@@ -466,6 +466,38 @@ fn job_gets_argv_and_only_its_variables() {
     );
 }
 
+#[test]
+fn environ_pointers_outside_memory_or_misaligned_trap_naming_the_call() {
+    let t = TestDir::new();
+    for (body, want) in [
+        (
+            "(drop (call $environ_get (i32.const 2) (i32.const 1024)))",
+            "environ_get: the guest's pointer 0x2 is not aligned to 4 bytes",
+        ),
+        (
+            // The guest's memory is 4 pages (256 KiB): the strings would cross its end.
+            "(drop (call $environ_get (i32.const 0) (i32.const 262140)))",
+            "bytes at the guest's pointer 0x3fffc are outside its memory",
+        ),
+        (
+            "(drop (call $environ_sizes_get (i32.const 262144) (i32.const 0)))",
+            "environ_sizes_get: 4 bytes at the guest's pointer 0x40000 are outside its memory",
+        ),
+    ] {
+        let program = t.guest_program(
+            &Wat::new().module(&format!("    {body}")),
+            &[
+                "--no-http",
+                "--variable",
+                "NAME=a value long enough to cross",
+            ],
+        );
+        let run = t.run_json(&program, &[], 1);
+        run.assert_outcome("trap");
+        assert!(run.out.stdout.contains(want), "{want:?}\n{run}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3, 4, 12, 13. Limits and endings
 // ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ mod wasi_call;
 pub mod host_calls;
 
 pub mod determinism;
+mod environ;
 pub mod instance;
 pub mod limits;
 pub mod meter;
@@ -300,6 +301,8 @@ pub struct LoadedModule {
 /// The per-execution state that host functions see.
 pub struct GuestState {
     wasi: WasiP1Ctx,
+    /// The environment the `environ_*` imports hand over ([`environ`]).
+    environ: environ::Environ,
     limiter: MemoryLimiter,
     quota: QuotaState,
     meter: Option<Arc<Meter>>,
@@ -401,6 +404,7 @@ impl Sandbox {
         let mut linker: Linker<GuestState> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut GuestState| &mut s.wasi)
             .map_err(|e| anyhow::anyhow!("cannot link WASI: {e}"))?;
+        environ::add_to_linker(&mut linker)?;
         snapshot::add_to_linker(&mut linker)?;
         host_calls::add_to_linker(&mut linker)?;
         let mut full_linker = linker.clone();
@@ -685,6 +689,7 @@ impl Sandbox {
             .map(|d| d.apply(&mut wasi, roots, extras.clock_offset_ns));
         let state = GuestState {
             wasi: wasi.build_p1(),
+            environ: environ::Environ::new(&env),
             limiter: MemoryLimiter::new(spec.memory_bytes),
             quota: QuotaState::new(quotas),
             meter,
