@@ -35,3 +35,27 @@ print(i["sha256"], "build" if "build" in i and not i.get("sources") else "fetch"
         cp "$STORE/objects/sha256/${sha:0:2}/$sha" "$CACHE/interpreter/$sha"
     fi
 }
+
+# A free TCP port on loopback.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# The servers a bench started: their PIDs go into PIDS, and they are stopped when it exits.
+PIDS=()
+stop_servers() {
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+}
+trap stop_servers EXIT
+
+# uvicorn ($UVICORN_REQ) from PyPI in the venv $VENV, installed the first time; $1 names the bench.
+ensure_uvicorn() {
+    if [ ! -x "$VENV/bin/uvicorn" ]; then
+        echo "$1: installing $UVICORN_REQ into $VENV" >&2
+        python3 -m venv "$VENV"
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$UVICORN_REQ"
+    fi
+}

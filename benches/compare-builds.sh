@@ -62,9 +62,6 @@ for i in "${!BINS[@]}"; do
     PROGRAMS+=("$P")
 done
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # fuel consumed and requests served, from /metrics
 counters() {

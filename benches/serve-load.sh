@@ -74,15 +74,6 @@ esac
 command -v wrk >/dev/null || { echo "serve-load: wrk is not installed (apt-get install wrk)" >&2; exit 2; }
 command -v curl >/dev/null || { echo "serve-load: curl is not installed" >&2; exit 2; }
 
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-
 echo "serve-load: building the release binary" >&2
 (cd "$ROOT" && cargo build --release -q -p aleph-wasm)
 BIN="$ROOT/target/release/aleph-wasm"
@@ -96,11 +87,7 @@ aw() { "$BIN" --store "$STORE" --module-cache "$CACHE/modules" "$@"; }
 store_python_runtime serve-load "$RUNTIME"
 
 # The native side: uvicorn from PyPI in a venv of its own.
-if [ ! -x "$VENV/bin/uvicorn" ]; then
-    echo "serve-load: installing $UVICORN_REQ into $VENV" >&2
-    python3 -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$UVICORN_REQ"
-fi
+ensure_uvicorn serve-load
 if [ "$APP" = django ]; then
     REQS="$ROOT/examples/python-django/requirements.txt"
     echo "serve-load: Django from PyPI ($(tr '\n' ' ' <"$REQS")) for both sides" >&2
@@ -115,10 +102,6 @@ if [ "$APP" = django ]; then
 fi
 PY_VERSION=$("$VENV/bin/python" -c 'import platform; print(platform.python_version())')
 UVICORN_VERSION=$("$VENV/bin/python" -c 'import uvicorn; print(uvicorn.__version__)')
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 wait_ready() { # URL LOGFILE
     for _ in $(seq 1 600); do
