@@ -19,10 +19,8 @@ use wasmtime::{Caller, Linker};
 use super::GuestState;
 
 /// One guest's environment as WASI hands it over.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Environ {
-    /// How many variables.
-    count: u32,
     /// `NAME=value\0` for each variable, in order.
     strings: Vec<u8>,
     /// Where each variable starts in `strings`.
@@ -41,22 +39,16 @@ impl Environ {
             strings.extend_from_slice(value.as_bytes());
             strings.push(0);
         }
-        Environ {
-            count: vars.len() as u32,
-            strings,
-            offsets,
-        }
+        Environ { strings, offsets }
     }
 
     /// Writes the pointer array at `environ` and the strings at `buf` into `memory`.
     fn write_into(&self, memory: &mut [u8], environ: u32, buf: u32) -> Result<(), String> {
         let pointers = range(memory.len(), environ, 4, self.offsets.len() * 4)?;
         let strings = range(memory.len(), buf, 1, self.strings.len())?;
+        // Each variable starts inside the strings' range, which is inside a 32-bit memory.
         for (slot, offset) in memory[pointers].chunks_exact_mut(4).zip(&self.offsets) {
-            let at = buf
-                .checked_add(*offset)
-                .ok_or_else(|| format!("the guest's buffer {buf:#x} overflows its memory"))?;
-            slot.copy_from_slice(&at.to_le_bytes());
+            slot.copy_from_slice(&(buf + offset).to_le_bytes());
         }
         memory[strings].copy_from_slice(&self.strings);
         Ok(())
@@ -105,7 +97,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<(
                 with_memory(&mut caller, "environ_sizes_get", |memory, state| {
                     let env = &state.environ;
                     let words = [
-                        (count as u32, env.count),
+                        (count as u32, env.offsets.len() as u32),
                         (size as u32, env.strings.len() as u32),
                     ];
                     for (at, value) in words {
@@ -142,7 +134,6 @@ mod tests {
             ("PATH".into(), "/x=y".into()),
             ("EMPTY".into(), String::new()),
         ]);
-        assert_eq!(env.count, 3);
         let mut memory = vec![0xaa; 64];
         env.write_into(&mut memory, 4, 20).unwrap();
         let words: Vec<u32> = memory[4..16]
